@@ -1,0 +1,1 @@
+//! veil-daemon: the node daemon `veild` and the CLI `veilctl`.

@@ -1,0 +1,1 @@
+//! veil-graph: placeholder, replaced by the graph crate.

@@ -1,0 +1,1 @@
+//! veil-policy: placeholder, replaced by the policy engine.
