@@ -1,1 +1,40 @@
-fn main() {}
+//! `veilctl`: the Veil command-line tool.
+
+use clap::{Parser, Subcommand};
+use veil_daemon::ctl;
+
+#[derive(Parser)]
+#[command(name = "veilctl", version, about = "Veil command-line tool")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// This node (or every lab node): endpoints, peers, health.
+    Status(ctl::status::Args),
+    /// Policy scenarios: `test`, `trace`.
+    Policy(ctl::policy::Args),
+    /// The service dependency graph.
+    Graph(ctl::graph::Args),
+    /// Recent and live flows.
+    Flows(ctl::flows::Args),
+    /// WireGuard: `rotate-key`.
+    Wireguard(ctl::wireguard::Args),
+    /// A cluster of network namespaces on this machine.
+    Lab(ctl::lab::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Status(a) => ctl::status::run(a),
+        Cmd::Policy(a) => ctl::policy::run(a),
+        Cmd::Graph(a) => ctl::graph::run(a),
+        Cmd::Flows(a) => ctl::flows::run(a),
+        Cmd::Wireguard(a) => ctl::wireguard::run(a),
+        Cmd::Lab(a) => ctl::lab::run(a),
+    };
+    std::process::exit(code);
+}

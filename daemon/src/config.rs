@@ -1,0 +1,393 @@
+//! `veild` configuration: a YAML file plus flags, each flag also read from a
+//! `VEIL_*` environment variable. Flags and variables override the file; the file
+//! overrides the defaults. Every problem names the field.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+/// Default HTTP listen address.
+pub const DEFAULT_HTTP: &str = "0.0.0.0:9590";
+/// Default WireGuard UDP port.
+pub const DEFAULT_WG_PORT: u16 = 51820;
+/// Name of the WireGuard TUN device.
+pub const WG_DEVICE: &str = "veil-wg";
+/// WireGuard + outer IPv6/UDP overhead subtracted from the underlay MTU.
+pub const WG_OVERHEAD: u32 = 80;
+
+/// Command-line flags of `veild` (each also from `VEIL_<NAME>`).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "veild", version, about = "Veil node daemon")]
+pub struct Flags {
+    /// Configuration file (YAML).
+    #[arg(long, env = "VEIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long, env = "VEIL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's underlay address.
+    #[arg(long, env = "VEIL_NODE_ADDRESS")]
+    pub node_address: Option<IpAddr>,
+    /// The underlay interface (where encrypted traffic leaves).
+    #[arg(long, env = "VEIL_UNDERLAY_INTERFACE")]
+    pub underlay_interface: Option<String>,
+    /// This node's pod CIDR.
+    #[arg(long, env = "VEIL_POD_CIDR")]
+    pub pod_cidr: Option<IpNetwork>,
+    /// The whole cluster's pod CIDR.
+    #[arg(long, env = "VEIL_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<IpNetwork>,
+    /// Unix socket served to the CNI plugin and veilctl.
+    #[arg(long, env = "VEIL_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// State directory (allocations, endpoints, keys).
+    #[arg(long, env = "VEIL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Datastore: `local`.
+    #[arg(long, env = "VEIL_DATASTORE")]
+    pub datastore: Option<String>,
+    /// Directory of the local datastore.
+    #[arg(long, env = "VEIL_DATASTORE_DIR")]
+    pub datastore_dir: Option<PathBuf>,
+    /// HTTP listen address (/metrics, /healthz, /readyz, graph API).
+    #[arg(long, env = "VEIL_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Underlay MTU (default: read from the underlay interface).
+    #[arg(long, env = "VEIL_UNDERLAY_MTU")]
+    pub underlay_mtu: Option<u32>,
+    /// WireGuard listen port.
+    #[arg(long, env = "VEIL_WIREGUARD_PORT")]
+    pub wireguard_port: Option<u16>,
+    /// Key rotation interval in seconds (0 = never).
+    #[arg(long, env = "VEIL_WIREGUARD_ROTATION_SECONDS")]
+    pub wireguard_rotation_seconds: Option<u64>,
+    /// Directory of the WireGuard UAPI socket.
+    #[arg(long, env = "VEIL_WIREGUARD_SOCKET_DIR")]
+    pub wireguard_socket_dir: Option<PathBuf>,
+    /// Log format: plain or json.
+    #[arg(long, env = "VEIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Node label `key=value` (repeatable).
+    #[arg(long = "node-label", env = "VEIL_NODE_LABELS", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+}
+
+/// The configuration file: the same fields as the flags, camelCase.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    node_name: Option<String>,
+    node_address: Option<IpAddr>,
+    underlay_interface: Option<String>,
+    pod_cidr: Option<IpNetwork>,
+    cluster_cidr: Option<IpNetwork>,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    datastore: Option<String>,
+    datastore_dir: Option<PathBuf>,
+    http_listen: Option<SocketAddr>,
+    underlay_mtu: Option<u32>,
+    wireguard_port: Option<u16>,
+    wireguard_rotation_seconds: Option<u64>,
+    wireguard_socket_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    #[serde(default)]
+    node_labels: BTreeMap<String, String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node name.
+    pub node_name: String,
+    /// Underlay address.
+    pub node_address: IpAddr,
+    /// Underlay interface name.
+    pub underlay_interface: String,
+    /// This node's pod CIDR.
+    pub pod_cidr: IpNetwork,
+    /// The cluster pod CIDR.
+    pub cluster_cidr: IpNetwork,
+    /// API socket path.
+    pub socket: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Local datastore directory.
+    pub datastore_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Underlay MTU, if configured.
+    pub underlay_mtu: Option<u32>,
+    /// WireGuard port.
+    pub wireguard_port: u16,
+    /// Key rotation interval.
+    pub wireguard_rotation: Option<Duration>,
+    /// Directory holding `veil-wg.sock`.
+    pub wireguard_socket_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
+    pub node_labels: BTreeMap<String, String>,
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// Path.
+        path: String,
+        /// YAML error (names the field).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A required field is missing.
+    #[error("config: {0} is required (flag --{1}, variable {2}, or file field {3})")]
+    Missing(&'static str, &'static str, &'static str, &'static str),
+    /// A field has a bad value.
+    #[error("config: {field}: {reason}")]
+    Invalid {
+        /// Field name.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from flags (and the file they name).
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                if text.trim().is_empty() {
+                    FileConfig::default()
+                } else {
+                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                }
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    fn merge(f: Flags, c: FileConfig) -> Result<Self, ConfigError> {
+        let node_name = f.node_name.or(c.node_name).ok_or(ConfigError::Missing(
+            "node name",
+            "node-name",
+            "VEIL_NODE_NAME",
+            "nodeName",
+        ))?;
+        if node_name.is_empty()
+            || node_name.len() > 253
+            || !node_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::Invalid {
+                field: "nodeName",
+                reason: format!("{node_name:?} is not a valid node name"),
+            });
+        }
+        let node_address = f.node_address.or(c.node_address).ok_or(ConfigError::Missing(
+            "node address",
+            "node-address",
+            "VEIL_NODE_ADDRESS",
+            "nodeAddress",
+        ))?;
+        let pod_cidr = f.pod_cidr.or(c.pod_cidr).ok_or(ConfigError::Missing(
+            "pod CIDR",
+            "pod-cidr",
+            "VEIL_POD_CIDR",
+            "podCIDR",
+        ))?;
+        let cluster_cidr = f
+            .cluster_cidr
+            .or(c.cluster_cidr)
+            .unwrap_or_else(|| "10.244.0.0/16".parse().expect("literal"));
+        if pod_cidr.network() != pod_cidr.ip() {
+            return Err(ConfigError::Invalid {
+                field: "podCIDR",
+                reason: format!("{pod_cidr} has host bits set"),
+            });
+        }
+        if pod_cidr.is_ipv4() && pod_cidr.prefix() > 29 {
+            return Err(ConfigError::Invalid {
+                field: "podCIDR",
+                reason: format!("{pod_cidr} is too small (at most /29)"),
+            });
+        }
+        if !(cluster_cidr.contains(pod_cidr.network())
+            && cluster_cidr.prefix() <= pod_cidr.prefix())
+        {
+            return Err(ConfigError::Invalid {
+                field: "podCIDR",
+                reason: format!("{pod_cidr} is not inside clusterCIDR {cluster_cidr}"),
+            });
+        }
+        let datastore = f
+            .datastore
+            .or(c.datastore)
+            .unwrap_or_else(|| "local".into());
+        if datastore != "local" {
+            return Err(ConfigError::Invalid {
+                field: "datastore",
+                reason: format!("{datastore:?} is not supported (supported: local)"),
+            });
+        }
+        let log_format = match f
+            .log_format
+            .or(c.log_format)
+            .as_deref()
+            .unwrap_or("plain")
+        {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    field: "logFormat",
+                    reason: format!("{other:?} is not plain or json"),
+                })
+            }
+        };
+        let underlay_mtu = f.underlay_mtu.or(c.underlay_mtu);
+        if let Some(m) = underlay_mtu {
+            if !(1280..=65535).contains(&m) {
+                return Err(ConfigError::Invalid {
+                    field: "underlayMtu",
+                    reason: format!("{m} is outside 1280..=65535"),
+                });
+            }
+        }
+        let mut node_labels = c.node_labels;
+        for kv in f.node_labels {
+            let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                field: "nodeLabels",
+                reason: format!("{kv:?} is not key=value"),
+            })?;
+            node_labels.insert(k.to_string(), v.to_string());
+        }
+        node_labels.insert("kubernetes.io/hostname".into(), node_name.clone());
+        node_labels.insert("kubernetes.io/os".into(), "linux".into());
+        let state_dir = f
+            .state_dir
+            .or(c.state_dir)
+            .unwrap_or_else(|| "/var/lib/veil".into());
+        let rotation = f
+            .wireguard_rotation_seconds
+            .or(c.wireguard_rotation_seconds)
+            .unwrap_or(0);
+        Ok(Config {
+            node_address,
+            underlay_interface: f
+                .underlay_interface
+                .or(c.underlay_interface)
+                .unwrap_or_else(|| "eth0".into()),
+            pod_cidr,
+            cluster_cidr,
+            socket: f
+                .socket
+                .or(c.socket)
+                .unwrap_or_else(|| veil_cni::api::DEFAULT_SOCKET.into()),
+            datastore_dir: f
+                .datastore_dir
+                .or(c.datastore_dir)
+                .unwrap_or_else(|| state_dir.join("datastore")),
+            state_dir,
+            http_listen: f
+                .http_listen
+                .or(c.http_listen)
+                .unwrap_or_else(|| DEFAULT_HTTP.parse().expect("literal")),
+            underlay_mtu,
+            wireguard_port: f
+                .wireguard_port
+                .or(c.wireguard_port)
+                .unwrap_or(DEFAULT_WG_PORT),
+            wireguard_rotation: (rotation > 0).then(|| Duration::from_secs(rotation)),
+            wireguard_socket_dir: f
+                .wireguard_socket_dir
+                .or(c.wireguard_socket_dir)
+                .unwrap_or_else(|| "/var/run/wireguard".into()),
+            log_format,
+            node_labels,
+            node_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            node_name: Some("node-a".into()),
+            node_address: Some("198.18.0.10".parse().unwrap()),
+            pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig =
+            serde_yaml::from_str("nodeName: from-file\nwireguardPort: 5000\n").unwrap();
+        let c = Config::merge(flags(), file).unwrap();
+        assert_eq!(c.node_name, "node-a");
+        assert_eq!(c.wireguard_port, 5000);
+        assert_eq!(c.http_listen.port(), 9590);
+        assert_eq!(c.node_labels["kubernetes.io/hostname"], "node-a");
+    }
+
+    #[test]
+    fn unknown_file_field_is_named() {
+        let e = serde_yaml::from_str::<FileConfig>("nodeNmae: x\n").unwrap_err();
+        assert!(e.to_string().contains("nodeNmae"), "{e}");
+    }
+
+    #[test]
+    fn pod_cidr_outside_the_cluster_is_refused() {
+        let mut f = flags();
+        f.pod_cidr = Some("10.9.0.0/24".parse().unwrap());
+        let e = Config::merge(f, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("podCIDR"), "{e}");
+    }
+
+    #[test]
+    fn missing_node_name_names_flag_and_variable() {
+        let mut f = flags();
+        f.node_name = None;
+        let e = Config::merge(f, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("VEIL_NODE_NAME"), "{e}");
+    }
+}

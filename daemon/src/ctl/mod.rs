@@ -1,0 +1,10 @@
+//! `veilctl` subcommands. Each module owns its clap arguments and a
+//! `run(args) -> i32` returning the process exit code.
+
+pub mod flows;
+pub mod graph;
+pub mod lab;
+pub mod policy;
+pub mod status;
+pub mod target;
+pub mod wireguard;

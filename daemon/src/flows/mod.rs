@@ -1,0 +1,1 @@
+//! The flow collector (not yet implemented).

@@ -1,0 +1,1 @@
+//! The WireGuard datapath (not yet implemented).
