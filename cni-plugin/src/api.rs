@@ -104,6 +104,10 @@ pub struct AddRequest {
     pub network: String,
     /// Who allocates.
     pub ipam: IpamMode,
+    /// Specific addresses asked for (runtimeConfig `ips`, or CNI_ARGS `IP=`), with
+    /// daemon IPAM only; the add fails when one is taken or outside the node's CIDR.
+    #[serde(default)]
+    pub requested_ips: Vec<IpAddr>,
 }
 
 /// Answer to `cni.add` and `cni.check`.
