@@ -22,6 +22,8 @@ pub mod model;
 pub mod net;
 pub mod policyset;
 pub mod selector;
+pub mod compile;
+pub mod scenario;
 
 pub use cluster::Cluster;
 pub use error::PolicyError;
