@@ -530,10 +530,17 @@ impl LinuxLinks {
                 )))?;
             let gw_net = IpNetwork::new(*gw, host_len(gw)).expect("host prefix");
             pod.add_route(pod_index, gw_net, None, RouteScope::Link)
-                .map_err(nl_err(format!(
-                    "add route {gw_net} dev {} in {}",
-                    spec.ifname, spec.netns
-                )))?;
+                .map_err(|source| {
+                    let hint = if errno_of(&source) == Some(EEXIST) {
+                        " (the pod already routes to the gateway through another interface: Veil gives a pod one interface per address family)"
+                    } else {
+                        ""
+                    };
+                    LinkError::Netlink {
+                        op: format!("add route {gw_net} dev {} in {}{hint}", spec.ifname, spec.netns),
+                        source,
+                    }
+                })?;
             let any = IpNetwork::new(
                 if gw.is_ipv4() {
                     IpAddr::from([0u8; 4])

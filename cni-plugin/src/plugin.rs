@@ -357,7 +357,8 @@ fn add(
     };
     emit(stdout, &result.to_json(conf.version))?;
     undo.disarm();
-    info!(ips = ?addrs, host = %host, mtu, "pod added");
+    let ips: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    info!(ips = %ips.join(","), host = %host, mtu, "pod added");
     Ok(())
 }
 
