@@ -6,7 +6,14 @@ use tracing_subscriber::EnvFilter;
 use veil_daemon::config::{Config, Flags, LogFormat};
 
 fn main() {
-    let flags = Flags::parse();
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) if e.use_stderr() => {
+            eprintln!("veild: {e}");
+            std::process::exit(64);
+        }
+        Err(e) => e.exit(),
+    };
     let config = match Config::load(flags) {
         Ok(c) => c,
         Err(e) => {
