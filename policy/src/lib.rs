@@ -24,6 +24,7 @@ pub mod policyset;
 pub mod selector;
 pub mod compile;
 pub mod scenario;
+pub mod testgen;
 
 pub use cluster::Cluster;
 pub use error::PolicyError;
