@@ -23,6 +23,7 @@ pub mod net;
 pub mod policyset;
 pub mod selector;
 pub mod compile;
+pub mod crd;
 pub mod scenario;
 pub mod testgen;
 
