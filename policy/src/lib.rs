@@ -23,7 +23,9 @@ pub mod net;
 pub mod policyset;
 pub mod selector;
 pub mod compile;
+pub mod crd;
 pub mod scenario;
+pub mod testgen;
 
 pub use cluster::Cluster;
 pub use error::PolicyError;
