@@ -438,24 +438,38 @@ fn resolver_of(ctx: &NodeContext, networks: &[NamedNetwork]) -> Resolver {
     )
 }
 
-/// Whether this process is in the machine's initial network namespace.
+/// Whether this process may be in the machine's initial network namespace:
+/// true unless its namespace differs from PID 1's, or (when PID 1's is not
+/// readable, as in containers) it is one of the named namespaces of
+/// `/run/netns` (`ip netns`), as in the lab and the tests.
 fn in_initial_netns() -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata("/proc/self/ns/net"),
-        std::fs::metadata("/proc/1/ns/net"),
-    ) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        // Cannot tell: assume the worst.
-        _ => true,
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net") else {
+        return true;
+    };
+    let same = |m: &std::fs::Metadata| m.ino() == me.ino() && m.dev() == me.dev();
+    if let Ok(init) = std::fs::metadata("/proc/1/ns/net") {
+        return same(&init);
     }
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| same(&m)));
+    !named
 }
 
 /// The nftables table whose `ct` expressions make the kernel track the
 /// namespace's connections (conntrack is off in a namespace nobody asks it of).
 const CONNTRACK_TABLE: &str = "table inet veil_flows {
-  chain prerouting { type filter hook prerouting priority -150; policy accept; ct state new counter; }
-  chain output { type filter hook output priority -150; policy accept; ct state new counter; }
+  chain prerouting {
+    type filter hook prerouting priority -150; policy accept;
+    ct state new counter
+  }
+  chain output {
+    type filter hook output priority -150; policy accept;
+    ct state new counter
+  }
 }
 ";
 
@@ -564,26 +578,29 @@ pub struct GraphReply {
 /// Registers routes, socket methods and metrics of `flows` on `ctx`.
 pub fn register(ctx: &NodeContext, flows: Arc<Flows>) {
     let f = flows.clone();
-    ctx.api.register("graph.get", move |_p: GraphParams| {
-        let f = f.clone();
-        async move {
-            Ok(GraphReply {
-                node: f.node().to_string(),
-                graph: f.view(now_ms()),
-                health: f.health_report(),
-            })
-        }
-    });
+    ctx.api
+        .register("graph.get", move |_p: Option<GraphParams>| {
+            let f = f.clone();
+            async move {
+                Ok(GraphReply {
+                    node: f.node().to_string(),
+                    graph: f.view(now_ms()),
+                    health: f.health_report(),
+                })
+            }
+        });
     let f = flows.clone();
-    ctx.api.register("flows.list", move |p: FlowFilter| {
-        let f = f.clone();
-        async move { Ok(f.flows(&p)) }
-    });
+    ctx.api
+        .register("flows.list", move |p: Option<FlowFilter>| {
+            let f = f.clone();
+            async move { Ok(f.flows(&p.unwrap_or_default())) }
+        });
     let f = flows.clone();
-    ctx.api.register("flows.health", move |_p: GraphParams| {
-        let f = f.clone();
-        async move { Ok(f.health_report()) }
-    });
+    ctx.api
+        .register("flows.health", move |_p: Option<GraphParams>| {
+            let f = f.clone();
+            async move { Ok(f.health_report()) }
+        });
     ctx.metrics
         .lock()
         .expect("metrics lock")
