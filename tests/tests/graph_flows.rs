@@ -153,8 +153,10 @@ fn serve(
     resp: usize,
 ) -> std::thread::JoinHandle<usize> {
     let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    ns.spawn(move || {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = ns.spawn(move || {
         let l = TcpListener::bind(addr).expect("bind");
+        let _ = ready_tx.send(());
         l.set_nonblocking(true).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut served = 0;
@@ -175,7 +177,13 @@ fn serve(
             }
         }
         served
-    })
+    });
+    // Clients start only once the server listens: a refused SYN is a
+    // connection attempt too, and would be counted.
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server did not start");
+    h
 }
 
 /// Opens `conns` connections from `ns` to `dst`, each sending `req` bytes
@@ -529,6 +537,40 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     assert_eq!(new, 8, "frontend opened 8 connections: {flows:?}");
     assert!(flows.iter().all(|f| f["source"]["workload"] == "frontend"));
 
+    // The page as a browser runs it: when Chromium is installed, its DOM after
+    // the scripts ran lists the three edges.
+    let chromium = Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if chromium {
+        let profile = dir.join("chromium-dom");
+        let o = node.exec(&[
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=4000",
+            "--dump-dom",
+            "http://127.0.0.1:9590/ui",
+        ]);
+        let dom = String::from_utf8_lossy(&o.stdout);
+        for edge in [
+            "shop/frontend → shop/backend-a :8080/TCP",
+            "shop/frontend → shop/backend-b :9090/TCP",
+            "shop/backend-a → external:api :443/TCP",
+        ] {
+            assert!(dom.contains(edge), "/ui does not show {edge}: {dom}");
+        }
+        assert!(dom.contains("4 workloads, 3 edges"), "{dom}");
+    } else {
+        eprintln!("chromium not installed: /ui checked without a browser");
+    }
+
     if let Ok(shot) = std::env::var("VEIL_TEST_SCREENSHOT") {
         let profile = dir.join("chromium");
         let o = node.exec(&[
@@ -545,7 +587,11 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             &format!("--screenshot={shot}"),
             "http://127.0.0.1:9590/ui",
         ]);
-        eprintln!("chromium: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            Path::new(&shot).exists(),
+            "no screenshot: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
