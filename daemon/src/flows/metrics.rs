@@ -230,4 +230,74 @@ mod tests {
             "{out}"
         );
     }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_series_we_export() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/grafana/veil-flows.json"))
+                .expect("dashboard is JSON");
+        let r = Resolver::new(
+            "n1",
+            "198.18.0.1".parse().unwrap(),
+            &Default::default(),
+            &[],
+            &[],
+        );
+        let f = Arc::new(Flows::new("n1", 51820, r, &FlowOptions::default()));
+        let mut rec = FlowRecord {
+            time: 1,
+            event: FlowEvent::New,
+            conn: ConnKey {
+                protocol: Protocol::Tcp,
+                src: "10.244.1.2".parse().unwrap(),
+                src_port: 1,
+                dst: "10.244.1.3".parse().unwrap(),
+                dst_port: 80,
+                id: 1,
+            },
+            source: Arc::new(Identity::pod("a", "x", "x", Default::default())),
+            destination: Arc::new(Identity::pod("a", "y", "y", Default::default())),
+            counters: Counters::default(),
+            verdict: Verdict::Allowed,
+            policy: None,
+            locality: Locality {
+                source_local: true,
+                destination_local: true,
+            },
+        };
+        f.ingest_records(&[rec.clone()]);
+        rec.verdict = Verdict::Denied;
+        f.ingest_records(&[rec]);
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(FlowMetrics(f)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let panels = dash["panels"].as_array().expect("panels");
+        assert!(panels.iter().any(|p| p["type"] == "nodeGraph"
+            && p["datasource"]["type"] == "hamedkarbasi93-nodegraphapi-datasource"));
+        let mut ids: Vec<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+        let mut checked = 0;
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = t["expr"].as_str() else {
+                    continue;
+                };
+                for name in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("veil_"))
+                {
+                    assert!(
+                        out.lines().any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])),
+                        "panel {:?} queries {name}, which veild does not export",
+                        p["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} series checked");
+    }
 }
