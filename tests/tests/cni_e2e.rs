@@ -221,6 +221,15 @@ fn error_codes_of_the_binary() {
     )
     .err(4);
 
+    // The node's own namespace is not a container's.
+    node.cni(
+        "ADD",
+        &veil_tests::pod_vars(&cid, &format!("/run/netns/{}", node.netns.name), ""),
+        &conf,
+    )
+    .err(4);
+    assert!(node.endpoints().is_empty());
+
     // The daemon away: ADD says "try again later" and leaves nothing; STATUS says 50.
     let mut away = conf.clone();
     away["socket"] = json!(format!("/tmp/{p}-nobody.sock"));
