@@ -565,6 +565,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     register_status(&ctx, ready.clone(), mtu);
 
     // Parts started here register their methods, metrics and routes on ctx.
+    if let Err(e) = crate::flows::start(&ctx) {
+        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
+    }
 
     tokio::spawn(resync(ctx.clone()));
 
