@@ -246,7 +246,11 @@ impl EndpointTable {
     }
 
     /// Marks an endpoint ready. Returns it, or `None` when unknown.
-    pub fn commit(&self, container_id: &str, ifname: &str) -> Result<Option<Endpoint>, EndpointError> {
+    pub fn commit(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, EndpointError> {
         let mut inner = self.inner.lock().expect("lock");
         let key = (container_id.to_string(), ifname.to_string());
         let Some(ep) = inner.endpoints.get_mut(&key) else {
@@ -259,7 +263,11 @@ impl EndpointTable {
     }
 
     /// Removes an endpoint and releases its addresses. Returns it when it existed.
-    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<Option<Endpoint>, EndpointError> {
+    pub fn remove(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, EndpointError> {
         let mut inner = self.inner.lock().expect("lock");
         let key = (container_id.to_string(), ifname.to_string());
         let Some(ep) = inner.endpoints.remove(&key) else {
@@ -283,7 +291,12 @@ impl EndpointTable {
     }
 
     /// Updates the labels of the endpoints of pod `namespace/name`; true if any changed.
-    pub fn set_labels(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    pub fn set_labels(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
         let mut inner = self.inner.lock().expect("lock");
         let mut changed = false;
         for ep in inner.endpoints.values_mut() {
