@@ -559,6 +559,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     register_status(&ctx, ready.clone(), mtu);
 
     // Parts started here register their methods, metrics and routes on ctx.
+    let _wireguard = crate::wireguard::start(ctx.clone())
+        .await
+        .map_err(|e| StartError::Part {
+            part: "wireguard",
+            reason: e.to_string(),
+        })?;
 
     tokio::spawn(resync(ctx.clone()));
 
