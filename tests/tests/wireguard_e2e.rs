@@ -437,6 +437,21 @@ fn check_pcap(data: &[u8]) -> Result<usize, String> {
                 let ip = &f[14..];
                 let ihl = ((ip[0] & 0x0f) as usize) * 4;
                 let (src, dst) = (&ip[12..16], &ip[16..20]);
+                if ip[9] == 2 && dst[0] == 224 {
+                    continue; // IGMP reports of the bridge itself
+                }
+                if ip[9] == 1 && src[0] == 198 && dst[0] == 198 && ip.len() >= ihl + 8 + 28 {
+                    // ICMP error between nodes (port unreachable while veild is
+                    // down) quoting a WireGuard datagram: no pod data.
+                    let inner = &ip[ihl + 8..];
+                    let iihl = ((inner[0] & 0x0f) as usize) * 4;
+                    let quoted_wg = inner[9] == 17
+                        && inner.len() >= iihl + 4
+                        && u16::from_be_bytes([inner[iihl + 2], inner[iihl + 3]]) == WG_PORT;
+                    if quoted_wg {
+                        continue;
+                    }
+                }
                 let udp_wg = ip[9] == 17 && {
                     let sport = u16::from_be_bytes([ip[ihl], ip[ihl + 1]]);
                     let dport = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
@@ -516,12 +531,14 @@ fn echo_server(pod: &Pod, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
 
 /// Continuous request/response over one TCP connection from `pod` to `to`
 /// every 10 ms until `stop`; returns (round trips, longest gap, error).
-fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Duration, Option<String>)> {
+type ProbeResult = (usize, Duration, Option<String>, Vec<(Instant, Duration)>);
+
+fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<ProbeResult> {
     pod.ns.enter(move || {
         let addr: SocketAddr = format!("{to}:7000").parse().unwrap();
         let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
             Ok(s) => s,
-            Err(e) => return (0, Duration::ZERO, Some(format!("connect: {e}"))),
+            Err(e) => return (0, Duration::ZERO, Some(format!("connect: {e}")), Vec::new()),
         };
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
@@ -531,19 +548,24 @@ fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
         let mut last = Instant::now();
         let mut gap = Duration::ZERO;
         let mut n = 0;
+        let mut gaps = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if let Err(e) = s.write_all(&msg).and_then(|_| s.read_exact(&mut buf)) {
-                return (n, gap.max(last.elapsed()), Some(e.to_string()));
+                return (n, gap.max(last.elapsed()), Some(e.to_string()), gaps);
             }
             if buf != msg {
-                return (n, gap, Some("echo mismatch".into()));
+                return (n, gap, Some("echo mismatch".into()), gaps);
             }
             n += 1;
-            gap = gap.max(last.elapsed());
+            let g = last.elapsed();
+            gap = gap.max(g);
+            if g > Duration::from_millis(100) {
+                gaps.push((last, g));
+            }
             last = Instant::now();
             std::thread::sleep(Duration::from_millis(10));
         }
-        (n, gap, None)
+        (n, gap, None, gaps)
     })
 }
 
@@ -662,10 +684,20 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     assert!(lines[1][4].parse::<u64>().unwrap() > 0, "latest handshake: {dump}");
     assert!(lines[1][5].parse::<u64>().unwrap() > 10_000, "rx: {dump}");
     assert!(lines[1][6].parse::<u64>().unwrap() > 60 << 20, "tx: {dump}");
-    let m = lab.metrics(0);
-    assert!(metric(&m, "veil_wireguard_peers") == 1.0, "{m}");
-    assert!(metric(&m, "veil_wireguard_peer_tx_bytes_total") > 60e6, "{m}");
-    assert!(m.contains("veil_wireguard_dropped_no_peer_total"), "{m}");
+    // Per-peer metrics refresh every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = lab.metrics(0);
+        let ok = metric(&m, "veil_wireguard_peers") == 1.0
+            && metric(&m, "veil_wireguard_peer_tx_bytes_total") > 60e6
+            && m.contains("veil_wireguard_dropped_no_peer_total")
+            && m.contains("veil_wireguard_peer_handshake_age_seconds{peer=\"node-1\"}");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // Key rotation under continuous traffic: make-before-break.
     let old_key = lab.status(0)["publicKey"].as_str().unwrap().to_string();
@@ -693,7 +725,7 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     }
     std::thread::sleep(Duration::from_secs(1));
     pstop.store(true, Ordering::Relaxed);
-    let (n, gap, err) = p.join().unwrap();
+    let (n, gap, err, _) = p.join().unwrap();
     eprintln!("rotation: {n} round trips, longest pause {gap:?}");
     assert!(err.is_none(), "TCP connection broke during rotation: {err:?}");
     assert!(gap < Duration::from_secs(2), "pause during rotation {gap:?}");
@@ -753,18 +785,26 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     eprintln!("restart after SIGTERM took {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(2));
 
-    // Phase 4: SIGKILL, restart: the TCP connection survives.
-    let t = Instant::now();
+    // Phase 4: SIGKILL and immediate restart: the TCP connection survives.
+    let t_kill = Instant::now();
     lab.stop(0, true);
-    std::thread::sleep(Duration::from_millis(500));
     lab.start(0);
-    eprintln!("restart after SIGKILL took {:?}", t.elapsed());
+    eprintln!("restart after SIGKILL took {:?}", t_kill.elapsed());
     std::thread::sleep(Duration::from_secs(3));
     pstop.store(true, Ordering::Relaxed);
-    let (n, gap, err) = p.join().unwrap();
-    eprintln!("restarts: {n} round trips, longest pause {gap:?}");
+    let (n, _, err, gaps) = p.join().unwrap();
     assert!(err.is_none(), "TCP connection broke across restarts: {err:?}\n{}", lab.log(0));
     assert!(n > 100, "too few round trips: {n}");
+    // The pause around the SIGKILL restart (the SIGTERM phase above includes
+    // a deliberate outage and is not measured).
+    let pause = gaps
+        .iter()
+        .filter(|(start, d)| *start + *d >= t_kill)
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or_default();
+    eprintln!("SIGKILL restart: {n} round trips in total, traffic pause {pause:?}");
+    assert!(pause < Duration::from_secs(5), "pause {pause:?}");
     assert!(ping(&lab.pods[a], &b_ip, 56, 2), "ping after restart");
 
     stop.store(true, Ordering::Relaxed);
