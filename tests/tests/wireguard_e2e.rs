@@ -84,7 +84,10 @@ impl Ns {
         assert!(out.status.success(), "sysctl {kv} in {}", self.0);
     }
     /// Runs `f` on a thread inside this namespace (sockets made there stay there).
-    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.0);
         std::thread::spawn(move || {
             let f_ns = std::fs::File::open(&path).expect("open netns");
@@ -173,10 +176,18 @@ impl Lab {
     fn add_node(&mut self, i: u8) {
         let ns = Ns::new(format!("{}-n{i}", self.prefix));
         let peer = format!("n{i}");
-        self.ul.ip(&["link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
+        self.ul.ip(&[
+            "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+        ]);
         self.ul.ip(&["link", "set", &peer, "master", "br0", "up"]);
         ns.sysctl("net.ipv6.conf.all.disable_ipv6=1");
-        ns.ip(&["addr", "add", &format!("198.18.0.{}/15", 10 + i), "dev", "eth0"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("198.18.0.{}/15", 10 + i),
+            "dev",
+            "eth0",
+        ]);
         ns.ip(&["link", "set", "eth0", "up"]);
         let dir = self.dir.join(format!("n{i}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -260,18 +271,34 @@ impl Lab {
     /// A pod on node `i`, wired like the CNI plugin does: /32 address, link-local
     /// gateway answered by proxy ARP, MTU 1420, host route on the node.
     fn add_pod(&mut self, i: u8) -> usize {
-        let j = self.pods.iter().filter(|p| p.ip.starts_with(&format!("10.244.{i}."))).count() + 2;
+        let j = self
+            .pods
+            .iter()
+            .filter(|p| p.ip.starts_with(&format!("10.244.{i}.")))
+            .count()
+            + 2;
         let ip = format!("10.244.{i}.{j}");
         let ns = Ns::new(format!("{}-p{i}{j}", self.prefix));
         let host = format!("vp{i}{j}");
         let node = &self.nodes.iter().find(|n| n.i == i).unwrap().ns;
-        node.ip(&["link", "add", &host, "mtu", "1420", "type", "veth", "peer", "name", "eth0", "mtu", "1420", "netns", &ns.0]);
+        node.ip(&[
+            "link", "add", &host, "mtu", "1420", "type", "veth", "peer", "name", "eth0", "mtu",
+            "1420", "netns", &ns.0,
+        ]);
         node.ip(&["link", "set", &host, "up"]);
         node.sysctl(&format!("net.ipv4.conf.{host}.proxy_arp=1"));
         node.ip(&["route", "replace", &format!("{ip}/32"), "dev", &host]);
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
         let link = node.ip(&["-o", "link", "show", &host]);
         let mac = link
             .split_whitespace()
@@ -279,8 +306,27 @@ impl Lab {
             .nth(1)
             .expect("host veth mac")
             .to_string();
-        ns.ip(&["neigh", "replace", "169.254.1.1", "lladdr", &mac, "dev", "eth0", "nud", "permanent"]);
-        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink"]);
+        ns.ip(&[
+            "neigh",
+            "replace",
+            "169.254.1.1",
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ]);
         self.pods.push(Pod { ns, ip });
         self.pods.len() - 1
     }
@@ -298,7 +344,10 @@ impl Lab {
             if s["peers"].as_array().map(|a| a.len()) == Some(peers) {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {i} never had {peers} peers: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never had {peers} peers: {s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -306,18 +355,18 @@ impl Lab {
     /// The metrics text of node `i`.
     fn metrics(&self, i: u8) -> String {
         let n = self.nodes.iter().find(|n| n.i == i).unwrap();
-        n.ns
-            .enter(|| {
-                let mut s = TcpStream::connect("127.0.0.1:9590").ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-                let mut out = String::new();
-                s.read_to_string(&mut out).ok()?;
-                Some(out)
-            })
-            .join()
-            .unwrap()
-            .unwrap_or_default()
+        n.ns.enter(|| {
+            let mut s = TcpStream::connect("127.0.0.1:9590").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            Some(out)
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_default()
     }
 
     /// `wg show veil-wg dump` against node `i`'s UAPI socket (bind-mounted at
@@ -339,7 +388,9 @@ fn call(sock: &Path, method: &str, params: Value) -> Result<Value, String> {
     line.push(b'\n');
     (&s).write_all(&line).map_err(|e| e.to_string())?;
     let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).map_err(|e| e.to_string())?;
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
     match v.get("ok") {
         Some(ok) => Ok(ok.clone()),
@@ -357,7 +408,9 @@ impl Capture {
     fn start(lab: &Lab, name: &str) -> Self {
         let file = lab.dir.join(format!("{name}.pcap"));
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.ul.0, "tcpdump", "-i", "br0", "-n", "-U", "-s", "0", "-w"])
+            .args([
+                "netns", "exec", &lab.ul.0, "tcpdump", "-i", "br0", "-n", "-U", "-s", "0", "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -481,14 +534,16 @@ fn echo_server(pod: &Pod, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
         let l = TcpListener::bind((ip.as_str(), 7000)).expect("bind echo");
         l.set_nonblocking(true).unwrap();
         let udp = UdpSocket::bind((ip.as_str(), 7001)).expect("bind udp echo");
-        udp.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let mut conns: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if let Ok((mut s, _)) = l.accept() {
                 let stop = stop.clone();
                 conns.push(std::thread::spawn(move || {
                     s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
                     let mut buf = vec![0u8; 1 << 16];
                     while !stop.load(Ordering::Relaxed) {
                         match s.read(&mut buf) {
@@ -501,7 +556,8 @@ fn echo_server(pod: &Pod, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
                                         match s.read(&mut buf) {
                                             Ok(0) => break,
                                             Ok(m) => total += m as u64,
-                                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                                            Err(e)
+                                                if e.kind() == std::io::ErrorKind::WouldBlock => {}
                                             Err(_) => return,
                                         }
                                     }
@@ -576,7 +632,8 @@ fn bulk(pod: &Pod, to: String, bytes: usize) -> (u64, f64) {
         .enter(move || {
             let t0 = Instant::now();
             let addr: SocketAddr = format!("{to}:7000").parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+            let mut s =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
             let mut chunk = vec![0u8; 1 << 16];
@@ -603,7 +660,8 @@ fn udp_echo(pod: &Pod, to: String) -> bool {
     pod.ns
         .enter(move || {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             let mut msg = b"U".to_vec();
             msg.extend_from_slice(MARKER);
             for _ in 0..10 {
@@ -625,8 +683,22 @@ fn udp_echo(pod: &Pod, to: String) -> bool {
 fn ping(pod: &Pod, to: &str, size: usize, count: u32) -> bool {
     let pattern: String = MARKER[..16].iter().map(|b| format!("{b:02x}")).collect();
     let out = pod.ns.exec(&[
-        "ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", "-M", "do",
-        "-s", &size.to_string(), "-p", &pattern, to,
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        &size.to_string(),
+        "-p",
+        &pattern,
+        to,
     ]);
     out.status.success()
 }
@@ -665,11 +737,20 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     );
     // Full-size packets with DF (1420-byte IP packets = pod MTU).
     assert!(ping(&lab.pods[a], &b_ip, 1392, 3), "1420-byte DF ping");
-    assert!(ping(&lab.pods[b], &lab.pods[a].ip.clone(), 1400 - 28, 2), "1400-byte DF ping back");
-    assert!(udp_echo(&lab.pods[a], b_ip.clone()), "UDP echo across nodes");
+    assert!(
+        ping(&lab.pods[b], &lab.pods[a].ip.clone(), 1400 - 28, 2),
+        "1400-byte DF ping back"
+    );
+    assert!(
+        udp_echo(&lab.pods[a], b_ip.clone()),
+        "UDP echo across nodes"
+    );
     let (got, secs) = bulk(&lab.pods[a], b_ip.clone(), 64 << 20);
     assert_eq!(got, 64 << 20, "bulk transfer complete");
-    eprintln!("bulk: 64 MiB in {secs:.2} s = {:.0} Mbit/s", (64u64 << 23) as f64 / secs / 1e6);
+    eprintln!(
+        "bulk: 64 MiB in {secs:.2} s = {:.0} Mbit/s",
+        (64u64 << 23) as f64 / secs / 1e6
+    );
 
     // wg show through the UAPI socket.
     let dump = lab.wg_dump(0);
@@ -681,7 +762,10 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     assert_eq!(lines[1][0], key1, "{dump}");
     assert_eq!(lines[1][2], "198.18.0.11:51820", "{dump}");
     assert_eq!(lines[1][3], "10.244.1.0/24", "{dump}");
-    assert!(lines[1][4].parse::<u64>().unwrap() > 0, "latest handshake: {dump}");
+    assert!(
+        lines[1][4].parse::<u64>().unwrap() > 0,
+        "latest handshake: {dump}"
+    );
     assert!(lines[1][5].parse::<u64>().unwrap() > 10_000, "rx: {dump}");
     assert!(lines[1][6].parse::<u64>().unwrap() > 60 << 20, "tx: {dump}");
     // Per-peer metrics refresh every second.
@@ -720,15 +804,24 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
         if done {
             break;
         }
-        assert!(Instant::now() < deadline, "rotation did not complete: {s0} {s1}");
+        assert!(
+            Instant::now() < deadline,
+            "rotation did not complete: {s0} {s1}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(1));
     pstop.store(true, Ordering::Relaxed);
     let (n, gap, err, _) = p.join().unwrap();
     eprintln!("rotation: {n} round trips, longest pause {gap:?}");
-    assert!(err.is_none(), "TCP connection broke during rotation: {err:?}");
-    assert!(gap < Duration::from_secs(2), "pause during rotation {gap:?}");
+    assert!(
+        err.is_none(),
+        "TCP connection broke during rotation: {err:?}"
+    );
+    assert!(
+        gap < Duration::from_secs(2),
+        "pause during rotation {gap:?}"
+    );
     assert!(ping(&lab.pods[a], &b_ip, 56, 2), "ping after rotation");
 
     // A node joins: its pods are reachable; then it leaves.
@@ -737,13 +830,19 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     lab.start(2);
     lab.wait_peers(0, 2);
     lab.wait_peers(2, 2);
-    assert!(ping(&lab.pods[a], &lab.pods[c].ip.clone(), 56, 3), "ping to the new node's pod");
+    assert!(
+        ping(&lab.pods[a], &lab.pods[c].ip.clone(), 56, 3),
+        "ping to the new node's pod"
+    );
     lab.stop(2, false);
     std::fs::remove_file(lab.dir.join("ds/nodes/node-2.yaml")).ok();
     lab.wait_peers(0, 1);
     let routes = lab.nodes[0].ns.ip(&["route", "show", "dev", "veil-wg"]);
     assert!(!routes.contains("10.244.2.0/24"), "{routes}");
-    assert!(routes.contains("10.244.1.0/24") && routes.contains("src 10.244.0.1"), "{routes}");
+    assert!(
+        routes.contains("10.244.1.0/24") && routes.contains("src 10.244.0.1"),
+        "{routes}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
@@ -763,9 +862,15 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
 
     // Phase 1: node-1 unknown (not started): node-0 has no peer for it.
     lab.start(0);
-    assert!(!ping(&lab.pods[a], &b_ip, 200, 3), "ping with no peer must fail");
+    assert!(
+        !ping(&lab.pods[a], &b_ip, 200, 3),
+        "ping with no peer must fail"
+    );
     let m = lab.metrics(0);
-    assert!(metric(&m, "veil_wireguard_dropped_no_peer_total") >= 3.0, "{m}");
+    assert!(
+        metric(&m, "veil_wireguard_dropped_no_peer_total") >= 3.0,
+        "{m}"
+    );
 
     // Phase 2: peers up, an established TCP connection.
     lab.start(1);
@@ -780,7 +885,10 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     // Phase 3: veild stopped on node-0 (SIGTERM), traffic keeps trying.
     let t = Instant::now();
     lab.stop(0, false);
-    assert!(!ping(&lab.pods[a], &b_ip, 200, 2), "no path while veild is stopped");
+    assert!(
+        !ping(&lab.pods[a], &b_ip, 200, 2),
+        "no path while veild is stopped"
+    );
     lab.start(0);
     eprintln!("restart after SIGTERM took {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(2));
@@ -793,7 +901,11 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     std::thread::sleep(Duration::from_secs(3));
     pstop.store(true, Ordering::Relaxed);
     let (n, _, err, gaps) = p.join().unwrap();
-    assert!(err.is_none(), "TCP connection broke across restarts: {err:?}\n{}", lab.log(0));
+    assert!(
+        err.is_none(),
+        "TCP connection broke across restarts: {err:?}\n{}",
+        lab.log(0)
+    );
     assert!(n > 100, "too few round trips: {n}");
     // The pause around the SIGKILL restart (the SIGTERM phase above includes
     // a deliberate outage and is not measured).
@@ -829,7 +941,12 @@ fn nodes_claiming_the_same_key_are_both_refused() {
     lab.wait_peers(0, 0);
     let s = lab.status(0);
     let refused = s["refused"].to_string();
-    assert!(refused.contains("node-1") && refused.contains("node-2") && refused.contains("also claimed"), "{s}");
+    assert!(
+        refused.contains("node-1")
+            && refused.contains("node-2")
+            && refused.contains("also claimed"),
+        "{s}"
+    );
     let m = lab.metrics(0);
     assert_eq!(metric(&m, "veil_wireguard_refused_peers"), 2.0, "{m}");
 }

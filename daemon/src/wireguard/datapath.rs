@@ -251,7 +251,7 @@ impl Table {
                 by_index.insert(p.index, (p.clone(), i));
             }
         }
-        routes.sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix()));
         (
             Table {
                 keys,

@@ -526,7 +526,7 @@ fn timers_loop(m: Arc<Manager>, stop: Arc<AtomicBool>) {
         datapath::tick(&table, &mut sink);
         sink.flush(m.ctl.as_raw_fd());
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             m.update_peer_metrics(&table, &mut last_bytes);
             if table.rotating() {
                 m.wake.notify_one();
