@@ -1,11 +1,392 @@
-//! `veilctl lab` (not yet implemented).
+//! `veilctl lab`: a cluster of network namespaces on this machine
+//! (`up`, `down`, `status`, `exec`, `restart-node`; `serve` is internal).
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::lab::plan::Plan;
+use crate::lab::serve::ServeSpec;
+use crate::lab::state::{LabLock, LabState};
+use crate::lab::up::{Binaries, UpOptions};
+use crate::lab::{self, netns, process, LabError, DEFAULT_NAME};
 
 /// Arguments of `veilctl lab`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Build a lab: underlay, nodes running veild, pods wired by the veil CNI plugin.
+    Up(UpArgs),
+    /// Remove everything a lab made (also after a crash). Idempotent.
+    Down(NameArg),
+    /// List a lab's nodes, pods and external hosts.
+    Status(StatusArgs),
+    /// Run a command inside a pod's, a node's or the underlay's namespace.
+    Exec(ExecArgs),
+    /// Restart a node's veild (stopping it first if it runs).
+    RestartNode(RestartArgs),
+    /// List the labs on this machine.
+    List,
+    /// Serve a lab pod's ports (run by the lab inside the pod's namespace).
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NameArg {
+    /// Lab name (1-12 lowercase letters and digits).
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Lab name (1-12 lowercase letters and digits).
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// Number of nodes (without --scenario).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Sample pods per node (without --scenario).
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: usize,
+    /// Build the cluster of this scenario file instead of the sample one.
+    #[arg(long, conflicts_with_all = ["nodes", "pods_per_node"])]
+    scenario: Option<PathBuf>,
+    /// The veild binary (default: next to veilctl).
+    #[arg(long)]
+    veild: Option<PathBuf>,
+    /// Directory of the veil CNI plugin (default: next to veilctl).
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    /// Keep a half-built lab when a step fails (for debugging; remove it with `lab down`).
+    #[arg(long)]
+    keep_on_error: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Lab name.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pod", "node", "underlay", "external"]))]
+struct ExecArgs {
+    /// Lab name.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// The pod, as NAMESPACE/POD.
+    pod: Option<String>,
+    /// A node's namespace (with that node's WireGuard socket on /var/run/wireguard).
+    #[arg(long)]
+    node: Option<String>,
+    /// The underlay's namespace (the bridge).
+    #[arg(long)]
+    underlay: bool,
+    /// An external host's namespace.
+    #[arg(long)]
+    external: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestartArgs {
+    /// Lab name.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// The node.
+    node: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// What to serve (JSON, see `lab::serve::ServeSpec`).
+    #[arg(long)]
+    spec: String,
+}
 
 /// Runs the command; returns the exit code.
-pub fn run(_args: Args) -> i32 {
-    eprintln!("veilctl lab: not implemented yet");
-    2
+pub fn run(args: Args) -> i32 {
+    let result = match args.cmd {
+        Cmd::Up(a) => up(a),
+        Cmd::Down(a) => down(&a.name),
+        Cmd::Status(a) => status(&a),
+        Cmd::Exec(a) => exec(a),
+        Cmd::RestartNode(a) => restart_node(&a.name, &a.node),
+        Cmd::List => list(),
+        Cmd::Serve(a) => serve(&a.spec),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("veilctl lab: {e}");
+            1
+        }
+    }
+}
+
+fn need_root() -> Result<(), LabError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::Process(
+            "the lab creates network namespaces and must run as root".into(),
+        ))
+    }
+}
+
+fn up(a: UpArgs) -> Result<i32, LabError> {
+    lab::validate_name(&a.name)?;
+    need_root()?;
+    let plan = match &a.scenario {
+        Some(path) => {
+            let sc = lab::scenario::load(path).map_err(|e| LabError::Process(e.to_string()))?;
+            Plan::from_scenario(&a.name, &sc)?
+        }
+        None => Plan::sample(&a.name, a.nodes, a.pods_per_node)?,
+    };
+    let binaries = Binaries::locate(a.veild, a.cni_bin_dir)?;
+    let opts = UpOptions {
+        plan,
+        binaries,
+        scenario: a.scenario,
+        keep_on_error: a.keep_on_error,
+    };
+    let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}"))?;
+    print_state(&state);
+    if let Some(p) = state.pods.iter().find(|p| !p.host_network) {
+        let other = state
+            .pods
+            .iter()
+            .find(|q| q.node == p.node && q.full_name() != p.full_name() && !q.host_network);
+        println!();
+        println!("try:");
+        if let Some(q) = other {
+            if let Some(ip) = q.ip {
+                println!(
+                    "  veilctl lab exec --name {} {} -- curl -s http://{ip}/",
+                    state.name,
+                    p.full_name()
+                );
+            }
+        }
+        println!(
+            "  veilctl lab exec --name {} --node {} -- wg show",
+            state.name, p.node
+        );
+        println!("  veilctl lab down --name {}", state.name);
+    }
+    Ok(0)
+}
+
+fn down(name: &str) -> Result<i32, LabError> {
+    lab::validate_name(name)?;
+    need_root()?;
+    let r = lab::down::down(name)?;
+    if r == lab::down::DownReport::default() {
+        println!("lab {name}: nothing to remove");
+    } else {
+        println!(
+            "lab {name}: removed {} namespaces, stopped {} processes",
+            r.namespaces, r.processes
+        );
+    }
+    Ok(0)
+}
+
+fn print_state(s: &LabState) {
+    println!("lab {} ({})", s.name, s.dir().display());
+    println!();
+    println!(
+        "{:<16} {:<15} {:<16} {:<8} NETNS",
+        "NODE", "ADDRESS", "POD CIDR", "VEILD"
+    );
+    for n in &s.nodes {
+        let pid = n
+            .pid
+            .filter(|&p| process::runs_in(p, &n.netns))
+            .map_or_else(|| "down".to_string(), |p| p.to_string());
+        println!(
+            "{:<16} {:<15} {:<16} {:<8} {}",
+            n.name,
+            n.address.to_string(),
+            n.pod_cidr.to_string(),
+            pid,
+            n.netns
+        );
+    }
+    if !s.pods.is_empty() {
+        println!();
+        println!("{:<32} {:<16} {:<15} NETNS", "POD", "NODE", "IP");
+        for p in &s.pods {
+            let ip = p.ip.map_or_else(|| "-".to_string(), |i| i.to_string());
+            let ip = if p.host_network {
+                format!("{ip} (host)")
+            } else {
+                ip
+            };
+            println!(
+                "{:<32} {:<16} {:<15} {}",
+                p.full_name(),
+                p.node,
+                ip,
+                p.netns
+            );
+        }
+    }
+    if !s.external.is_empty() {
+        println!();
+        println!("{:<32} {:<15} NETNS", "EXTERNAL", "IP");
+        for x in &s.external {
+            println!("{:<32} {:<15} {}", x.name, x.ip.to_string(), x.netns);
+        }
+    }
+    if !s.complete {
+        println!();
+        println!(
+            "(incomplete: `lab up` did not finish; remove it with `veilctl lab down --name {}`)",
+            s.name
+        );
+    }
+}
+
+fn status(a: &StatusArgs) -> Result<i32, LabError> {
+    let state = LabState::load(&a.name)?;
+    match a.output {
+        Output::Json => {
+            let text = serde_json::to_string_pretty(&state.status_json())
+                .map_err(|e| LabError::Process(format!("cannot encode the status: {e}")))?;
+            println!("{text}");
+        }
+        Output::Text => print_state(&state),
+    }
+    Ok(0)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+fn exec(a: ExecArgs) -> Result<i32, LabError> {
+    need_root()?;
+    let state = LabState::load(&a.name)?;
+    let no_such = |what, name: &str| LabError::NoSuch {
+        lab: state.name.clone(),
+        what,
+        name: name.to_string(),
+    };
+    let mut cmd = Command::new("ip");
+    if let Some(node) = &a.node {
+        let n = state.node(node).ok_or_else(|| no_such("node", node))?;
+        let wg = n.socket.with_file_name("wireguard");
+        // `ip netns exec` runs the command in a mount namespace of its own, so the
+        // bind mount is private to it.
+        cmd.args(["netns", "exec", &n.netns, "sh", "-c"])
+            .arg("mkdir -p /var/run/wireguard && mount --bind \"$0\" /var/run/wireguard && exec \"$@\"")
+            .arg(&wg);
+    } else if a.underlay {
+        cmd.args(["netns", "exec", &state.underlay_netns]);
+    } else if let Some(x) = &a.external {
+        let x = state
+            .external
+            .iter()
+            .find(|e| &e.name == x)
+            .ok_or_else(|| no_such("external host", x))?;
+        cmd.args(["netns", "exec", &x.netns]);
+    } else if let Some(p) = &a.pod {
+        let pod = state.pod(p).ok_or_else(|| no_such("pod", p))?;
+        cmd.args(["netns", "exec", &pod.netns]);
+    }
+    cmd.args(&a.command);
+    let status = cmd
+        .status()
+        .map_err(|e| LabError::Process(format!("cannot run {:?}: {e}", a.command)))?;
+    Ok(exit_code(status))
+}
+
+fn restart_node(name: &str, node: &str) -> Result<i32, LabError> {
+    lab::validate_name(name)?;
+    need_root()?;
+    let _lock = LabLock::acquire(name)?;
+    let mut state = LabState::load(name)?;
+    let idx = state
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| LabError::NoSuch {
+            lab: name.to_string(),
+            what: "node",
+            name: node.to_string(),
+        })?;
+    let n = state.nodes[idx].clone();
+    if let Some(pid) = n.pid {
+        if process::stop(pid, &n.netns, Duration::from_secs(10)) {
+            println!("node {node}: stopped veild (pid {pid})");
+        }
+    }
+    if !netns::exists(&n.netns) {
+        return Err(LabError::Process(format!(
+            "node {node}: its namespace {} is gone",
+            n.netns
+        )));
+    }
+    let pid = process::spawn_in(&n.netns, &n.veild_argv, &n.log)?;
+    state.nodes[idx].pid = Some(pid);
+    state.save()?;
+    lab::up::wait_ready(&state.nodes[idx], lab::up::READY_TIMEOUT)?;
+    println!("node {node}: veild running (pid {pid}) and ready");
+    Ok(0)
+}
+
+fn list() -> Result<i32, LabError> {
+    let mut names: Vec<String> = match std::fs::read_dir(lab::LABS_ROOT) {
+        Ok(d) => d
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| lab::validate_name(n).is_ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    for n in names {
+        match LabState::load(&n) {
+            Ok(s) => println!(
+                "{n}\t{} nodes\t{} pods\t{}",
+                s.nodes.len(),
+                s.pods.len(),
+                if s.complete { "up" } else { "incomplete" }
+            ),
+            Err(e) => println!("{n}\t({e})"),
+        }
+    }
+    Ok(0)
+}
+
+fn serve(spec: &str) -> Result<i32, LabError> {
+    let spec: ServeSpec =
+        serde_json::from_str(spec).map_err(|e| LabError::Process(format!("--spec: {e}")))?;
+    lab::serve::run(spec).map_err(|e| LabError::Process(e.to_string()))?;
+    Ok(0)
 }

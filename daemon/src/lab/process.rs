@@ -1,0 +1,175 @@
+//! Processes the lab starts inside its namespaces (node daemons, workload
+//! servers): started detached, and stopped only after checking that the PID
+//! still belongs to a process in the expected lab namespace, so that a PID
+//! reused by an unrelated process is never signalled.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::netns;
+use super::LabError;
+
+/// Starts `argv` detached (new session, stdin from /dev/null, stdout and stderr
+/// appended to `log`) inside namespace `ns`, returning its PID. `setsid` and
+/// `ip netns exec` both exec in place, so the PID is the program's own.
+pub fn spawn_in(ns: &str, argv: &[String], log: &Path) -> Result<u32, LabError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(LabError::Process(format!(
+            "namespace {ns}: empty command line"
+        )));
+    };
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| LabError::io(log, e))?;
+    let err = out.try_clone().map_err(|e| LabError::io(log, e))?;
+    let child = Command::new("setsid")
+        .args(["ip", "netns", "exec", ns, program])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| LabError::Process(format!("namespace {ns}: cannot start {program}: {e}")))?;
+    Ok(child.id())
+}
+
+/// Whether process `pid` is alive inside namespace `ns`.
+pub fn runs_in(pid: u32, ns: &str) -> bool {
+    match (netns::identity_of_pid(pid), netns::identity(ns)) {
+        (Some(a), Some(b)) => a == b && !is_zombie(pid),
+        _ => false,
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// Waits until `pid` no longer runs in `ns`, up to `timeout`.
+fn wait_gone(pid: u32, ns: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !runs_in(pid, ns) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops `pid` if it still runs in `ns`: SIGTERM, then SIGKILL after `grace`.
+/// Returns whether a process was signalled.
+pub fn stop(pid: u32, ns: &str, grace: Duration) -> bool {
+    if !runs_in(pid, ns) || pid == std::process::id() {
+        return false;
+    }
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    if !wait_gone(pid, ns, grace) {
+        if runs_in(pid, ns) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+        wait_gone(pid, ns, Duration::from_secs(5));
+    }
+    true
+}
+
+/// Every process (but this one) whose network namespace is one of `namespaces`,
+/// as (pid, namespace).
+pub fn in_namespaces(namespaces: &BTreeSet<String>) -> Vec<(u32, String)> {
+    let ids: Vec<((u64, u64), &String)> = namespaces
+        .iter()
+        .filter_map(|ns| netns::identity(ns).map(|id| (id, ns)))
+        .collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Some(id) = netns::identity_of_pid(pid) else {
+            continue;
+        };
+        if let Some((_, ns)) = ids.iter().find(|(i, _)| *i == id) {
+            found.push((pid, (*ns).clone()));
+        }
+    }
+    found
+}
+
+/// The last `lines` lines of a log file (for error messages).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_but_not_in_a_lab_namespace() {
+        assert!(!is_zombie(std::process::id()));
+        assert!(!runs_in(std::process::id(), "vl-nosuchlab-node-a"));
+    }
+
+    #[test]
+    fn stopping_a_process_outside_the_namespace_signals_nothing() {
+        // Our own PID and an unrelated namespace: never signalled.
+        assert!(!stop(
+            std::process::id(),
+            "vl-nosuchlab-node-a",
+            Duration::from_millis(10)
+        ));
+    }
+
+    #[test]
+    fn no_namespaces_means_no_processes() {
+        let mut set = BTreeSet::new();
+        set.insert("vl-nosuchlab-node-a".to_string());
+        assert!(in_namespaces(&set).is_empty());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(log_tail(&p, 2), "c\nd");
+        assert_eq!(log_tail(&dir.path().join("none"), 2), "");
+    }
+}
