@@ -173,29 +173,43 @@ fn up(a: UpArgs) -> Result<i32, LabError> {
     };
     let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}"))?;
     print_state(&state);
-    if let Some(p) = state.pods.iter().find(|p| !p.host_network) {
-        let other = state
-            .pods
+    print_hints(&state, &opts.plan);
+    Ok(0)
+}
+
+/// Example commands for the lab just built: a pod curling another pod on its
+/// node, `wg show` on a node, and `down`.
+fn print_hints(state: &LabState, plan: &Plan) {
+    println!();
+    println!("try:");
+    let tcp_port = |full: &str| {
+        plan.pods
             .iter()
-            .find(|q| q.node == p.node && q.full_name() != p.full_name() && !q.host_network);
-        println!();
-        println!("try:");
-        if let Some(q) = other {
-            if let Some(ip) = q.ip {
-                println!(
-                    "  veilctl lab exec --name {} {} -- curl -s http://{ip}/",
-                    state.name,
-                    p.full_name()
-                );
-            }
-        }
+            .find(|p| p.full_name() == full && !p.dns)
+            .and_then(|p| p.ports.iter().find(|x| x.protocol == lab::plan::Proto::Tcp))
+            .map(|x| x.port)
+    };
+    let pair = state.pods.iter().filter(|p| !p.host_network).find_map(|p| {
+        let q = state.pods.iter().find(|q| {
+            q.node == p.node && q.full_name() != p.full_name() && tcp_port(&q.full_name()).is_some()
+        })?;
+        Some((p, q, tcp_port(&q.full_name())?, q.ip?))
+    });
+    if let Some((p, q, port, ip)) = pair {
+        println!(
+            "  veilctl lab exec --name {} {} -- curl -s http://{ip}:{port}/    # {} on the same node",
+            state.name,
+            p.full_name(),
+            q.full_name()
+        );
+    }
+    if let Some(n) = state.nodes.first() {
         println!(
             "  veilctl lab exec --name {} --node {} -- wg show",
-            state.name, p.node
+            state.name, n.name
         );
-        println!("  veilctl lab down --name {}", state.name);
     }
-    Ok(0)
+    println!("  veilctl lab down --name {}", state.name);
 }
 
 fn down(name: &str) -> Result<i32, LabError> {

@@ -49,6 +49,12 @@ pub fn runs_in(pid: u32, ns: &str) -> bool {
     }
 }
 
+/// Whether process `pid` exists and has not exited (in whatever namespace: a
+/// process just started is in its parent's until `ip netns exec` switches).
+pub fn alive(pid: u32) -> bool {
+    !is_zombie(pid)
+}
+
 fn is_zombie(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
@@ -57,6 +63,27 @@ fn is_zombie(pid: u32) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// Whether `pid` is one of our launchers still on its way into `ns`: `setsid ip
+/// netns exec <ns> ...` or `ip netns exec <ns> ...` (a reused PID never has
+/// that command line).
+fn entering(pid: u32, ns: &str) -> bool {
+    alive(pid) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| is_launcher(&c, ns))
+}
+
+/// Whether a NUL-separated command line is `[setsid] ip netns exec <ns> ...`.
+fn is_launcher(cmdline: &[u8], ns: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let args = match args.first() {
+        Some(&b"setsid") => &args[1..],
+        _ => &args[..],
+    };
+    args.len() > 4
+        && args[0] == b"ip"
+        && args[1] == b"netns"
+        && args[2] == b"exec"
+        && args[3] == ns.as_bytes()
 }
 
 /// Waits until `pid` no longer runs in `ns`, up to `timeout`.
@@ -76,7 +103,18 @@ fn wait_gone(pid: u32, ns: &str, timeout: Duration) -> bool {
 /// Stops `pid` if it still runs in `ns`: SIGTERM, then SIGKILL after `grace`.
 /// Returns whether a process was signalled.
 pub fn stop(pid: u32, ns: &str, grace: Duration) -> bool {
-    if !runs_in(pid, ns) || pid == std::process::id() {
+    if pid == std::process::id() {
+        return false;
+    }
+    if !runs_in(pid, ns) && entering(pid, ns) {
+        // Started a moment ago and still on its way in (`setsid`, `ip netns
+        // exec`): give it time to arrive, or it would outlive its namespace.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while entering(pid, ns) && !runs_in(pid, ns) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if !runs_in(pid, ns) {
         return false;
     }
     let Ok(raw) = i32::try_from(pid) else {
@@ -155,6 +193,20 @@ mod tests {
             "vl-nosuchlab-node-a",
             Duration::from_millis(10)
         ));
+    }
+
+    #[test]
+    fn only_our_launch_command_lines_count_as_entering() {
+        let ns = "vl-t-n-node-a";
+        assert!(is_launcher(
+            b"setsid\0ip\0netns\0exec\0vl-t-n-node-a\0veild\0",
+            ns
+        ));
+        assert!(is_launcher(b"ip\0netns\0exec\0vl-t-n-node-a\0veild\0", ns));
+        assert!(!is_launcher(b"ip\0netns\0exec\0vl-t-n-node-b\0veild\0", ns));
+        assert!(!is_launcher(b"sleep\x005\0", ns));
+        assert!(!is_launcher(b"", ns));
+        assert!(!entering(std::process::id(), ns));
     }
 
     #[test]

@@ -501,9 +501,7 @@ pub fn wait_ready(node: &NodeState, timeout: Duration) -> Result<(), LabError> {
             Ok(s) => last = format!("not ready: {}", s.reason),
             Err(e) => last = e.to_string(),
         }
-        let alive = node
-            .pid
-            .is_some_and(|pid| process::runs_in(pid, &node.netns));
+        let alive = node.pid.is_some_and(process::alive);
         if !alive || Instant::now() >= deadline {
             let why = if alive { "timed out" } else { "veild exited" };
             return Err(LabError::NotReady {
@@ -550,9 +548,9 @@ fn wait_served(
             }
             return Ok(());
         }
-        if !process::runs_in(pid, ns) || Instant::now() >= deadline {
+        if !process::alive(pid) || Instant::now() >= deadline {
             return Err(LabError::Process(format!(
-                "{}: the workload server did not start; end of {}:\n{}",
+                "{} (namespace {ns}): the workload server did not start; end of {}:\n{}",
                 spec.name,
                 log.display(),
                 process::log_tail(log, 10)
