@@ -159,7 +159,7 @@ fn up(a: UpArgs) -> Result<i32, LabError> {
     need_root()?;
     let plan = match &a.scenario {
         Some(path) => {
-            let sc = lab::scenario::load(path).map_err(|e| LabError::Process(e.to_string()))?;
+            let sc = lab::load_scenario(path)?;
             Plan::from_scenario(&a.name, &sc)?
         }
         None => Plan::sample(&a.name, a.nodes, a.pods_per_node)?,

@@ -23,7 +23,6 @@ pub mod down;
 pub mod netns;
 pub mod plan;
 pub mod process;
-pub mod scenario;
 pub mod serve;
 pub mod state;
 pub mod up;
@@ -70,6 +69,14 @@ pub enum LabError {
         /// The decoding error.
         #[source]
         source: serde_json::Error,
+    },
+    /// The scenario file is invalid.
+    #[error("{path}: {error}")]
+    Scenario {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the field.
+        error: veil_policy::scenario::ScenarioError,
     },
     /// The cluster description is invalid.
     #[error("{0}")]
@@ -118,6 +125,15 @@ impl LabError {
             source,
         }
     }
+}
+
+/// Reads and validates a scenario file (the policy crate's model).
+pub fn load_scenario(path: &Path) -> Result<veil_policy::scenario::Scenario, LabError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
+    veil_policy::scenario::Scenario::parse(&text).map_err(|error| LabError::Scenario {
+        path: path.display().to_string(),
+        error,
+    })
 }
 
 /// Checks a lab name: 1 to 12 characters, `[a-z][a-z0-9]*`. No dashes, so that

@@ -8,7 +8,10 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::scenario::Scenario;
+use std::net::IpAddr;
+
+use veil_policy::model::Protocol;
+use veil_policy::scenario::{Scenario, NS_NAME_LABEL};
 
 /// Node i's underlay address is `198.18.0.(10+i)`.
 pub const FIRST_NODE_HOST: u8 = 10;
@@ -22,10 +25,6 @@ pub const MAX_PODS_PER_NODE: usize = 100;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The external hosts' range.
 pub const EXTERNAL_CIDR: &str = "203.0.113.0/24";
-/// The DNS pod every cluster has.
-pub const DNS_NAMESPACE: &str = "kube-system";
-/// The DNS pod's name.
-pub const DNS_POD: &str = "kube-dns";
 
 /// A protocol of a served port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -223,21 +222,6 @@ fn node_letter_name(i: usize) -> String {
     format!("node-{letter}")
 }
 
-fn dns_ports() -> Vec<PlanPort> {
-    vec![
-        PlanPort {
-            port: 53,
-            protocol: Proto::Udp,
-            name: Some("dns".into()),
-        },
-        PlanPort {
-            port: 53,
-            protocol: Proto::Tcp,
-            name: Some("dns-tcp".into()),
-        },
-    ]
-}
-
 /// Builds the nodes: node i gets 198.18.0.(10+i) and the i-th /24 of `cidr`.
 fn nodes(
     lab: &str,
@@ -368,221 +352,104 @@ impl Plan {
         })
     }
 
-    /// The lab of a scenario: its nodes, namespaces, pods and external hosts, plus
-    /// `kube-system/kube-dns` when the scenario does not define it.
+    /// The lab of a parsed scenario (`veil_policy::scenario`, which has already
+    /// resolved nodes, placement, addresses and `kube-system/kube-dns`). Every
+    /// pod asks the CNI for the address the scenario model gave it, so that the
+    /// lab and the in-memory evaluation see the same cluster.
     pub fn from_scenario(lab: &str, sc: &Scenario) -> Result<Plan, PlanError> {
-        let cluster = sc.cluster.clone().unwrap_or_default();
-        let cidr = cluster
-            .pod_cidr
-            .unwrap_or_else(|| CLUSTER_CIDR.parse().expect("constant CIDR"));
-        let specs = if cluster.nodes.is_empty() {
-            vec![("node-a".to_string(), BTreeMap::new())]
-        } else {
-            cluster
-                .nodes
-                .iter()
-                .map(|n| match n {
-                    super::scenario::NodeSpec::Name(name) => (name.clone(), BTreeMap::new()),
-                    super::scenario::NodeSpec::Full { name, labels } => {
-                        (name.clone(), labels.clone())
-                    }
-                })
-                .collect()
+        let IpAddr::V4(base) = sc.pod_cidr.addr() else {
+            return Err(PlanError::Invalid {
+                field: "cluster.podCIDR".into(),
+                value: sc.pod_cidr.to_string(),
+                reason: "must be an IPv4 network",
+            });
         };
+        let cidr =
+            Ipv4Network::new(base, sc.pod_cidr.prefix()).map_err(|_| PlanError::Invalid {
+                field: "cluster.podCIDR".into(),
+                value: sc.pod_cidr.to_string(),
+                reason: "is not a network",
+            })?;
+        let specs = sc
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut labels = n.labels.clone();
+                // veild adds these itself.
+                labels.remove("kubernetes.io/hostname");
+                labels.remove("kubernetes.io/os");
+                (n.name.clone(), labels)
+            })
+            .collect();
         let nodes = nodes(lab, cidr, specs)?;
-
-        let mut namespaces = Vec::new();
-        let mut ns_names = BTreeSet::new();
-        for (i, ns) in sc.namespaces.iter().enumerate() {
-            let field = format!("namespaces[{i}]");
-            if !is_dns_label(&ns.name) {
+        for (mine, theirs) in nodes.iter().zip(&sc.nodes) {
+            if IpAddr::V4(mine.address) != IpAddr::V4(theirs.address)
+                || mine.pod_cidr.to_string() != theirs.pod_cidr.to_string()
+            {
                 return Err(PlanError::Invalid {
-                    field,
-                    value: ns.name.clone(),
-                    reason: "is not a valid namespace name (lowercase DNS label)",
+                    field: "cluster.nodes".into(),
+                    value: theirs.name.clone(),
+                    reason: "has an address or pod CIDR the lab cannot give it",
                 });
             }
-            if !ns_names.insert(ns.name.clone()) {
-                return Err(PlanError::Duplicate {
-                    field,
-                    what: "namespace",
+        }
+        let namespaces = sc
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let mut labels = ns.labels.clone();
+                labels.remove(NS_NAME_LABEL); // implied, not stored
+                PlanNamespace {
                     name: ns.name.clone(),
-                });
-            }
-            namespaces.push(PlanNamespace {
-                name: ns.name.clone(),
-                labels: ns.labels.clone(),
-            });
-        }
-        if ns_names.insert(DNS_NAMESPACE.to_string()) {
-            namespaces.push(PlanNamespace {
-                name: DNS_NAMESPACE.into(),
-                labels: BTreeMap::new(),
-            });
-        }
-
+                    labels,
+                }
+            })
+            .collect();
         let mut pods = Vec::new();
-        let mut pod_names = BTreeSet::new();
-        let mut fixed_ips = BTreeSet::new();
-        let mut unplaced = 0usize;
         for (i, p) in sc.pods.iter().enumerate() {
-            let field = format!("pods[{i}]");
-            let Some((ns, name)) = p.name.split_once('/') else {
-                return Err(PlanError::Invalid {
-                    field: format!("{field}.name"),
-                    value: p.name.clone(),
-                    reason: "must be namespace/name",
-                });
-            };
-            if !is_dns_subdomain(name) {
-                return Err(PlanError::Invalid {
-                    field: format!("{field}.name"),
-                    value: p.name.clone(),
-                    reason: "has an invalid pod name (lowercase DNS name)",
-                });
-            }
-            if !ns_names.contains(ns) {
-                return Err(PlanError::Unknown {
-                    field: format!("{field}.name"),
-                    what: "namespace",
-                    name: ns.to_string(),
-                });
-            }
-            if !pod_names.insert(p.name.clone()) {
-                return Err(PlanError::Duplicate {
-                    field,
-                    what: "pod",
-                    name: p.name.clone(),
-                });
-            }
-            let dns = ns == DNS_NAMESPACE && name == DNS_POD;
-            let node = match &p.node {
-                Some(n) => match nodes.iter().find(|x| &x.name == n) {
-                    Some(x) => x,
-                    None => {
-                        return Err(PlanError::Unknown {
-                            field: format!("{field}.node"),
-                            what: "node",
-                            name: n.clone(),
-                        })
-                    }
-                },
-                None if dns => &nodes[0],
-                None => {
-                    let n = &nodes[unplaced % nodes.len()];
-                    unplaced += 1;
-                    n
-                }
-            };
-            if let Some(ip) = p.ip {
-                if p.host_network {
-                    return Err(PlanError::Invalid {
-                        field: format!("{field}.ip"),
-                        value: ip.to_string(),
-                        reason: "cannot be set on a hostNetwork pod",
-                    });
-                }
-                let last = ip.octets()[3];
-                if !node.pod_cidr.contains(ip) || last == 0 || last == 255 {
-                    return Err(PlanError::Invalid {
-                        field: format!("{field}.ip"),
-                        value: ip.to_string(),
-                        reason: "is not a usable address of its node's pod CIDR",
-                    });
-                }
-                if !fixed_ips.insert(ip) {
-                    return Err(PlanError::Duplicate {
-                        field: format!("{field}.ip"),
-                        what: "address",
-                        name: ip.to_string(),
-                    });
-                }
-            }
-            let ports = ports(&format!("{field}.ports"), &p.ports)?;
-            if dns && ports != dns_ports() {
-                return Err(PlanError::Invalid {
-                    field: format!("{field}.ports"),
-                    value: p.name.clone(),
-                    reason: "must be exactly 53/UDP dns and 53/TCP dns-tcp",
-                });
-            }
+            let node =
+                nodes
+                    .iter()
+                    .find(|n| n.name == p.node)
+                    .ok_or_else(|| PlanError::Unknown {
+                        field: format!("pods[{i}].node"),
+                        what: "node",
+                        name: p.node.clone(),
+                    })?;
             pods.push(PlanPod {
                 netns: if p.host_network {
                     node.netns.clone()
                 } else {
-                    pod_netns(lab, ns, name, i)
+                    pod_netns(lab, &p.namespace, &p.name, i)
                 },
-                namespace: ns.to_string(),
-                name: name.to_string(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
                 labels: p.labels.clone(),
-                node: node.name.clone(),
-                ip: p.ip,
+                node: p.node.clone(),
+                ip: (!p.host_network).then_some(p.ip),
                 host_network: p.host_network,
-                service_account: p.service_account.clone(),
-                ports,
-                dns,
+                service_account: Some(p.service_account.clone()),
+                ports: model_ports(&p.ports),
+                dns: p.is_dns,
             });
         }
-        if !pods.iter().any(|p| p.dns) {
-            pods.push(PlanPod {
-                netns: pod_netns(lab, DNS_NAMESPACE, DNS_POD, pods.len()),
-                namespace: DNS_NAMESPACE.into(),
-                name: DNS_POD.into(),
-                labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
-                node: nodes[0].name.clone(),
-                ip: None,
-                host_network: false,
-                service_account: None,
-                ports: dns_ports(),
-                dns: true,
-            });
-        }
-
-        let ext_cidr: Ipv4Network = EXTERNAL_CIDR.parse().expect("constant CIDR");
         let mut external = Vec::new();
-        let mut ext_names = BTreeSet::new();
-        let mut ext_ips = BTreeSet::new();
         for (i, x) in sc.external.iter().enumerate() {
-            let field = format!("external[{i}]");
-            let name = x.name.to_ascii_lowercase();
-            if !is_dns_subdomain(&name) {
+            let IpAddr::V4(ip) = x.ip else {
                 return Err(PlanError::Invalid {
-                    field: format!("{field}.name"),
-                    value: x.name.clone(),
-                    reason: "is not a valid DNS name",
-                });
-            }
-            if !ext_names.insert(name.clone()) {
-                return Err(PlanError::Duplicate {
-                    field,
-                    what: "external host",
-                    name,
-                });
-            }
-            let last = x.ip.octets()[3];
-            if !ext_cidr.contains(x.ip) || last == 0 || last == 255 {
-                return Err(PlanError::Invalid {
-                    field: format!("{field}.ip"),
+                    field: format!("external[{i}].ip"),
                     value: x.ip.to_string(),
-                    reason: "is not a usable address of 203.0.113.0/24",
+                    reason: "must be an IPv4 address",
                 });
-            }
-            if !ext_ips.insert(x.ip) {
-                return Err(PlanError::Duplicate {
-                    field: format!("{field}.ip"),
-                    what: "address",
-                    name: x.ip.to_string(),
-                });
-            }
+            };
             external.push(PlanExternal {
-                netns: format!("{}x-{name}", super::prefix(lab)),
+                netns: format!("{}x-{}", super::prefix(lab), x.name),
                 bridge_port: format!("x{i}"),
-                name,
-                ip: x.ip,
-                ports: ports(&format!("{field}.ports"), &x.ports)?,
+                name: x.name.to_ascii_lowercase(),
+                ip,
+                ports: model_ports(&x.ports),
             });
         }
-
         Ok(Plan {
             lab: lab.to_string(),
             cluster_cidr: cidr,
@@ -612,41 +479,23 @@ impl Plan {
     }
 }
 
-fn ports(field: &str, given: &[super::scenario::Port]) -> Result<Vec<PlanPort>, PlanError> {
-    let mut out: Vec<PlanPort> = Vec::new();
-    for (i, p) in given.iter().enumerate() {
-        let protocol = match &p.protocol {
-            None => Proto::Tcp,
-            Some(s) => Proto::parse(s).ok_or_else(|| PlanError::Invalid {
-                field: format!("{field}[{i}].protocol"),
-                value: s.clone(),
-                reason: "is not TCP, UDP or SCTP",
-            })?,
-        };
-        if p.port == 0 {
-            return Err(PlanError::Range {
-                field: format!("{field}[{i}].port"),
-                value: "0".into(),
-                range: "1 to 65535".into(),
-            });
-        }
-        if out
-            .iter()
-            .any(|o| o.port == p.port && o.protocol == protocol)
-        {
-            return Err(PlanError::Duplicate {
-                field: format!("{field}[{i}]"),
-                what: "port",
-                name: format!("{}/{}", p.port, protocol.as_str()),
-            });
-        }
-        out.push(PlanPort {
-            port: p.port,
-            protocol,
-            name: p.name.clone(),
-        });
-    }
-    Ok(out)
+fn model_ports(ports: &[veil_policy::cluster::PodPort]) -> Vec<PlanPort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = match p.protocol {
+                Protocol::Tcp => Proto::Tcp,
+                Protocol::Udp => Proto::Udp,
+                Protocol::Sctp => Proto::Sctp,
+                Protocol::Icmp => return None,
+            };
+            Some(PlanPort {
+                port: p.port,
+                protocol,
+                name: p.name.clone(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -654,7 +503,7 @@ mod tests {
     use super::*;
 
     fn scenario(yaml: &str) -> Scenario {
-        serde_yaml::from_str(yaml).unwrap()
+        Scenario::parse(yaml).unwrap()
     }
 
     #[test]
@@ -686,20 +535,29 @@ mod tests {
     }
 
     #[test]
-    fn scenario_defaults_to_one_node_and_adds_kube_dns() {
+    fn scenario_defaults_to_one_node_and_has_kube_dns() {
         let p = Plan::from_scenario(
             "t",
             &scenario(
-                "name: s\nnamespaces: [{name: x}]\npods:\n  - {name: x/a, ports: [{port: 80}]}\nexternal:\n  - {name: Pay.Example.net, ip: 203.0.113.50, ports: [{port: 443}]}\n",
+                "name: s\nnamespaces: [{name: x, labels: {team: a}}]\npods:\n  - {name: x/a, ports: [{port: 80}]}\nexternal:\n  - {name: pay.example.net, ip: 203.0.113.50, ports: [{port: 443}]}\nprobes: []\n",
             ),
         )
         .unwrap();
         assert_eq!(p.nodes.len(), 1);
         assert_eq!(p.nodes[0].name, "node-a");
+        assert!(
+            p.nodes[0].labels.is_empty(),
+            "implied node labels are left to veild"
+        );
         let dns = p.dns_pod().unwrap();
         assert_eq!(dns.full_name(), "kube-system/kube-dns");
         assert_eq!(dns.node, "node-a");
         assert_eq!(dns.labels["k8s-app"], "kube-dns");
+        let x = p.namespaces.iter().find(|n| n.name == "x").unwrap();
+        assert_eq!(
+            x.labels,
+            BTreeMap::from([("team".to_string(), "a".to_string())])
+        );
         assert!(p.namespaces.iter().any(|n| n.name == "kube-system"));
         assert_eq!(
             p.dns_records(),
@@ -709,76 +567,67 @@ mod tests {
             )])
         );
         assert_eq!(p.external[0].netns, "vl-t-x-pay.example.net");
+        let a = p.pods.iter().find(|q| q.name == "a").unwrap();
+        assert!(a.ip.is_some(), "every pod asks for the model's address");
     }
 
     #[test]
-    fn unplaced_pods_go_round_robin_and_hostnetwork_uses_the_node_namespace() {
+    fn hostnetwork_pods_use_their_node_namespace_and_no_address_request() {
         let p = Plan::from_scenario(
             "t",
             &scenario(
-                "name: s\ncluster: {nodes: [n1, {name: n2, labels: {pool: w}}]}\nnamespaces: [{name: x}]\npods:\n  - {name: x/a}\n  - {name: x/b}\n  - {name: x/c}\n  - {name: x/h, node: n2, hostNetwork: true}\n",
+                "name: s\ncluster: {nodes: [n1, {name: n2, labels: {pool: w}}]}\nnamespaces: [{name: x}]\npods:\n  - {name: x/a}\n  - {name: x/b}\n  - {name: x/h, node: n2, hostNetwork: true}\nprobes: []\n",
             ),
         )
         .unwrap();
-        let node_of = |n: &str| p.pods.iter().find(|x| x.name == n).unwrap().node.clone();
-        assert_eq!(node_of("a"), "n1");
-        assert_eq!(node_of("b"), "n2");
-        assert_eq!(node_of("c"), "n1");
         let h = p.pods.iter().find(|x| x.name == "h").unwrap();
         assert_eq!(h.netns, p.node("n2").unwrap().netns);
+        assert_eq!(h.ip, None);
         assert_eq!(p.node("n2").unwrap().labels["pool"], "w");
+        assert_eq!(p.node("n2").unwrap().address, Ipv4Addr::new(198, 18, 0, 11));
     }
 
     #[test]
-    fn addresses_outside_the_lab_ranges_are_refused() {
-        let bad_cidr = scenario("name: s\ncluster: {podCIDR: 10.0.0.0/16}\n");
+    fn pod_cidrs_outside_the_lab_range_are_refused() {
+        let sc = scenario("name: s\ncluster: {podCIDR: 10.0.0.0/16}\nprobes: []\n");
         assert!(matches!(
-            Plan::from_scenario("t", &bad_cidr),
+            Plan::from_scenario("t", &sc),
             Err(PlanError::Invalid { .. })
         ));
-        let bad_ext = scenario("name: s\nexternal: [{name: a.b, ip: 8.8.8.8}]\n");
-        assert!(Plan::from_scenario("t", &bad_ext).is_err());
-        let bad_ip =
-            scenario("name: s\nnamespaces: [{name: x}]\npods: [{name: x/a, ip: 10.244.1.5}]\n");
-        let e = Plan::from_scenario("t", &bad_ip).unwrap_err();
-        assert!(e.to_string().contains("pods[0].ip"), "{e}");
     }
 
     #[test]
-    fn references_and_duplicates_are_checked() {
-        let no_ns = scenario("name: s\npods: [{name: y/a}]\n");
-        assert!(matches!(
-            Plan::from_scenario("t", &no_ns),
-            Err(PlanError::Unknown {
-                what: "namespace",
-                ..
-            })
-        ));
-        let no_node = scenario("name: s\nnamespaces: [{name: x}]\npods: [{name: x/a, node: zz}]\n");
-        assert!(matches!(
-            Plan::from_scenario("t", &no_node),
-            Err(PlanError::Unknown { what: "node", .. })
-        ));
-        let dup = scenario("name: s\nnamespaces: [{name: x}]\npods: [{name: x/a}, {name: x/a}]\n");
-        assert!(matches!(
-            Plan::from_scenario("t", &dup),
-            Err(PlanError::Duplicate { what: "pod", .. })
-        ));
-        let bad_proto = scenario("name: s\nnamespaces: [{name: x}]\npods: [{name: x/a, ports: [{port: 1, protocol: ICMP}]}]\n");
-        assert!(Plan::from_scenario("t", &bad_proto).is_err());
-    }
-
-    #[test]
-    fn a_defined_kube_dns_must_have_the_two_dns_ports() {
-        let wrong = scenario(
-            "name: s\nnamespaces: [{name: kube-system}]\npods: [{name: kube-system/kube-dns, ports: [{port: 53, protocol: UDP, name: dns}]}]\n",
-        );
-        assert!(Plan::from_scenario("t", &wrong).is_err());
-        let right = scenario(
-            "name: s\ncluster: {nodes: [a, b]}\nnamespaces: [{name: kube-system}]\npods: [{name: kube-system/kube-dns, node: b, ports: [{port: 53, protocol: UDP, name: dns}, {port: 53, protocol: TCP, name: dns-tcp}]}]\n",
-        );
-        let p = Plan::from_scenario("t", &right).unwrap();
-        assert_eq!(p.pods.len(), 1);
-        assert_eq!(p.dns_pod().unwrap().node, "b");
+    fn every_example_scenario_makes_a_plan_that_agrees_with_the_model() {
+        // The shared examples (a sibling of the repository) and the repository's own.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in [
+            root.join("../../shared/scenarios/examples"),
+            root.join("../tests/scenarios"),
+        ] {
+            let mut n = 0;
+            for e in std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+            {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "yaml") {
+                    let sc = Scenario::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                    let p = Plan::from_scenario("t", &sc)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    assert_eq!(p.pods.len(), sc.pods.len());
+                    for (mine, theirs) in p.pods.iter().zip(&sc.pods) {
+                        assert_eq!(mine.node, theirs.node);
+                        if !theirs.host_network {
+                            assert_eq!(mine.ip, Some(theirs.ip));
+                        }
+                    }
+                    n += 1;
+                }
+            }
+            if dir.exists() {
+                assert!(n > 0, "no scenarios in {}", dir.display());
+            }
+        }
     }
 }
