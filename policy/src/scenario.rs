@@ -1202,14 +1202,64 @@ impl ProbeOutcome {
     }
 }
 
+/// Evaluates one probe on a state with both evaluators.
+pub fn evaluate_probe(
+    sc: &Scenario,
+    state: &State,
+    compiled: &Compiled,
+    step: usize,
+    index: usize,
+    probe: &Probe,
+) -> ProbeOutcome {
+    let (dns_flow, flow) = probe_flows(&state.cluster, sc, probe);
+    let dns = dns_flow
+        .as_ref()
+        .map(|f| evaluate(&state.cluster, &state.policies, f));
+    let dns_ok = dns.as_ref().is_none_or(|d| d.verdict == Verdict::Allow);
+    let main = dns_ok.then(|| evaluate(&state.cluster, &state.policies, &flow));
+    let reference = main.as_ref().map_or(Verdict::Deny, |m| m.verdict);
+    let c_dns_ok = dns_flow
+        .as_ref()
+        .is_none_or(|f| compiled.program().verdict(f) == Verdict::Allow);
+    let compiled_v = if c_dns_ok {
+        compiled.program().verdict(&flow)
+    } else {
+        Verdict::Deny
+    };
+    ProbeOutcome {
+        step,
+        index,
+        probe: probe.clone(),
+        dns,
+        main,
+        reference,
+        compiled: compiled_v,
+    }
+}
+
 /// Runs a scenario: each step's changes, then its probes, through the
 /// reference evaluator and the compiled program (updated incrementally
 /// from step to step, never recompiled from scratch).
 pub fn run(sc: &Scenario) -> Result<Vec<ProbeOutcome>, PolicyError> {
+    let mut out = Vec::new();
+    run_steps(sc, sc.steps.len(), |sc, state, compiled, si| {
+        for (pi, probe) in sc.steps[si].probes.iter().enumerate() {
+            out.push(evaluate_probe(sc, state, compiled, si, pi, probe));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Applies steps `0..count` in order, updating the compiled program
+/// incrementally, and calls `at_step` after each step's changes.
+pub fn run_steps(
+    sc: &Scenario,
+    count: usize,
+    mut at_step: impl FnMut(&Scenario, &State, &Compiled, usize),
+) -> Result<(State, Compiled), PolicyError> {
     let mut state = sc.initial_state()?;
     let mut compiled = Compiled::new(&state.cluster, &state.policies);
-    let mut out = Vec::new();
-    for (si, step) in sc.steps.iter().enumerate() {
+    for (si, step) in sc.steps.iter().enumerate().take(count) {
         state.apply_changes(step)?;
         if !step.apply.is_empty() || !step.delete.is_empty() {
             compiled.update_policies(&state.cluster, &state.policies);
@@ -1222,32 +1272,39 @@ pub fn run(sc: &Scenario) -> Result<Vec<ProbeOutcome>, PolicyError> {
                 }
             }
         }
-        for (pi, probe) in step.probes.iter().enumerate() {
-            let (dns_flow, flow) = probe_flows(&state.cluster, sc, probe);
-            let dns = dns_flow.as_ref().map(|f| evaluate(&state.cluster, &state.policies, f));
-            let dns_ok = dns.as_ref().is_none_or(|d| d.verdict == Verdict::Allow);
-            let main = dns_ok.then(|| evaluate(&state.cluster, &state.policies, &flow));
-            let reference = main.as_ref().map_or(Verdict::Deny, |m| m.verdict);
-            let c_dns_ok = dns_flow
-                .as_ref()
-                .is_none_or(|f| compiled.program().verdict(f) == Verdict::Allow);
-            let compiled_v = if c_dns_ok {
-                compiled.program().verdict(&flow)
-            } else {
-                Verdict::Deny
-            };
-            out.push(ProbeOutcome {
-                step: si,
-                index: pi,
-                probe: probe.clone(),
-                dns,
-                main,
-                reference,
-                compiled: compiled_v,
-            });
-        }
+        at_step(sc, &state, &compiled, si);
     }
-    Ok(out)
+    Ok((state, compiled))
+}
+
+impl Scenario {
+    /// Builds an ad-hoc probe (for `veilctl policy trace`), validated like
+    /// a probe of the file. `port` is a number or a port name of the target.
+    pub fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: &str,
+        protocol: Option<Protocol>,
+        http: Option<(String, String, Option<String>)>,
+    ) -> Result<Probe, ScenarioError> {
+        let raw = RawProbe {
+            from: from.to_string(),
+            to: to.to_string(),
+            port: match port.parse::<i64>() {
+                Ok(n) => IntOrString::Int(n),
+                Err(_) => IntOrString::String(port.to_string()),
+            },
+            protocol,
+            http: http.map(|(m, p, h)| RawHttp {
+                method: Some(m),
+                path: Some(p),
+                host: h,
+            }),
+            expect: RawExpect::Allow,
+        };
+        self.resolve_probe("probe", &raw, &mut BTreeSet::new())
+    }
 }
 
 impl std::fmt::Display for ProbeTarget {
