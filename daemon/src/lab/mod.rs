@@ -76,7 +76,7 @@ pub enum LabError {
         /// The file.
         path: String,
         /// What is wrong, naming the field.
-        error: veil_policy::scenario::ScenarioError,
+        error: Box<veil_policy::scenario::ScenarioError>,
     },
     /// The cluster description is invalid.
     #[error("{0}")]
@@ -132,7 +132,7 @@ pub fn load_scenario(path: &Path) -> Result<veil_policy::scenario::Scenario, Lab
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
     veil_policy::scenario::Scenario::parse(&text).map_err(|error| LabError::Scenario {
         path: path.display().to_string(),
-        error,
+        error: Box::new(error),
     })
 }
 
