@@ -78,9 +78,11 @@ pub(crate) fn remove(name: &str) -> Result<DownReport, LabError> {
             }
         }
     }
-    // Then whatever else still runs inside the lab's namespaces.
+    // Then whatever else runs inside the lab's namespaces, or is on its way in
+    // (started by a `lab up` that was killed before it recorded the PID).
     for _ in 0..3 {
-        let left = process::in_namespaces(&namespaces);
+        let mut left = process::in_namespaces(&namespaces);
+        left.extend(process::launchers_into(&prefix));
         if left.is_empty() {
             break;
         }

@@ -72,18 +72,43 @@ fn entering(pid: u32, ns: &str) -> bool {
     alive(pid) && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| is_launcher(&c, ns))
 }
 
-/// Whether a NUL-separated command line is `[setsid] ip netns exec <ns> ...`.
-fn is_launcher(cmdline: &[u8], ns: &str) -> bool {
+/// The namespace a NUL-separated command line `[setsid] ip netns exec <ns> ...`
+/// is entering.
+fn launcher_target(cmdline: &[u8]) -> Option<&[u8]> {
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let args = match args.first() {
         Some(&b"setsid") => &args[1..],
         _ => &args[..],
     };
-    args.len() > 4
-        && args[0] == b"ip"
-        && args[1] == b"netns"
-        && args[2] == b"exec"
-        && args[3] == ns.as_bytes()
+    match args {
+        [ip, netns, exec, ns, _, ..] if ip == b"ip" && netns == b"netns" && exec == b"exec" => {
+            Some(ns)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a NUL-separated command line is `[setsid] ip netns exec <ns> ...`.
+fn is_launcher(cmdline: &[u8], ns: &str) -> bool {
+    launcher_target(cmdline) == Some(ns.as_bytes())
+}
+
+/// Processes still on their way into a namespace whose name starts with
+/// `prefix` (`[setsid] ip netns exec <ns> ...`), as (pid, namespace).
+pub fn launchers_into(prefix: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let ns = std::str::from_utf8(launcher_target(&cmdline)?).ok()?;
+            ns.starts_with(prefix).then(|| (pid, ns.to_string()))
+        })
+        .collect()
 }
 
 /// Waits until `pid` no longer runs in `ns`, up to `timeout`.
@@ -206,6 +231,11 @@ mod tests {
         assert!(!is_launcher(b"ip\0netns\0exec\0vl-t-n-node-b\0veild\0", ns));
         assert!(!is_launcher(b"sleep\x005\0", ns));
         assert!(!is_launcher(b"", ns));
+        assert_eq!(
+            launcher_target(b"ip\0netns\0exec\0vl-t-x\0sh\0"),
+            Some(&b"vl-t-x"[..])
+        );
+        assert!(launchers_into("vl-nosuchlab-").is_empty());
         assert!(!entering(std::process::id(), ns));
     }
 

@@ -185,6 +185,12 @@ impl LabState {
         lab_dir(&self.name)
     }
 
+    /// The lab's shared `local` datastore (namespaces, pods, policies, nodes,
+    /// endpoints): where `lab test` applies policies and relabels pods.
+    pub fn datastore_dir(&self) -> PathBuf {
+        self.dir().join("datastore")
+    }
+
     fn file(name: &str) -> PathBuf {
         lab_dir(name).join("lab.json")
     }

@@ -177,7 +177,7 @@ fn build(
             "--datastore".into(),
             "local".into(),
             "--datastore-dir".into(),
-            dir.join("datastore").display().to_string(),
+            state.datastore_dir().display().to_string(),
             "--http-listen".into(),
             HTTP_LISTEN.into(),
             "--wireguard-socket-dir".into(),
@@ -249,7 +249,7 @@ fn build(
     }
 
     // What the API server would know before the pods are wired.
-    let store = LocalDatastore::open(dir.join("datastore"))?;
+    let store = LocalDatastore::open(state.datastore_dir())?;
     for ns in &plan.namespaces {
         store.put_namespace(&NamespaceRecord {
             name: ns.name.clone(),
