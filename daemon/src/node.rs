@@ -358,7 +358,7 @@ impl Cni {
             .map(|a| (a.container_id, a.ifname))
             .collect();
         let mut removed = Vec::new();
-        let mut released = Vec::new();
+        let mut attachments = Vec::new();
         for ep in self.endpoints.list() {
             if keep.contains(&(ep.container_id.clone(), ep.ifname.clone())) {
                 continue;
@@ -367,17 +367,17 @@ impl Cni {
                 container_id: ep.container_id.clone(),
                 ifname: ep.ifname.clone(),
             })?;
-            released.push(veil_cni::api::Attachment {
-                container_id: ep.container_id.clone(),
-                ifname: ep.ifname.clone(),
-            });
             if let Some(h) = r.host_ifname {
                 removed.push(h);
             }
+            attachments.push(veil_cni::api::Attachment {
+                container_id: ep.container_id.clone(),
+                ifname: ep.ifname.clone(),
+            });
         }
         Ok(GcReply {
             removed_host_ifnames: removed,
-            removed: released,
+            removed: attachments,
         })
     }
 

@@ -174,7 +174,10 @@ pub struct Program {
 
 impl Program {
     /// The endpoints on one node (what that node's dataplane renders).
-    pub fn node_endpoints<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a EndpointProgram> {
+    pub fn node_endpoints<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointProgram> {
         self.endpoints.values().filter(move |e| e.node == node)
     }
 
@@ -258,9 +261,9 @@ impl Program {
                 }
                 CPort::Named { protocol, set } => {
                     protocol.is_none_or(|p| p == flow.protocol)
-                        && self
-                            .set(*set)
-                            .is_some_and(|s| s.ports.contains(&(flow.dst, flow.protocol, flow.port)))
+                        && self.set(*set).is_some_and(|s| {
+                            s.ports.contains(&(flow.dst, flow.protocol, flow.port))
+                        })
                 }
             })
         {
@@ -270,8 +273,7 @@ impl Program {
             || r.peers.iter().any(|p| {
                 p.pods
                     .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
-                    && p
-                        .nodes
+                    && p.nodes
                         .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
                     && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer)))
                     && !p.not_nets.iter().any(|n| n.contains(peer))
@@ -373,7 +375,12 @@ impl Compiled {
         self.refresh_named_ports(cluster, &addrs);
         // Its chains.
         if let Some(ip) = old_ip {
-            if self.program.endpoints.get(&ip).is_some_and(|e| e.pod == key) {
+            if self
+                .program
+                .endpoints
+                .get(&ip)
+                .is_some_and(|e| e.pod == key)
+            {
                 self.program.endpoints.remove(&ip);
             }
         }
@@ -398,7 +405,9 @@ impl Compiled {
             let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
                 continue;
             };
-            let SetKey::Pods(sel) = &set.key else { continue };
+            let SetKey::Pods(sel) = &set.key else {
+                continue;
+            };
             for p in &pods {
                 if cluster.selects(sel, p) {
                     set.addrs.insert(p.ip);
@@ -434,7 +443,9 @@ impl Compiled {
             let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
                 continue;
             };
-            let SetKey::NamedPort(name) = &set.key else { continue };
+            let SetKey::NamedPort(name) = &set.key else {
+                continue;
+            };
             set.ports.retain(|(ip, _, _)| !addrs.contains(ip));
             for p in &at {
                 for pp in &p.ports {
@@ -446,7 +457,13 @@ impl Compiled {
         }
     }
 
-    fn intern(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, key: SetKey, used: &mut HashSet<SetId>) -> SetId {
+    fn intern(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        key: SetKey,
+        used: &mut HashSet<SetId>,
+    ) -> SetId {
         if let Some(&id) = self.set_index.get(&key) {
             used.insert(id);
             return id;
@@ -502,7 +519,14 @@ impl Compiled {
         id
     }
 
-    fn compile_rule(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, index: usize, r: &Rule, used: &mut HashSet<SetId>) -> CRule {
+    fn compile_rule(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        index: usize,
+        r: &Rule,
+        used: &mut HashSet<SetId>,
+    ) -> CRule {
         let peers = r
             .peers
             .iter()
@@ -545,7 +569,12 @@ impl Compiled {
         }
     }
 
-    fn compile_policies(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>, policies: &PolicySet) {
+    fn compile_policies(
+        &mut self,
+        cluster: &Cluster,
+        idx: &ClusterIndex<'_>,
+        policies: &PolicySet,
+    ) {
         let tiers = policies.tiers();
         let tier_pos: HashMap<&str, u32> = tiers
             .iter()
@@ -554,7 +583,8 @@ impl Compiled {
             .collect();
         let mut ordered: Vec<_> = policies.policies().values().collect();
         ordered.sort_by(|a, b| {
-            (tier_pos.get(a.tier.as_str()), &a.sort_key).cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
+            (tier_pos.get(a.tier.as_str()), &a.sort_key)
+                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
         });
         let mut used = HashSet::new();
         let mut out = Vec::with_capacity(ordered.len());
@@ -608,7 +638,11 @@ impl Compiled {
         self.policies_global.clear();
         for (i, p) in out.iter().enumerate() {
             match &p.subject.namespaces {
-                NsScope::Named(ns) => self.policies_by_ns.entry(ns.clone()).or_default().push(i as u32),
+                NsScope::Named(ns) => self
+                    .policies_by_ns
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(i as u32),
                 NsScope::Selector(_) => self.policies_global.push(i as u32),
             }
         }
@@ -639,7 +673,10 @@ impl Compiled {
     }
 
     fn endpoint_program(&self, cluster: &Cluster, p: &Pod) -> EndpointProgram {
-        let ns_pols = self.policies_by_ns.get(&p.namespace).map_or(&[][..], |v| &v[..]);
+        let ns_pols = self
+            .policies_by_ns
+            .get(&p.namespace)
+            .map_or(&[][..], |v| &v[..]);
         let mut pols: Vec<u32> = ns_pols
             .iter()
             .chain(self.policies_global.iter())
@@ -655,7 +692,10 @@ impl Compiled {
         let mut egress: Vec<ChainTier> = Vec::new();
         for &i in pols {
             let cp = &self.program.policies[i as usize];
-            for (applies, chain) in [(cp.applies_ingress, &mut ingress), (cp.applies_egress, &mut egress)] {
+            for (applies, chain) in [
+                (cp.applies_ingress, &mut ingress),
+                (cp.applies_egress, &mut egress),
+            ] {
                 if !applies {
                     continue;
                 }

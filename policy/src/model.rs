@@ -237,7 +237,9 @@ impl DomainPattern {
             }
             if l.is_empty()
                 || l.len() > 63
-                || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !l
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 || l.starts_with('-')
                 || l.ends_with('-')
             {

@@ -203,7 +203,12 @@ fn trace(a: TraceArgs) -> i32 {
             return 2;
         }
     };
-    let protocol = match a.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
+    let protocol = match a
+        .protocol
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         None => None,
         Some("TCP") => Some(Protocol::Tcp),
         Some("UDP") => Some(Protocol::Udp),
@@ -229,10 +234,7 @@ fn trace(a: TraceArgs) -> i32 {
         }
     };
     if a.step >= sc.steps.len() {
-        eprintln!(
-            "error: --step: the scenario has {} step(s)",
-            sc.steps.len()
-        );
+        eprintln!("error: --step: the scenario has {} step(s)", sc.steps.len());
         return 2;
     }
     let mut outcome = None;
