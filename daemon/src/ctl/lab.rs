@@ -148,9 +148,7 @@ fn need_root() -> Result<(), LabError> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        Err(LabError::Process(
-            "the lab creates network namespaces and must run as root".into(),
-        ))
+        Err(LabError::NotRoot)
     }
 }
 
@@ -287,8 +285,12 @@ fn status(a: &StatusArgs) -> Result<i32, LabError> {
     let state = LabState::load(&a.name)?;
     match a.output {
         Output::Json => {
-            let text = serde_json::to_string_pretty(&state.status_json())
-                .map_err(|e| LabError::Process(format!("cannot encode the status: {e}")))?;
+            let text = serde_json::to_string_pretty(&state.status_json()).map_err(|source| {
+                LabError::State {
+                    path: "(status)".into(),
+                    source,
+                }
+            })?;
             println!("{text}");
         }
         Output::Text => print_state(&state),
@@ -311,9 +313,11 @@ fn exec(a: ExecArgs) -> Result<i32, LabError> {
         what,
         name: name.to_string(),
     };
+    let target_ns;
     let mut cmd = Command::new("ip");
     if let Some(node) = &a.node {
         let n = state.node(node).ok_or_else(|| no_such("node", node))?;
+        target_ns = n.netns.clone();
         let wg = n.socket.with_file_name("wireguard");
         // `ip netns exec` runs the command in a mount namespace of its own, so the
         // bind mount is private to it.
@@ -321,22 +325,28 @@ fn exec(a: ExecArgs) -> Result<i32, LabError> {
             .arg("mkdir -p /var/run/wireguard && mount --bind \"$0\" /var/run/wireguard && exec \"$@\"")
             .arg(&wg);
     } else if a.underlay {
-        cmd.args(["netns", "exec", &state.underlay_netns]);
+        target_ns = state.underlay_netns.clone();
+        cmd.args(["netns", "exec", &target_ns]);
     } else if let Some(x) = &a.external {
         let x = state
             .external
             .iter()
             .find(|e| &e.name == x)
             .ok_or_else(|| no_such("external host", x))?;
-        cmd.args(["netns", "exec", &x.netns]);
-    } else if let Some(p) = &a.pod {
+        target_ns = x.netns.clone();
+        cmd.args(["netns", "exec", &target_ns]);
+    } else {
+        let p = a.pod.as_deref().unwrap_or_default();
         let pod = state.pod(p).ok_or_else(|| no_such("pod", p))?;
-        cmd.args(["netns", "exec", &pod.netns]);
+        target_ns = pod.netns.clone();
+        cmd.args(["netns", "exec", &target_ns]);
     }
     cmd.args(&a.command);
-    let status = cmd
-        .status()
-        .map_err(|e| LabError::Process(format!("cannot run {:?}: {e}", a.command)))?;
+    let status = cmd.status().map_err(|source| LabError::Spawn {
+        netns: target_ns.clone(),
+        program: a.command.join(" "),
+        source,
+    })?;
     Ok(exit_code(status))
 }
 
@@ -361,10 +371,10 @@ fn restart_node(name: &str, node: &str) -> Result<i32, LabError> {
         }
     }
     if !netns::exists(&n.netns) {
-        return Err(LabError::Process(format!(
-            "node {node}: its namespace {} is gone",
-            n.netns
-        )));
+        return Err(LabError::NodeGone {
+            node: node.to_string(),
+            netns: n.netns.clone(),
+        });
     }
     let pid = process::spawn_in(&n.netns, &n.veild_argv, &n.log)?;
     state.nodes[idx].pid = Some(pid);
@@ -399,8 +409,7 @@ fn list() -> Result<i32, LabError> {
 }
 
 fn serve(spec: &str) -> Result<i32, LabError> {
-    let spec: ServeSpec =
-        serde_json::from_str(spec).map_err(|e| LabError::Process(format!("--spec: {e}")))?;
-    lab::serve::run(spec).map_err(|e| LabError::Process(e.to_string()))?;
+    let spec: ServeSpec = serde_json::from_str(spec).map_err(LabError::Spec)?;
+    lab::serve::run(spec)?;
     Ok(0)
 }

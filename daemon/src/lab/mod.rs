@@ -84,9 +84,66 @@ pub enum LabError {
     /// A command run to build the lab failed.
     #[error("{0}")]
     Command(#[from] netns::CommandError),
-    /// A process could not be started, stopped or reached.
+    /// A program the lab runs is missing.
+    #[error("{what} not found at {path} (build it with `cargo build -p veil-daemon -p veil-cni`, or pass --veild / --cni-bin-dir)")]
+    MissingBinary {
+        /// Which program.
+        what: &'static str,
+        /// Where it was looked for.
+        path: String,
+    },
+    /// A program could not be started.
+    #[error("namespace {netns}: cannot start {program}: {source}")]
+    Spawn {
+        /// The namespace.
+        netns: String,
+        /// The program.
+        program: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lab needs root.
+    #[error("the lab creates network namespaces and must run as root")]
+    NotRoot,
+    /// The CNI plugin gave a pod another address than the one asked for.
+    #[error("pod {pod}: asked for {want}, the CNI plugin gave {got}")]
+    AddressMismatch {
+        /// `namespace/name`.
+        pod: String,
+        /// Asked for.
+        want: std::net::Ipv4Addr,
+        /// Given.
+        got: std::net::Ipv4Addr,
+    },
+    /// A pod's or external host's workload server did not start.
+    #[error(
+        "{name} (namespace {netns}): the workload server did not start; end of {log}:\n{tail}"
+    )]
+    ServerNotStarted {
+        /// Pod or host.
+        name: String,
+        /// Its namespace.
+        netns: String,
+        /// The server's log file.
+        log: String,
+        /// The end of the log.
+        tail: String,
+    },
+    /// A node's namespace is missing.
+    #[error("node {node}: its namespace {netns} is gone")]
+    NodeGone {
+        /// The node.
+        node: String,
+        /// The namespace.
+        netns: String,
+    },
+    /// The `lab serve` specification is not valid JSON of the right shape.
+    #[error("--spec: {0}")]
+    Spec(#[source] serde_json::Error),
+    /// A workload server failed.
     #[error("{0}")]
-    Process(String),
+    Serve(#[from] serve::ServeError),
     /// A node's daemon did not become ready.
     #[error("node {node}: veild did not become ready: {reason}")]
     NotReady {

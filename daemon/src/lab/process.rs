@@ -20,9 +20,11 @@ use super::LabError;
 /// `ip netns exec` both exec in place, so the PID is the program's own.
 pub fn spawn_in(ns: &str, argv: &[String], log: &Path) -> Result<u32, LabError> {
     let Some((program, args)) = argv.split_first() else {
-        return Err(LabError::Process(format!(
-            "namespace {ns}: empty command line"
-        )));
+        return Err(LabError::Spawn {
+            netns: ns.to_string(),
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line"),
+        });
     };
     let out = File::options()
         .create(true)
@@ -37,7 +39,11 @@ pub fn spawn_in(ns: &str, argv: &[String], log: &Path) -> Result<u32, LabError> 
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| LabError::Process(format!("namespace {ns}: cannot start {program}: {e}")))?;
+        .map_err(|source| LabError::Spawn {
+            netns: ns.to_string(),
+            program: program.clone(),
+            source,
+        })?;
     Ok(child.id())
 }
 

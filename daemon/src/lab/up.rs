@@ -56,10 +56,10 @@ impl Binaries {
             ("veil (CNI plugin)", cni_dir.join("veil")),
         ] {
             if !p.is_file() {
-                return Err(LabError::Process(format!(
-                    "{what} not found at {} (build it with `cargo build -p veil-daemon -p veil-cni`, or pass --veild / --cni-bin-dir)",
-                    p.display()
-                )));
+                return Err(LabError::MissingBinary {
+                    what,
+                    path: p.display().to_string(),
+                });
             }
         }
         let mut cni_path = vec![cni_dir];
@@ -477,10 +477,11 @@ fn wire_pod(
     })?;
     if let Some(want) = pod.ip {
         if want != ip {
-            return Err(LabError::Process(format!(
-                "pod {}: asked for {want}, the CNI plugin gave {ip}",
-                pod.full_name()
-            )));
+            return Err(LabError::AddressMismatch {
+                pod: pod.full_name(),
+                want,
+                got: ip,
+            });
         }
     }
     Ok(ip)
@@ -549,12 +550,12 @@ fn wait_served(
             return Ok(());
         }
         if !process::alive(pid) || Instant::now() >= deadline {
-            return Err(LabError::Process(format!(
-                "{} (namespace {ns}): the workload server did not start; end of {}:\n{}",
-                spec.name,
-                log.display(),
-                process::log_tail(log, 10)
-            )));
+            return Err(LabError::ServerNotStarted {
+                name: spec.name.clone(),
+                netns: ns.to_string(),
+                log: log.display().to_string(),
+                tail: process::log_tail(log, 10),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
