@@ -184,6 +184,40 @@ fn scenario_lab_serves_dns_http_udp_and_external_hosts() {
     );
     assert!(stdout(&o).contains("203.0.113.10/24"), "{}", show(&o));
 
+    // `lab probe`: scenario probes from a pod (exit 0 allow, 1 deny).
+    let probe = |to: &str, port: &str, proto: &str| {
+        veilctl(&[
+            "lab",
+            "probe",
+            "--name",
+            &lab.name,
+            "--from",
+            "shop/client",
+            "--to",
+            to,
+            "--port",
+            port,
+            "--protocol",
+            proto,
+        ])
+    };
+    let o = probe("shop/web", "8080", "TCP");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stdout(&o).starts_with("allow") && stdout(&o).contains("shop/web"),
+        "{}",
+        show(&o)
+    );
+    let o = probe("10.244.0.10", "5353", "UDP");
+    assert_eq!(o.status.code(), Some(0), "UDP echo probe: {}", show(&o));
+    let o = probe("kube-system/kube-dns", "53", "UDP");
+    assert_eq!(o.status.code(), Some(0), "DNS probe: {}", show(&o));
+    let o = probe("shop/web", "9999", "TCP");
+    assert_eq!(o.status.code(), Some(1), "closed port: {}", show(&o));
+    let o = probe("unknown.example.com", "443", "TCP");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(stdout(&o).contains("lookup failed"), "{}", show(&o));
+
     let name = lab.name.clone();
     drop(lab);
     assert_gone(&name);

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::lab::plan::Plan;
+use crate::lab::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};
 use crate::lab::serve::ServeSpec;
 use crate::lab::state::{LabLock, LabState};
 use crate::lab::up::{Binaries, UpOptions};
@@ -31,11 +32,48 @@ enum Cmd {
     Exec(ExecArgs),
     /// Restart a node's veild (stopping it first if it runs).
     RestartNode(RestartArgs),
+    /// Send one probe from a pod, as a scenario probe does (exit 0 allow, 1 deny).
+    Probe(ProbeArgs),
     /// List the labs on this machine.
     List,
     /// Serve a lab pod's ports (run by the lab inside the pod's namespace).
     #[command(hide = true)]
     Serve(ServeArgs),
+    /// Send a probe from the current namespace (run by `lab probe` inside the pod's).
+    #[command(hide = true)]
+    ProbeExec(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Lab name.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// The source pod, NAMESPACE/POD.
+    #[arg(long)]
+    from: String,
+    /// A pod (NAMESPACE/POD), an external host's name (resolved through the
+    /// cluster DNS), or an address.
+    #[arg(long)]
+    to: String,
+    /// Port number.
+    #[arg(long)]
+    port: u16,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// HTTP method (TCP).
+    #[arg(long, default_value = "GET")]
+    http_method: String,
+    /// HTTP path (TCP).
+    #[arg(long, default_value = "/")]
+    http_path: String,
+    /// Timeout in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,8 +170,10 @@ pub fn run(args: Args) -> i32 {
         Cmd::Status(a) => status(&a),
         Cmd::Exec(a) => exec(a),
         Cmd::RestartNode(a) => restart_node(&a.name, &a.node),
+        Cmd::Probe(a) => probe(&a),
         Cmd::List => list(),
         Cmd::Serve(a) => serve(&a.spec),
+        Cmd::ProbeExec(a) => probe_exec(&a.spec),
     };
     match result {
         Ok(code) => code,
@@ -405,6 +445,99 @@ fn list() -> Result<i32, LabError> {
             Err(e) => println!("{n}\t({e})"),
         }
     }
+    Ok(0)
+}
+
+fn probe(a: &ProbeArgs) -> Result<i32, LabError> {
+    need_root()?;
+    let state = LabState::load(&a.name)?;
+    let no_such = |what, name: &str| LabError::NoSuch {
+        lab: state.name.clone(),
+        what,
+        name: name.to_string(),
+    };
+    let from = state.pod(&a.from).ok_or_else(|| no_such("pod", &a.from))?;
+    let mut spec = ProbeSpec {
+        target: Target::Name(a.to.clone()),
+        port: a.port,
+        protocol: a.protocol.to_ascii_uppercase(),
+        http: Some(HttpRequest {
+            method: a.http_method.clone(),
+            path: a.http_path.clone(),
+        }),
+        host: None,
+        dns_query: None,
+        dns_server: None,
+        timeout_ms: Some(a.timeout_ms),
+    };
+    let dns_pod = state
+        .pods
+        .iter()
+        .find(|p| p.namespace == "kube-system" && p.name == "kube-dns");
+    spec.dns_server = dns_pod.and_then(|p| p.ip);
+    if let Ok(ip) = a.to.parse() {
+        spec.target = Target::Ip(ip);
+    } else if a.to.contains('/') {
+        let to = state.pod(&a.to).ok_or_else(|| no_such("pod", &a.to))?;
+        let ip = to.ip.ok_or_else(|| no_such("pod address", &a.to))?;
+        spec.target = Target::Ip(ip);
+        spec.host = Some(format!("{}.{}", to.name, to.namespace));
+        if dns_pod.is_some_and(|d| d.full_name() == to.full_name()) && a.port == 53 {
+            spec.dns_query = Some("veil-probe.invalid".into());
+        }
+    }
+    let json = serde_json::to_string(&spec).map_err(LabError::Spec)?;
+    let me = std::env::current_exe().map_err(|e| LabError::io("/proc/self/exe", e))?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &from.netns])
+        .arg(&me)
+        .args(["lab", "probe-exec", "--spec", &json])
+        .output()
+        .map_err(|source| LabError::Spawn {
+            netns: from.netns.clone(),
+            program: me.display().to_string(),
+            source,
+        })?;
+    let result: ProbeResult = serde_json::from_slice(&out.stdout).map_err(|e| LabError::Probe {
+        pod: a.from.clone(),
+        reason: format!(
+            "{e}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })?;
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(&result).map_err(LabError::Spec)?
+        ),
+        Output::Text => {
+            let verdict = if result.allowed() { "allow" } else { "deny" };
+            let detail = match (&result.status, &result.answer, &result.error) {
+                (_, _, Some(e)) => e.clone(),
+                (Some(st), Some(body), _) => format!("{st} {}", body.trim()),
+                (None, Some(ans), _) => ans.clone(),
+                _ => String::new(),
+            };
+            let via = result
+                .resolved
+                .map(|ip| format!(" (resolved {ip})"))
+                .unwrap_or_default();
+            println!(
+                "{verdict}  {} -> {}:{}/{}{via}  {detail}",
+                a.from, a.to, a.port, spec.protocol
+            );
+        }
+    }
+    Ok(if result.allowed() { 0 } else { 1 })
+}
+
+fn probe_exec(spec: &str) -> Result<i32, LabError> {
+    let spec: ProbeSpec = serde_json::from_str(spec).map_err(LabError::Spec)?;
+    let result = lab::probe::run(&spec);
+    println!(
+        "{}",
+        serde_json::to_string(&result).map_err(LabError::Spec)?
+    );
     Ok(0)
 }
 

@@ -22,6 +22,7 @@ pub mod dns;
 pub mod down;
 pub mod netns;
 pub mod plan;
+pub mod probe;
 pub mod process;
 pub mod serve;
 pub mod state;
@@ -141,6 +142,14 @@ pub enum LabError {
     /// The `lab serve` specification is not valid JSON of the right shape.
     #[error("--spec: {0}")]
     Spec(#[source] serde_json::Error),
+    /// A probe could not be run from a pod.
+    #[error("probe from {pod}: {reason}")]
+    Probe {
+        /// `namespace/name`.
+        pod: String,
+        /// What the probe process said.
+        reason: String,
+    },
     /// A workload server failed.
     #[error("{0}")]
     Serve(#[from] serve::ServeError),
