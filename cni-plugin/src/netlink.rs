@@ -82,11 +82,19 @@ impl Nl {
     }
 
     /// Opens a socket in the namespace at `path`, from a short-lived thread.
+    /// The plugin's own namespace is refused: a container end created there
+    /// would land in the node's namespace.
     fn open_in(path: &str) -> Result<Nl, LinkError> {
         let ns = File::open(path).map_err(|source| LinkError::NetnsOpen {
             path: path.to_string(),
             source,
         })?;
+        if is_own_netns(&ns) {
+            return Err(LinkError::NetnsOpen {
+                path: path.to_string(),
+                source: io::Error::other("it is the plugin's own network namespace, not a container's"),
+            });
+        }
         let joined = std::thread::scope(|s| {
             s.spawn(|| -> io::Result<Nl> {
                 setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
@@ -426,6 +434,15 @@ impl Nl {
     }
 }
 
+/// Whether `ns` is the namespace this process runs in.
+fn is_own_netns(ns: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (ns.metadata(), std::fs::metadata("/proc/self/ns/net")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn link_mac(link: &LinkMessage) -> Vec<u8> {
     link.attributes
         .iter()
@@ -590,11 +607,11 @@ impl Links for LinuxLinks {
     }
 
     fn wire(&mut self, spec: &PodLinkSpec) -> Result<Wired, LinkError> {
+        let mut pod = Nl::open_in(&spec.netns)?;
         let ns = File::open(&spec.netns).map_err(|source| LinkError::NetnsOpen {
             path: spec.netns.clone(),
             source,
         })?;
-        let mut pod = Nl::open_in(&spec.netns)?;
         let mut result = self.wire_inner(spec, &ns, &mut pod);
         if let Err(LinkError::Netlink { source, .. }) = &result {
             // A stale pair of this very attachment (an ADD that was killed before it
