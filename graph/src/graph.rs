@@ -103,6 +103,9 @@ struct Tracked {
     edge: EdgeKey,
     counters: Counters,
     last_seen: Millis,
+    /// False once the connection closed (TCP TIME_WAIT, CLOSE) while the
+    /// kernel still holds it: no longer active, not yet destroyed.
+    open: bool,
 }
 
 /// The service dependency graph of one observer (a node).
@@ -252,6 +255,9 @@ impl ServiceGraph {
         for (_, key) in &by_age[..n] {
             if let Some(t) = self.conns.remove(key) {
                 self.counters.evicted_connections += 1;
+                if !t.open {
+                    continue;
+                }
                 if let Some(&ix) = self.edges.get(&t.edge) {
                     let e = &mut self.graph[ix];
                     e.active = e.active.saturating_sub(1);
@@ -329,39 +335,32 @@ impl ServiceGraph {
         }
 
         // Connection bookkeeping: how much is new since the last record of
-        // this connection, whether it is a new connection, whether it ended.
-        // A tracked connection whose identities changed (an address reused by
-        // another pod, a late identity resolution) moves its active count to
-        // the new edge.
-        let mut moved_from: Option<EdgeKey> = None;
-        let (delta, new_conn, active_change): (Counters, bool, i8) =
-            match (r.event, self.conns.get_mut(&r.conn)) {
-                (FlowEvent::Destroy, Some(t)) => {
-                    let d = r.counters.since(&t.counters);
-                    let change = if t.edge == key {
-                        -1
-                    } else {
-                        moved_from = Some(t.edge);
-                        0
-                    };
-                    self.conns.remove(&r.conn);
-                    (d, false, change)
-                }
-                (FlowEvent::Destroy, None) => (r.counters, true, 0),
-                (_, Some(t)) => {
-                    let d = r.counters.since(&t.counters);
+        // this connection, whether it is a new connection, whether it is open.
+        // A connection counts as active while it is tracked and open; a
+        // tracked connection whose identities changed (an address reused by
+        // another pod, a late identity resolution) moves to the new edge.
+        let prev = self.conns.get(&r.conn).map(|t| (t.edge, t.open, t.counters));
+        let delta = match prev {
+            Some((_, _, c)) => r.counters.since(&c),
+            None => r.counters,
+        };
+        let new_conn = prev.is_none();
+        let next_open = match r.event {
+            FlowEvent::Destroy => None,
+            FlowEvent::Closed => Some(false),
+            FlowEvent::New | FlowEvent::Update => Some(prev.is_none_or(|p| p.1)),
+        };
+        match next_open {
+            None => {
+                self.conns.remove(&r.conn);
+            }
+            Some(open) => {
+                if let Some(t) = self.conns.get_mut(&r.conn) {
                     t.counters = t.counters.max(&r.counters);
                     t.last_seen = now;
-                    let change = if t.edge == key {
-                        0
-                    } else {
-                        moved_from = Some(t.edge);
-                        t.edge = key;
-                        1
-                    };
-                    (d, false, change)
-                }
-                (_, None) => {
+                    t.edge = key;
+                    t.open = open;
+                } else {
                     if self.conns.len() >= self.limits.max_connections {
                         self.evict_connections();
                     }
@@ -371,12 +370,13 @@ impl ServiceGraph {
                             edge: key,
                             counters: r.counters,
                             last_seen: now,
+                            open,
                         },
                     );
-                    (r.counters, true, 1)
                 }
-            };
-        if let Some(old) = moved_from {
+            }
+        }
+        if let Some((old, true, _)) = prev {
             if let Some(&ix) = self.edges.get(&old) {
                 let e = &mut self.graph[ix];
                 e.active = e.active.saturating_sub(1);
@@ -388,10 +388,8 @@ impl ServiceGraph {
         if new_conn {
             e.connections += 1;
         }
-        match active_change {
-            1 => e.active += 1,
-            -1 => e.active = e.active.saturating_sub(1),
-            _ => {}
+        if next_open == Some(true) {
+            e.active += 1;
         }
         e.last_seen = e.last_seen.max(now);
         if r.policy.is_some() {
@@ -478,6 +476,25 @@ mod tests {
         assert_eq!(e.counters.bytes_received, 300);
         assert_eq!((e.first_seen, e.last_seen), (1_000, 3_000));
         assert_eq!(g.tracked_connections(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_is_not_active_and_its_destroy_counts_nothing_more() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1_000, FlowEvent::New, 7, &f, &b, 0));
+        g.ingest(&rec(2_000, FlowEvent::Closed, 7, &f, &b, 100));
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 0, 100));
+        g.ingest(&rec(3_000, FlowEvent::Update, 7, &f, &b, 100));
+        g.ingest(&rec(9_000, FlowEvent::Destroy, 7, &f, &b, 100));
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 0, 100));
+        assert_eq!(g.tracked_connections(), 0);
+        // Seen first when already closed (a dump of a TIME_WAIT entry).
+        g.ingest(&rec(10_000, FlowEvent::Closed, 8, &f, &b, 50));
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.active), (2, 0));
     }
 
     #[test]
@@ -625,16 +642,18 @@ mod tests {
         /// arrive in, each connection is counted once, active never exceeds
         /// the tracked connections, and bytes never exceed the final counters.
         #[test]
-        fn each_connection_counts_once(events in proptest::collection::vec((0u16..20, 0u8..3, 0u64..1000), 1..200)) {
+        fn each_connection_counts_once(events in proptest::collection::vec((0u16..20, 0u8..4, 0u64..1000), 1..200)) {
             let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
             let mut g = ServiceGraph::default();
             let mut seen = std::collections::HashSet::new();
             let mut destroyed = std::collections::HashSet::new();
             let mut max_bytes = std::collections::HashMap::new();
+            let mut closed = std::collections::HashSet::new();
             for (t, (conn, ev, bytes)) in events.iter().enumerate() {
                 if destroyed.contains(conn) { continue; }
-                let ev = match ev { 0 => FlowEvent::New, 1 => FlowEvent::Update, _ => FlowEvent::Destroy };
+                let ev = match ev { 0 => FlowEvent::New, 1 => FlowEvent::Update, 2 => FlowEvent::Closed, _ => FlowEvent::Destroy };
                 if ev == FlowEvent::Destroy { destroyed.insert(*conn); }
+                if ev == FlowEvent::Closed { closed.insert(*conn); }
                 seen.insert(*conn);
                 let m: &mut u64 = max_bytes.entry(*conn).or_default();
                 *m = (*m).max(*bytes);
@@ -642,7 +661,8 @@ mod tests {
             }
             let e = g.edges().next().unwrap().2;
             proptest::prop_assert_eq!(e.connections as usize, seen.len());
-            proptest::prop_assert_eq!(e.active as usize, seen.len() - destroyed.len());
+            let open = seen.iter().filter(|c| !destroyed.contains(c) && !closed.contains(c)).count();
+            proptest::prop_assert_eq!(e.active as usize, open);
             proptest::prop_assert!(e.counters.bytes_sent <= max_bytes.values().sum::<u64>());
         }
     }

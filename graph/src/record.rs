@@ -139,6 +139,9 @@ pub enum FlowEvent {
     New,
     /// A periodic reading of a live connection (its counters so far).
     Update,
+    /// The connection closed but the kernel still holds it (TCP TIME_WAIT
+    /// or CLOSE): final counters, no longer active, a `Destroy` follows.
+    Closed,
     /// The connection ended (its final counters).
     Destroy,
 }

@@ -391,6 +391,8 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
                 let c = e["connections"].as_u64().unwrap();
                 e["bytes_sent"].as_u64().unwrap() >= 1000 * c
                     && e["bytes_received"].as_u64().unwrap() >= 5000 * c
+                    // Closed (TIME_WAIT) connections are not active.
+                    && e["active"] == 0
             });
         if complete {
             break r;

@@ -34,6 +34,12 @@ const NLM_F_CREATE: u16 = 0x400;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// TCP conntrack states after which a connection is over.
+const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+const TCP_CONNTRACK_CLOSE: u8 = 8;
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
@@ -69,7 +75,8 @@ pub struct Tuple {
 /// One conntrack entry as an event or a dump reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtEntry {
-    /// New (event), destroy (event) or update (dump).
+    /// New (event), destroy (event), update (dump) or closed (dump of a TCP
+    /// connection in TIME_WAIT or CLOSE).
     pub event: FlowEvent,
     /// As the initiator sent it.
     pub orig: Tuple,
@@ -246,7 +253,7 @@ fn parse_message(ty: u16, flags: u16, msg: &[u8], dump: bool) -> Result<Message,
     };
     // nlmsghdr (16) + nfgenmsg (4).
     let body = msg.get(20..).ok_or(ParseError::Truncated(20))?;
-    let (mut orig, mut reply, mut id) = (None, None, 0u32);
+    let (mut orig, mut reply, mut id, mut tcp_state) = (None, None, 0u32, None);
     let mut counters = Counters::default();
     for (ty, p) in attrs(body) {
         match ty {
@@ -259,10 +266,28 @@ fn parse_message(ty: u16, flags: u16, msg: &[u8], dump: bool) -> Result<Message,
                 (counters.packets_received, counters.bytes_received) = parse_counters(p);
             }
             CTA_ID if p.len() == 4 => id = be_uint(p) as u32,
+            CTA_PROTOINFO => {
+                for (ty, t) in attrs(p) {
+                    if ty == CTA_PROTOINFO_TCP {
+                        for (ty, st) in attrs(t) {
+                            if ty == CTA_PROTOINFO_TCP_STATE && !st.is_empty() {
+                                tcp_state = Some(st[0]);
+                            }
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
     let orig = orig.ok_or(ParseError::IncompleteTuple("original"))?;
+    // A TCP connection in TIME_WAIT or CLOSE is over, though still held.
+    let event = match (event, tcp_state) {
+        (FlowEvent::Update, Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)) => {
+            FlowEvent::Closed
+        }
+        (e, _) => e,
+    };
     let reply = reply.unwrap_or(Tuple {
         protocol: orig.protocol,
         src: orig.dst,
@@ -571,6 +596,24 @@ pub(crate) mod tests {
         );
         let two = [d.clone(), u].concat();
         assert_eq!(parse_datagram(&two, false).len(), 2);
+    }
+
+    #[test]
+    fn a_dumped_tcp_connection_in_time_wait_is_closed() {
+        let mut m = message(IPCTNL_MSG_CT_NEW, NLM_F_MULTI, 5, 10);
+        let info = nested(
+            CTA_PROTOINFO,
+            &[nested(
+                CTA_PROTOINFO_TCP,
+                &[nla(CTA_PROTOINFO_TCP_STATE, &[TCP_CONNTRACK_TIME_WAIT])],
+            )],
+        );
+        m.extend_from_slice(&info);
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        assert!(
+            matches!(&parse_datagram(&m, true)[0], Ok(Message::Entry(e)) if e.event == FlowEvent::Closed)
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         let event = match c[0] >> 6 {
             0 => FlowEvent::New,
             1 => FlowEvent::Update,
+            2 => FlowEvent::Closed,
             _ => FlowEvent::Destroy,
         };
         let r = FlowRecord {
