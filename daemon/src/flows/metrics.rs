@@ -181,7 +181,7 @@ mod tests {
             &[],
             &[],
         );
-        let f = Arc::new(Flows::new("n1", 51820, r, &FlowOptions::default()));
+        let f = Arc::new(Flows::new("n1", 51820, 9590, r, &FlowOptions::default()));
         f.ingest_records(&[FlowRecord {
             time: 1,
             event: FlowEvent::Destroy,
@@ -243,7 +243,7 @@ mod tests {
             &[],
             &[],
         );
-        let f = Arc::new(Flows::new("n1", 51820, r, &FlowOptions::default()));
+        let f = Arc::new(Flows::new("n1", 51820, 9590, r, &FlowOptions::default()));
         let mut rec = FlowRecord {
             time: 1,
             event: FlowEvent::New,

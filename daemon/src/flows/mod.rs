@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use veil_graph::{
     ConnKey, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphCounters, GraphLimits,
-    GraphView, Locality, Millis, ServiceGraph, Verdict,
+    GraphView, IdentityKind, Locality, Millis, ServiceGraph, Verdict,
 };
 
 use crate::context::NodeContext;
@@ -175,6 +175,7 @@ struct State {
 pub struct Flows {
     node: String,
     wireguard_port: u16,
+    http_port: u16,
     state: Mutex<State>,
     resolver: Mutex<Arc<Resolver>>,
     /// Health counters.
@@ -199,10 +200,19 @@ pub fn now_ms() -> Millis {
 
 impl Flows {
     /// Empty flows for node `node`.
-    pub fn new(node: &str, wireguard_port: u16, resolver: Resolver, opts: &FlowOptions) -> Self {
+    /// `wireguard_port` and `http_port` are the daemons' own ports: their
+    /// traffic between nodes is not a flow.
+    pub fn new(
+        node: &str,
+        wireguard_port: u16,
+        http_port: u16,
+        resolver: Resolver,
+        opts: &FlowOptions,
+    ) -> Self {
         Flows {
             node: node.to_string(),
             wireguard_port,
+            http_port,
             state: Mutex::new(State {
                 graph: ServiceGraph::new(opts.limits),
                 log: FlowLog::new(opts.log_capacity),
@@ -252,12 +262,21 @@ impl Flows {
         let records: Vec<FlowRecord> = entries
             .iter()
             .filter(|e| !self.is_infrastructure(e))
-            .map(|e| {
+            .filter_map(|e| {
                 // The responder is who answered: the backend behind a
                 // destination NAT (reply tuple's source).
                 let src = resolver.resolve(e.orig.src);
                 let dst = resolver.resolve(e.reply.src);
-                FlowRecord {
+                // Daemons talking to each other's HTTP server (the cluster
+                // graph is merged that way) are Veil's own traffic.
+                if src.identity.kind() == IdentityKind::Node
+                    && dst.identity.kind() == IdentityKind::Node
+                    && e.orig.protocol == veil_graph::Protocol::Tcp
+                    && e.reply.src_port == self.http_port
+                {
+                    return None;
+                }
+                Some(FlowRecord {
                     time: now,
                     event: e.event,
                     conn: ConnKey {
@@ -277,7 +296,7 @@ impl Flows {
                         source_local: src.local,
                         destination_local: dst.local,
                     },
-                }
+                })
             })
             .collect();
         let mut st = self.state.lock().expect("flow state lock");
@@ -524,6 +543,7 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
     let flows = Arc::new(Flows::new(
         &ctx.config.node_name,
         ctx.config.wireguard_port,
+        ctx.config.http_listen.port(),
         resolver_of(ctx, &opts.networks),
         &opts,
     ));
@@ -697,7 +717,7 @@ mod tests {
             &local,
             &["api=203.0.113.0/24".parse().unwrap()],
         );
-        Arc::new(Flows::new("n1", 51820, r, &FlowOptions::default()))
+        Arc::new(Flows::new("n1", 51820, 9590, r, &FlowOptions::default()))
     }
 
     #[test]
@@ -824,6 +844,58 @@ mod tests {
             1,
         );
         assert!(f.view(1).edges.is_empty());
+    }
+
+    #[test]
+    fn daemons_fetching_each_others_graph_are_not_a_flow() {
+        let f = flows();
+        let r = Resolver::new(
+            "n1",
+            "198.18.0.1".parse().unwrap(),
+            &Snapshot {
+                nodes: vec![crate::datastore::NodeRecord {
+                    name: "n2".into(),
+                    address: "198.18.0.2".parse().unwrap(),
+                    pod_cidrs: vec![],
+                    labels: Default::default(),
+                    annotations: Default::default(),
+                }],
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        f.set_resolver(r);
+        f.ingest(
+            &[entry(
+                FlowEvent::New,
+                "198.18.0.1",
+                40000,
+                "198.18.0.2",
+                9590,
+                1,
+                0,
+            )],
+            1,
+        );
+        assert!(f.view(1).edges.is_empty());
+        f.ingest(
+            &[entry(
+                FlowEvent::New,
+                "198.18.0.1",
+                40001,
+                "198.18.0.2",
+                22,
+                2,
+                0,
+            )],
+            1,
+        );
+        assert_eq!(
+            f.view(1).edges.len(),
+            1,
+            "other node-to-node traffic is a flow"
+        );
     }
 
     #[test]
