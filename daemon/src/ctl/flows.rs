@@ -3,7 +3,7 @@
 //! namespace, source, destination and verdict; `--follow` keeps polling with
 //! each daemon's cursor.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use veil_graph::{FlowEntry, FlowFilter, FlowPage, Verdict};
@@ -69,7 +69,7 @@ fn line(e: &FlowEntry) -> String {
     )
 }
 
-fn query(socket: &PathBuf, f: &FlowFilter) -> Result<FlowPage, String> {
+fn query(socket: &Path, f: &FlowFilter) -> Result<FlowPage, String> {
     veil_cni::api::call::<_, FlowPage>(socket, "flows.list", f, Duration::from_secs(10))
         .map_err(|e| e.to_string())
 }
