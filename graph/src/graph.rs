@@ -339,7 +339,10 @@ impl ServiceGraph {
         // A connection counts as active while it is tracked and open; a
         // tracked connection whose identities changed (an address reused by
         // another pod, a late identity resolution) moves to the new edge.
-        let prev = self.conns.get(&r.conn).map(|t| (t.edge, t.open, t.counters));
+        let prev = self
+            .conns
+            .get(&r.conn)
+            .map(|t| (t.edge, t.open, t.counters));
         let delta = match prev {
             Some((_, _, c)) => r.counters.since(&c),
             None => r.counters,
@@ -485,11 +488,17 @@ mod tests {
         g.ingest(&rec(1_000, FlowEvent::New, 7, &f, &b, 0));
         g.ingest(&rec(2_000, FlowEvent::Closed, 7, &f, &b, 100));
         let e = g.edges().next().unwrap().2;
-        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 0, 100));
+        assert_eq!(
+            (e.connections, e.active, e.counters.bytes_sent),
+            (1, 0, 100)
+        );
         g.ingest(&rec(3_000, FlowEvent::Update, 7, &f, &b, 100));
         g.ingest(&rec(9_000, FlowEvent::Destroy, 7, &f, &b, 100));
         let e = g.edges().next().unwrap().2;
-        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 0, 100));
+        assert_eq!(
+            (e.connections, e.active, e.counters.bytes_sent),
+            (1, 0, 100)
+        );
         assert_eq!(g.tracked_connections(), 0);
         // Seen first when already closed (a dump of a TIME_WAIT entry).
         g.ingest(&rec(10_000, FlowEvent::Closed, 8, &f, &b, 50));
