@@ -52,12 +52,15 @@ pub enum FlowError {
     /// An option is malformed.
     #[error("flow collector: {0}")]
     Option(String),
+    /// Turned off by `VEIL_FLOWS=off`.
+    #[error("flow collector disabled (VEIL_FLOWS=off)")]
+    Disabled,
     /// The collector thread could not be started.
     #[error("flow collector: cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
-/// Collector options (environment: `VEIL_FLOW_DUMP_SECONDS`,
+/// Collector options (environment: `VEIL_FLOWS=off`, `VEIL_FLOW_DUMP_SECONDS`,
 /// `VEIL_EXTERNAL_NETWORKS=name=cidr,...`, `VEIL_FLOW_MAX_EDGES`,
 /// `VEIL_FLOW_HOST_NETNS`).
 #[derive(Debug, Clone)]
@@ -525,8 +528,12 @@ fn prepare_namespace(opts: &FlowOptions) {
     }
 }
 
-/// Starts the collector with options from the environment.
+/// Starts the collector with options from the environment (`VEIL_FLOWS=off`
+/// turns it off: no flows, graph nor flow metrics on this node).
 pub fn start(ctx: &NodeContext) -> Result<FlowHandle, FlowError> {
+    if std::env::var("VEIL_FLOWS").is_ok_and(|v| v == "off" || v == "0" || v == "false") {
+        return Err(FlowError::Disabled);
+    }
     start_with(ctx, FlowOptions::from_env()?)
 }
 
