@@ -140,6 +140,45 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     // Let the collector read the datastore (address book refresh: 2 s).
     std::thread::sleep(Duration::from_millis(2500));
 
+    // `veilctl flows --follow` started before the traffic streams its flows.
+    let mut follow = Command::new(bin("veilctl"))
+        .args([
+            "flows",
+            "--follow",
+            "--output",
+            "json",
+            "--to",
+            "shop/backend-b",
+            "--socket",
+        ])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("veilctl flows --follow");
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let follow_out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let follow = KillOnDrop(follow);
+    std::thread::sleep(Duration::from_millis(1500));
+
     let servers = [
         serve(&ba, "10.244.1.3", 8080, 5, 1000, 5000),
         serve(&bb, "10.244.1.4", 9090, 3, 1000, 5000),
@@ -334,6 +373,29 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     let new = flows.iter().filter(|f| f["event"] == "new").count();
     assert_eq!(new, 8, "frontend opened 8 connections: {flows:?}");
     assert!(flows.iter().all(|f| f["source"]["workload"] == "frontend"));
+
+    // The follower saw the three connections to backend-b open, and nothing else.
+    let mut followed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while followed
+        .iter()
+        .filter(|f: &&Value| f["event"] == "new")
+        .count()
+        < 3
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "--follow printed only {followed:?}");
+        if let Ok(l) = line_rx.recv_timeout(left) {
+            followed.push(serde_json::from_str(&l).expect("a JSON line"));
+        }
+    }
+    assert!(
+        followed
+            .iter()
+            .all(|f| f["destination"]["workload"] == "backend-b"),
+        "{followed:?}"
+    );
+    drop(follow);
 
     // The page as a browser runs it: when Chromium is installed, its DOM after
     // the scripts ran lists the three edges.
