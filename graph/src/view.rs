@@ -166,15 +166,15 @@ impl GraphView {
                         edges.insert(e.key(), e);
                     }
                     Some(m) => {
-                        m.connections += e.connections;
-                        m.active += e.active;
-                        m.denied += e.denied;
+                        m.connections = m.connections.saturating_add(e.connections);
+                        m.active = m.active.saturating_add(e.active);
+                        m.denied = m.denied.saturating_add(e.denied);
                         m.verdict = verdict_of(m.connections, m.denied);
-                        m.bytes += e.bytes;
-                        m.bytes_sent += e.bytes_sent;
-                        m.bytes_received += e.bytes_received;
-                        m.packets_sent += e.packets_sent;
-                        m.packets_received += e.packets_received;
+                        m.bytes = m.bytes.saturating_add(e.bytes);
+                        m.bytes_sent = m.bytes_sent.saturating_add(e.bytes_sent);
+                        m.bytes_received = m.bytes_received.saturating_add(e.bytes_received);
+                        m.packets_sent = m.packets_sent.saturating_add(e.packets_sent);
+                        m.packets_received = m.packets_received.saturating_add(e.packets_received);
                         m.first_seen = m.first_seen.min(e.first_seen);
                         if e.last_seen >= m.last_seen && e.policy.is_some() {
                             m.policy = e.policy.clone();
@@ -270,8 +270,8 @@ impl GraphView {
         let mut inbound: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for e in &self.edges {
             let x = inbound.entry(e.target.as_str()).or_default();
-            x.0 += e.connections;
-            x.1 += e.bytes;
+            x.0 = x.0.saturating_add(e.connections);
+            x.1 = x.1.saturating_add(e.bytes);
         }
         let nodes: Vec<serde_json::Value> = self
             .nodes
@@ -461,6 +461,18 @@ mod tests {
         let e = m.edges.iter().find(|e| e.port == 8080).unwrap();
         assert_eq!(e.connections, 4);
         assert_eq!(e.bytes, 4400);
+    }
+
+    #[test]
+    fn merging_huge_counters_saturates_instead_of_overflowing() {
+        let mut v = GraphView::of(&sample(), 2_000);
+        for e in &mut v.edges {
+            e.bytes = u64::MAX - 1;
+            e.connections = u64::MAX;
+        }
+        let m = GraphView::merge([v.clone(), v]);
+        assert!(m.edges.iter().all(|e| e.bytes == u64::MAX && e.connections == u64::MAX));
+        let _ = m.grafana_data();
     }
 
     #[test]
