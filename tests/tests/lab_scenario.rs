@@ -178,6 +178,13 @@ fn scenario_lab_serves_dns_http_udp_and_external_hosts() {
         &["curl", "-s", "-m", "3", "http://203.0.113.10:443/"],
     );
     assert_eq!(stdout(&o), "api.example.com\n", "{}", show(&o));
+    // ... and from pods, masqueraded by their node (replies come back through the
+    // fail-closed filter, which lets replies of masqueraded connections in).
+    let o = lab.in_pod(
+        "shop/client",
+        &["curl", "-s", "-m", "3", "http://api.example.com:443/"],
+    );
+    assert_eq!(stdout(&o), "api.example.com\n", "{}", show(&o));
     let o = lab.exec(
         &["--external", "api.example.com"],
         &["ip", "-br", "addr", "show", "eth0"],
