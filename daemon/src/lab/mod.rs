@@ -26,6 +26,7 @@ pub mod probe;
 pub mod process;
 pub mod serve;
 pub mod state;
+pub mod test;
 pub mod up;
 
 use std::path::{Path, PathBuf};
