@@ -231,7 +231,13 @@ fn up(a: UpArgs) -> Result<i32, LabError> {
         scenario: a.scenario,
         keep_on_error: a.keep_on_error,
     };
-    let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}"))?;
+    let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}")).inspect_err(|e| {
+        if !opts.keep_on_error && !matches!(e, LabError::Exists(_) | LabError::InvalidName(_)) {
+            eprintln!(
+                "veilctl lab: the half-built lab was removed; `--keep-on-error` keeps it (and its logs) for inspection"
+            );
+        }
+    })?;
     print_state(&state);
     print_hints(&state, &opts.plan);
     Ok(0)
