@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use lab_support::*;
 
-/// Whether pod traffic between nodes flows. `false` until the WireGuard
-/// datapath lands: then it must not flow at all. When it flows it must be
-/// encrypted: either way no packet with a pod address may cross the underlay.
-const CROSS_NODE_TRAFFIC_FLOWS: bool = false;
+/// Whether pod traffic between nodes flows. It did not before the WireGuard
+/// datapath landed (then it must not flow at all); now it must flow, encrypted.
+/// Either way no packet with a pod address may cross the underlay.
+const CROSS_NODE_TRAFFIC_FLOWS: bool = true;
 
 /// A packet capture on the underlay bridge, started before traffic is sent.
 struct Capture {
