@@ -258,6 +258,7 @@ fn down_cleans_up_after_the_state_is_lost() {
 fn down_cleans_up_after_lab_up_is_killed_half_way() {
     require_root();
     let name = unique_name();
+    let _guard = Lab { name: name.clone() }; // `lab down` even if an assertion fails
     let mut child = Command::new(bin("veilctl"))
         .args([
             "lab",
