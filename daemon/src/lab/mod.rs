@@ -29,7 +29,7 @@
 //! (underlay), 10.244.0.0/16 (pods) and 203.0.113.0/24 (external) are used.
 //!
 //! What it does not do: policy, encryption or flows (the daemons do). It sends
-//! scenario probes ([`probe`]) and runs whole scenarios as traffic ([`test`]),
+//! scenario probes ([`probe`]) and runs whole scenarios as traffic ([`mod@test`]),
 //! judging only what the traffic did.
 
 pub mod cni;
