@@ -300,17 +300,20 @@ impl Node {
         self.netns
             .links()
             .into_iter()
-            .filter(|l| l.starts_with("veil"))
+            // Host veths are `veil` + hex; `veil-wg` is the WireGuard device.
+            .filter(|l| l.starts_with("veil") && l != "veil-wg")
             .collect()
     }
 
-    /// Routes in the node's namespace whose destination is in 10.244.0.0/16.
+    /// Routes to pods (10.244.0.0/16) in the node's namespace, but those through
+    /// the WireGuard device (remote pod CIDRs), which the CNI plugin does not own.
     pub fn pod_routes(&self) -> Vec<String> {
         self.netns
             .ip_json(&["-4", "route", "show"])
             .as_array()
             .map(|a| {
                 a.iter()
+                    .filter(|r| r["dev"].as_str() != Some("veil-wg"))
                     .filter_map(|r| r["dst"].as_str().map(str::to_string))
                     .filter(|d| d.starts_with("10.244."))
                     .collect()
