@@ -179,6 +179,12 @@ impl ServiceGraph {
             .map(|e| (&self.graph[e.source()], &self.graph[e.target()], e.weight()))
     }
 
+    fn is_world(&self, ix: NodeIndex) -> bool {
+        self.graph
+            .node_weight(ix)
+            .is_some_and(|v| v.identity.kind() == crate::IdentityKind::World)
+    }
+
     fn vertex(&mut self, id: &Arc<Identity>, now: Millis) -> NodeIndex {
         if let Some(&ix) = self.vertices.get(id.id()) {
             let v = &mut self.graph[ix];
@@ -343,11 +349,32 @@ impl ServiceGraph {
             .conns
             .get(&r.conn)
             .map(|t| (t.edge, t.open, t.counters));
-        let delta = match prev {
-            Some((_, _, c)) => r.counters.since(&c),
-            None => r.counters,
+        // A connection first seen with an unnamed end (`world`, e.g. before
+        // the DNS answer that names it was read) and now named moves to the
+        // named edge entirely: connection, bytes and all. Other identity
+        // changes move only the active count.
+        let refined = prev.and_then(|(old, _, c)| {
+            (old != key
+                && ((self.is_world(old.0) && !self.is_world(key.0))
+                    || (self.is_world(old.1) && !self.is_world(key.1))))
+            .then_some((old, c))
+        });
+        if let Some((old, c)) = refined {
+            if let Some(&ix) = self.edges.get(&old) {
+                let e = &mut self.graph[ix];
+                e.connections = e.connections.saturating_sub(1);
+                e.counters = e.counters.since(&c);
+                if e.connections == 0 && e.denied == 0 && e.active <= 1 {
+                    self.edges.remove(&old);
+                    self.graph.remove_edge(ix);
+                }
+            }
+        }
+        let delta = match (prev, refined) {
+            (Some((_, _, c)), None) => r.counters.since(&c),
+            _ => r.counters,
         };
-        let new_conn = prev.is_none();
+        let new_conn = prev.is_none() || refined.is_some();
         let next_open = match r.event {
             FlowEvent::Destroy => None,
             FlowEvent::Closed => Some(false),
@@ -634,6 +661,32 @@ mod tests {
         assert!(active.contains(&("d/other".to_string(), 1)));
         g.ingest(&rec(3, FlowEvent::Destroy, 1, &f, &b, 3));
         assert_eq!(g.edges().map(|e| e.2.active).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn a_connection_to_world_later_named_moves_to_the_named_edge() {
+        let f = pod("d", "frontend");
+        let world = Arc::new(Identity::world());
+        let api = Arc::new(Identity::external("api.example.com"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1, FlowEvent::New, 1, &f, &world, 10));
+        g.ingest(&rec(2, FlowEvent::New, 2, &f, &api, 10));
+        g.ingest(&rec(3, FlowEvent::Update, 1, &f, &api, 30));
+        let edges: Vec<(String, u64, u64, u64)> = g
+            .edges()
+            .map(|e| {
+                (
+                    e.1.identity.id().to_string(),
+                    e.2.connections,
+                    e.2.active,
+                    e.2.counters.bytes_sent,
+                )
+            })
+            .collect();
+        assert_eq!(
+            edges,
+            vec![("external:api.example.com".to_string(), 2, 2, 40)]
+        );
     }
 
     #[test]

@@ -471,7 +471,10 @@ mod tests {
             e.connections = u64::MAX;
         }
         let m = GraphView::merge([v.clone(), v]);
-        assert!(m.edges.iter().all(|e| e.bytes == u64::MAX && e.connections == u64::MAX));
+        assert!(m
+            .edges
+            .iter()
+            .all(|e| e.bytes == u64::MAX && e.connections == u64::MAX));
         let _ = m.grafana_data();
     }
 

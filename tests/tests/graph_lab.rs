@@ -58,9 +58,33 @@ fn edges(v: &Value) -> Vec<(String, String, u64, u64)> {
     e
 }
 
+/// The edges without backend-a's DNS queries (their number depends on the
+/// resolver: A and AAAA, one socket or two); [`dns_edge`] checks those.
+fn calls(v: &Value) -> Vec<(String, String, u64, u64)> {
+    edges(v)
+        .into_iter()
+        .filter(|e| !(e.1 == "kube-system/kube-dns" && e.2 == 53))
+        .collect()
+}
+
+/// backend-a's DNS queries to kube-dns: present, one to four per call.
+fn dns_edge(v: &Value) -> bool {
+    edges(v).iter().any(|e| {
+        e.0 == "shop/backend-a"
+            && e.1 == "kube-system/kube-dns"
+            && e.2 == 53
+            && (1..=8).contains(&e.3)
+    })
+}
+
 fn expected() -> Vec<(String, String, u64, u64)> {
     vec![
-        ("shop/backend-a".into(), "world".into(), 443, 2),
+        (
+            "shop/backend-a".into(),
+            "external:api.example.com".into(),
+            443,
+            2,
+        ),
         ("shop/frontend".into(), "shop/backend-a".into(), 8080, 5),
         ("shop/frontend".into(), "shop/backend-b".into(), 9090, 3),
     ]
@@ -84,11 +108,15 @@ fn lab_graph_shows_exactly_the_calls_made() {
 
     // Every call must succeed: the frontend calls backend-a (other node) five
     // times and backend-b (same node) three times, backend-a calls the
-    // external host twice (by address, so that no DNS flow joins the graph).
+    // external host twice by name (so it also asks kube-dns, on node-a).
     for (pod, url, n) in [
         ("shop/frontend", format!("http://{backend_a}:8080/"), 5),
         ("shop/frontend", format!("http://{backend_b}:9090/"), 3),
-        ("shop/backend-a", "http://203.0.113.10:443/".to_string(), 2),
+        (
+            "shop/backend-a",
+            "http://api.example.com:443/".to_string(),
+            2,
+        ),
     ] {
         for i in 0..n {
             // One curl is one connection (a lost SYN while WireGuard shakes
@@ -114,13 +142,18 @@ fn lab_graph_shows_exactly_the_calls_made() {
             a.iter()
                 .all(|e| e["active"] == 0 && e["bytes_received"].as_u64() > Some(0))
         });
-        if edges(&v) == expected() && settled {
+        if calls(&v) == expected() && dns_edge(&v) && edges(&v).len() == 4 && settled {
             break v;
         }
         assert!(Instant::now() < deadline, "graph never matched: {v:#}");
         std::thread::sleep(Duration::from_secs(1));
     };
-    for e in graph["edges"].as_array().unwrap() {
+    for e in graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["protocol"] == "TCP")
+    {
         let c = e["connections"].as_u64().unwrap();
         // An HTTP exchange with the lab's servers: a few hundred bytes each way.
         let b = e["bytes"].as_u64().unwrap();
@@ -129,7 +162,7 @@ fn lab_graph_shows_exactly_the_calls_made() {
     let text = veilctl(&["graph", "--lab", &lab.name]);
     assert_eq!(
         String::from_utf8_lossy(&text.stdout).lines().count(),
-        3,
+        4,
         "{}",
         show(&text)
     );
@@ -148,7 +181,8 @@ fn lab_graph_shows_exactly_the_calls_made() {
             ],
         );
         let v: Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(edges(&v), expected(), "/api/v1/graph on {node}: {v:#}");
+        assert_eq!(calls(&v), expected(), "/api/v1/graph on {node}: {v:#}");
+        assert!(dns_edge(&v), "{v:#}");
         assert!(v.get("errors").is_none(), "{v:#}");
     }
 
@@ -162,7 +196,9 @@ fn lab_graph_shows_exactly_the_calls_made() {
         );
         assert!(!m.contains("10.244."), "no pod address in metrics");
         assert!(m.contains("veil_flow_events_lost_total 0"), "{m}");
-        for l in m.lines().filter(|l| l.starts_with("veil_flows_total{")) {
+        for l in m.lines().filter(|l| {
+            l.starts_with("veil_flows_total{") && !l.contains("destination_port=\"53\"")
+        }) {
             let (labels, value) = l.rsplit_once(' ').unwrap();
             series.push((labels.to_string(), value.parse().unwrap()));
         }
@@ -175,7 +211,7 @@ fn lab_graph_shows_exactly_the_calls_made() {
         )
     };
     let mut expect_series = vec![
-        want("backend-a", "world", "world", "", 443, 2),
+        want("backend-a", "api.example.com", "external", "", 443, 2),
         want("frontend", "backend-a", "pod", "shop", 8080, 5),
         want("frontend", "backend-b", "pod", "shop", 9090, 3),
     ];
@@ -218,11 +254,12 @@ fn lab_graph_shows_exactly_the_calls_made() {
         for edge in [
             "shop/frontend → shop/backend-a :8080/TCP",
             "shop/frontend → shop/backend-b :9090/TCP",
-            "shop/backend-a → world :443/TCP",
+            "shop/backend-a → external:api.example.com :443/TCP",
+            "shop/backend-a → kube-system/kube-dns :53/UDP",
         ] {
             assert!(dom.contains(edge), "/ui does not show {edge}: {dom}");
         }
-        assert!(dom.contains("4 workloads, 3 edges"), "{dom}");
+        assert!(dom.contains("5 workloads, 4 edges"), "{dom}");
     } else {
         eprintln!("chromium not installed: /ui not checked in a browser");
     }
@@ -263,7 +300,7 @@ fn prometheus_scrapes(lab: &Lab) {
     }
     let _guard = Kill(child, dir);
     let query =
-        "sum by (source_workload, destination_workload, destination_port) (veil_flows_total)";
+        "sum by (source_workload, destination_workload, destination_port) (veil_flows_total{destination_port!=\"53\"})";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let o = lab.exec(
@@ -300,7 +337,7 @@ fn prometheus_scrapes(lab: &Lab) {
                 let want = vec![
                     (
                         "backend-a".to_string(),
-                        "world".to_string(),
+                        "api.example.com".to_string(),
                         "443".to_string(),
                         "2".to_string(),
                     ),

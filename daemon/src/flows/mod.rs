@@ -24,6 +24,7 @@
 //! - WireGuard's own UDP between nodes and loopback traffic are not flows.
 
 pub mod conntrack;
+pub mod dns;
 mod http;
 mod metrics;
 pub mod resolve;
@@ -240,10 +241,8 @@ impl Flows {
     /// Records that `name` resolved to `ips` (for the DNS proxy): flows to
     /// those addresses then show as `external:NAME`.
     pub fn learn_dns(&self, name: &str, ips: &[IpAddr]) {
-        let mut cur = self.resolver.lock().expect("resolver lock");
-        let mut r = (**cur).clone();
+        let r = self.resolver.lock().expect("resolver lock").clone();
         r.learn_dns(name, ips);
-        *cur = Arc::new(r);
     }
 
     fn is_infrastructure(&self, e: &CtEntry) -> bool {
@@ -525,6 +524,27 @@ fn prepare_namespace(opts: &FlowOptions) {
     let _ = run(&["delete", "table", "inet", "veil_flows"], None);
     if let Err(e) = run(&["-f", "-"], Some(CONNTRACK_TABLE)) {
         tracing::warn!(error = %e, "cannot install the conntrack table inet veil_flows: flows may not be seen");
+        return;
+    }
+    // DNS responses to NFLOG, to name external hosts (apart: NFLOG may be missing).
+    let group = dns::NFLOG_GROUP.to_string();
+    if let Err(e) = run(
+        &[
+            "add",
+            "rule",
+            "inet",
+            "veil_flows",
+            "prerouting",
+            "udp",
+            "sport",
+            "53",
+            "log",
+            "group",
+            &group,
+        ],
+        None,
+    ) {
+        tracing::warn!(error = %e, "cannot copy DNS responses to NFLOG: external hosts are not named by DNS");
     }
 }
 
@@ -583,6 +603,12 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
             }
             tracing::debug!("flow collector stopped");
         })
+        .map_err(FlowError::Thread)?;
+    let f3 = flows.clone();
+    let shutdown = ctx.shutdown.clone();
+    std::thread::Builder::new()
+        .name("veil-flows-dns".into())
+        .spawn(move || dns::run(f3, || *shutdown.borrow()))
         .map_err(FlowError::Thread)?;
     Ok(FlowHandle { flows })
 }

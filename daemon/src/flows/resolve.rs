@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ipnetwork::IpNetwork;
 use veil_graph::Identity;
@@ -62,7 +62,8 @@ pub struct Resolved {
 pub struct Resolver {
     node_name: String,
     by_ip: HashMap<IpAddr, Resolved>,
-    dns: HashMap<IpAddr, Arc<Identity>>,
+    /// Shared by every resolver built after this one (see [`Resolver::keep_dns_from`]).
+    dns: Arc<RwLock<HashMap<IpAddr, Arc<Identity>>>>,
     networks: Vec<(NamedNetwork, Arc<Identity>)>,
     world: Arc<Identity>,
 }
@@ -139,7 +140,7 @@ impl Resolver {
         Resolver {
             node_name: node_name.to_string(),
             by_ip,
-            dns: HashMap::new(),
+            dns: Arc::default(),
             networks,
             world: Arc::new(Identity::world()),
         }
@@ -150,19 +151,39 @@ impl Resolver {
         self.dns = older.dns.clone();
     }
 
+    /// Addresses named by DNS so far.
+    pub fn dns_names(&self) -> usize {
+        self.dns.read().map(|d| d.len()).unwrap_or(0)
+    }
+
     /// Records that `name` resolved to `ips` (the DNS proxy calls this).
-    pub fn learn_dns(&mut self, name: &str, ips: &[IpAddr]) {
+    pub fn learn_dns(&self, name: &str, ips: &[IpAddr]) {
         let name = name.trim_end_matches('.');
         if name.is_empty() {
+            return;
+        }
+        let Ok(mut dns) = self.dns.write() else {
+            return;
+        };
+        // Cluster addresses keep their identity whatever DNS says.
+        let ips: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !self.by_ip.contains_key(ip))
+            .collect();
+        if ips
+            .iter()
+            .all(|ip| dns.get(ip).is_some_and(|i| i.workload() == name))
+        {
             return;
         }
         let id = Arc::new(Identity::external(name));
         for ip in ips {
             // Bounded: one name per address, at most 65,536 addresses.
-            if self.dns.len() >= 65_536 && !self.dns.contains_key(ip) {
+            if dns.len() >= 65_536 && !dns.contains_key(&ip) {
                 return;
             }
-            self.dns.insert(*ip, id.clone());
+            dns.insert(ip, id.clone());
         }
     }
 
@@ -176,9 +197,9 @@ impl Resolver {
         if let Some(r) = self.by_ip.get(&ip) {
             return r.clone();
         }
-        if let Some(id) = self.dns.get(&ip) {
+        if let Some(id) = self.dns.read().ok().and_then(|d| d.get(&ip).cloned()) {
             return Resolved {
-                identity: id.clone(),
+                identity: id,
                 local: false,
             };
         }
@@ -247,7 +268,7 @@ mod tests {
             "api=203.0.113.0/28".parse().unwrap(),
             "wide=203.0.113.0/24".parse().unwrap(),
         ];
-        let mut r = Resolver::new("n1", "198.18.0.1".parse().unwrap(), &snapshot(), &[], &nets);
+        let r = Resolver::new("n1", "198.18.0.1".parse().unwrap(), &snapshot(), &[], &nets);
         let b = r.resolve("10.244.2.5".parse().unwrap());
         assert_eq!(b.identity.id(), "shop/backend");
         assert!(!b.local);

@@ -1,0 +1,290 @@
+//! External hosts by the DNS name they were resolved from: DNS responses
+//! crossing the node (UDP source port 53, copied to NFLOG group
+//! [`NFLOG_GROUP`] by a rule of the `inet veil_flows` table) are parsed, and
+//! each A/AAAA answer teaches the address book that the address is
+//! `external:<queried name>`. A DNS proxy, when there is one, can call
+//! [`super::Flows::learn_dns`] directly instead.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType};
+use hickory_proto::rr::RData;
+
+/// NFLOG group the DNS responses are copied to.
+pub const NFLOG_GROUP: u16 = 4242;
+
+const NETLINK_NETFILTER: isize = 12;
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const NFULNL_MSG_PACKET: u16 = 0;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_TIMEOUT: u16 = 3;
+const NFULA_CFG_QTHRESH: u16 = 4;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NFULA_PAYLOAD: u16 = 9;
+
+/// The name a DNS response answered and the addresses it gave, from an IP
+/// packet carrying it (UDP from port 53). None for anything else.
+pub fn learn_from_packet(packet: &[u8]) -> Option<(String, Vec<IpAddr>)> {
+    let (proto, l4) = match packet.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            (*packet.get(9)?, packet.get(ihl..)?)
+        }
+        6 => (*packet.get(6)?, packet.get(40..)?),
+        _ => return None,
+    };
+    if proto != 17 || l4.len() < 8 || u16::from_be_bytes([l4[0], l4[1]]) != 53 {
+        return None;
+    }
+    learn_from_response(&l4[8..])
+}
+
+/// The queried name and the A/AAAA addresses of a DNS response message.
+pub fn learn_from_response(dns: &[u8]) -> Option<(String, Vec<IpAddr>)> {
+    let m = Message::from_vec(dns).ok()?;
+    if m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let name = m.queries.first()?.name().to_ascii();
+    let ips: Vec<IpAddr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(Ipv4Addr::from(a.0))),
+            RData::AAAA(a) => Some(IpAddr::V6(Ipv6Addr::from(a.0))),
+            _ => None,
+        })
+        .collect();
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    (!ips.is_empty() && !name.is_empty()).then_some((name, ips))
+}
+
+fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The payloads of the NFLOG packet messages in one datagram.
+pub fn nflog_payloads(buf: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 20 <= buf.len() {
+        let Some(len) = buf
+            .get(off..off + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 4]| u32::from_ne_bytes(b) as usize)
+        else {
+            break;
+        };
+        if len < 20 || off + len > buf.len() {
+            break;
+        }
+        let ty = u16_ne(buf, off + 4).unwrap_or(0);
+        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+            let mut a = off + 20;
+            while a + 4 <= off + len {
+                let alen = usize::from(u16_ne(buf, a).unwrap_or(0));
+                let aty = u16_ne(buf, a + 2).unwrap_or(0) & 0x3fff;
+                if alen < 4 || a + alen > off + len {
+                    break;
+                }
+                if aty == NFULA_PAYLOAD {
+                    out.push(&buf[a + 4..a + alen]);
+                }
+                a += (alen + 3) & !3;
+            }
+        }
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// The NFLOG group of DNS responses, in the current namespace.
+pub struct DnsSnoop {
+    sock: netlink_sys::Socket,
+    buf: Vec<u8>,
+}
+
+fn config_message(group: u16, attr_type: u16, attr: &[u8], seq: u32) -> Vec<u8> {
+    let mut m = Vec::new();
+    let alen = 4 + attr.len();
+    let total = 16 + 4 + ((alen + 3) & !3);
+    m.extend_from_slice(&(total as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
+    m.extend_from_slice(&(0x1u16 | 0x4).to_ne_bytes()); // REQUEST | ACK
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[0, 0]); // AF_UNSPEC, version 0
+    m.extend_from_slice(&group.to_be_bytes());
+    m.extend_from_slice(&(alen as u16).to_ne_bytes());
+    m.extend_from_slice(&attr_type.to_ne_bytes());
+    m.extend_from_slice(attr);
+    while m.len() < total {
+        m.push(0);
+    }
+    m
+}
+
+impl DnsSnoop {
+    /// Binds NFLOG group [`NFLOG_GROUP`] in copy-packet mode.
+    pub fn open() -> io::Result<Self> {
+        let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        let _ = sock.set_rx_buf_sz(4 << 20);
+        let mut mode = Vec::new();
+        mode.extend_from_slice(&0xffffu32.to_be_bytes());
+        mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+        let mut buf = vec![0u8; 1 << 16];
+        // Deliver every packet at once (the kernel batches up to 100 packets
+        // or 1 s by default): a name must be known before the connection
+        // that follows its lookup is seen.
+        for (i, (ty, attr)) in [
+            (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
+            (NFULA_CFG_MODE, mode),
+            (NFULA_CFG_QTHRESH, 1u32.to_be_bytes().to_vec()),
+            (NFULA_CFG_TIMEOUT, 0u32.to_be_bytes().to_vec()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let msg = config_message(NFLOG_GROUP, ty, &attr, i as u32 + 1);
+            sock.send_to(&msg, &netlink_sys::SocketAddr::new(0, 0), 0)?;
+            let n = sock.recv(&mut &mut buf[..], 0)?;
+            // An ack is an NLMSG_ERROR with errno 0.
+            if n >= 20 && u16_ne(&buf, 4) == Some(2) {
+                let errno = i32::from_ne_bytes(buf[16..20].try_into().unwrap_or([0; 4]));
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+            }
+        }
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 500_000),
+        )
+        .map_err(io::Error::from)?;
+        Ok(DnsSnoop { sock, buf })
+    }
+
+    /// Waits (up to 0.5 s) for DNS responses; returns what they taught.
+    pub fn recv(&mut self) -> io::Result<Vec<(String, Vec<IpAddr>)>> {
+        let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) || e.raw_os_error() == Some(libc::EINTR)
+                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(nflog_payloads(&self.buf[..n.min(self.buf.len())])
+            .into_iter()
+            .filter_map(learn_from_packet)
+            .collect())
+    }
+}
+
+/// Learns DNS answers into `flows` until `stop` says so. Never fails the
+/// daemon: without NFLOG, external hosts are named by CIDR or `world`.
+pub fn run(flows: std::sync::Arc<super::Flows>, stop: impl Fn() -> bool) {
+    let mut snoop = match DnsSnoop::open() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read DNS responses (NFLOG): external hosts are not named by DNS");
+            return;
+        }
+    };
+    while !stop() {
+        match snoop.recv() {
+            Ok(learnt) => {
+                for (name, ips) in learnt {
+                    tracing::debug!(dns.name = %name, ips = ?ips, "learnt external name");
+                    flows.learn_dns(&name, &ips);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading DNS responses");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, Record, RecordType};
+
+    fn response(name: &str, ip: Ipv4Addr) -> Vec<u8> {
+        let n = Name::from_ascii(name).unwrap();
+        let mut m = Message::response(7, OpCode::Query);
+        m.add_query(Query::query(n.clone(), RecordType::A));
+        m.add_answer(Record::from_rdata(n, 30, RData::A(A(ip))));
+        m.to_vec().unwrap()
+    }
+
+    fn udp_packet(sport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 244, 0, 2, 10, 244, 1, 2,
+        ];
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&40000u16.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn a_dns_answer_names_its_addresses() {
+        let r = response("api.example.com.", Ipv4Addr::new(203, 0, 113, 10));
+        let (name, ips) = learn_from_packet(&udp_packet(53, &r)).unwrap();
+        assert_eq!(name, "api.example.com");
+        assert_eq!(ips, vec![IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10))]);
+    }
+
+    #[test]
+    fn queries_other_ports_and_garbage_teach_nothing() {
+        let r = response("api.example.com.", Ipv4Addr::new(203, 0, 113, 10));
+        assert!(learn_from_packet(&udp_packet(5353, &r)).is_none());
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii("x.").unwrap(), RecordType::A));
+        assert!(learn_from_response(&q.to_vec().unwrap()).is_none());
+        assert!(learn_from_packet(&[0x45, 1, 2]).is_none());
+        assert!(learn_from_packet(&[]).is_none());
+        for cut in 0..r.len() {
+            let _ = learn_from_packet(&udp_packet(53, &r[..cut]));
+        }
+    }
+
+    #[test]
+    fn nflog_payloads_are_extracted() {
+        let payload = udp_packet(53, b"xyz");
+        let mut m = Vec::new();
+        let alen = 4 + payload.len();
+        let total = 20 + ((alen + 3) & !3);
+        m.extend_from_slice(&(total as u32).to_ne_bytes());
+        m.extend_from_slice(&(NFNL_SUBSYS_ULOG << 8).to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(&[2, 0, 0x10, 0x92]);
+        m.extend_from_slice(&(alen as u16).to_ne_bytes());
+        m.extend_from_slice(&NFULA_PAYLOAD.to_ne_bytes());
+        m.extend_from_slice(&payload);
+        while m.len() < total {
+            m.push(0);
+        }
+        assert_eq!(nflog_payloads(&m), vec![payload.as_slice()]);
+        assert!(nflog_payloads(&m[..m.len() - 1]).is_empty());
+    }
+}
