@@ -6,7 +6,7 @@
 //! [`super::Flows::learn_dns`] directly instead.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType};
@@ -55,8 +55,8 @@ pub fn learn_from_response(dns: &[u8]) -> Option<(String, Vec<IpAddr>)> {
         .answers
         .iter()
         .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(Ipv4Addr::from(a.0))),
-            RData::AAAA(a) => Some(IpAddr::V6(Ipv6Addr::from(a.0))),
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
             _ => None,
         })
         .collect();
@@ -223,6 +223,7 @@ pub fn run(flows: std::sync::Arc<super::Flows>, stop: impl Fn() -> bool) {
 mod tests {
     use super::*;
     use hickory_proto::op::{OpCode, Query};
+    use std::net::Ipv4Addr;
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, Record, RecordType};
 
