@@ -221,13 +221,9 @@ pub fn strip_generated_suffixes(pod_name: &str) -> &str {
     if rest.is_empty() {
         return pod_name;
     }
-    // StatefulSet ordinal.
-    if !last.is_empty() && last.len() <= 5 && last.bytes().all(|b| b.is_ascii_digit()) {
-        return rest;
-    }
-    // Random 5-character suffix (ReplicaSet, DaemonSet, Job pods).
-    if last.len() == 5 && is_generated(last) {
-        // Deployment: a pod-template-hash segment before it.
+    let random = last.len() == 5 && is_generated(last);
+    // Deployment: a pod-template-hash segment before the random suffix.
+    if random {
         if let Some((base, hash)) = rest.rsplit_once('-') {
             if !base.is_empty()
                 && (6..=10).contains(&hash.len())
@@ -237,6 +233,13 @@ pub fn strip_generated_suffixes(pod_name: &str) -> &str {
                 return base;
             }
         }
+    }
+    // StatefulSet ordinal.
+    if !last.is_empty() && last.len() <= 5 && last.bytes().all(|b| b.is_ascii_digit()) {
+        return rest;
+    }
+    // Random 5-character suffix (ReplicaSet, DaemonSet, Job pods).
+    if random {
         return rest;
     }
     pod_name

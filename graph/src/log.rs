@@ -195,7 +195,8 @@ impl FlowLog {
 
 impl FlowSink for FlowLog {
     fn record(&mut self, r: &FlowRecord) {
-        if !r.locality.counts(&r.source) {
+        // Periodic readings of live connections are not events worth a line.
+        if !r.locality.counts(&r.source) || r.event == FlowEvent::Update {
             return;
         }
         let e = FlowEntry {
@@ -285,6 +286,15 @@ mod tests {
             vec![8, 9, 10]
         );
         assert_eq!(p.missed, 5);
+    }
+
+    #[test]
+    fn periodic_updates_are_not_logged() {
+        let mut log = FlowLog::new(10);
+        let mut r = rec(1, "frontend", "shop", Verdict::Allowed);
+        r.event = FlowEvent::Update;
+        log.record(&r);
+        assert_eq!(log.cursor(), 0);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! Data flow: kernel → [`conntrack::ConntrackSource`] (a dedicated thread in
 //! the daemon's network namespace, which is the node's) → [`Flows::ingest`]
 //! (resolve both ends with [`resolve::Resolver`], apply the count-once rule,
-//! feed the graph and the log under one lock, per datagram).
+//! feed the graph and the log under one lock, per datagram). DNS answers
+//! crossing the node (NFLOG, [`dns`]) name the external addresses they gave.
 //!
 //! Invariants:
 //! - Every event the kernel could not deliver (ENOBUFS) is counted in
