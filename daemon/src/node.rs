@@ -565,6 +565,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     register_status(&ctx, ready.clone(), mtu);
 
     // Parts started here register their methods, metrics and routes on ctx.
+    let _wireguard = crate::wireguard::start(ctx.clone())
+        .await
+        .map_err(|e| StartError::Part {
+            part: "wireguard",
+            reason: e.to_string(),
+        })?;
+    if let Err(e) = crate::flows::start(&ctx) {
+        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
+    }
 
     tokio::spawn(resync(ctx.clone()));
 

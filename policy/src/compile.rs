@@ -1,0 +1,746 @@
+//! The compiler: turns the cluster and the policies into a
+//! dataplane-neutral [`Program`], and keeps it up to date incrementally.
+//!
+//! The program has, per endpoint (pod with its own address), an ingress and
+//! an egress chain: the tiers that have a policy selecting it, in order,
+//! each with those policies in order. Rules are compiled once per policy and
+//! refer to **sets** keyed by selector (pods of a selector, nodes of a
+//! selector, the addresses and ports of a port name). A pod appearing,
+//! disappearing or changing labels changes set membership and its own
+//! chains, never the rules. [`Program::verdict`] interprets the program;
+//! the differential tests check it against [`crate::eval::evaluate`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::cluster::{Cluster, Pod};
+use crate::eval::{Flow, Verdict};
+use crate::model::{
+    Action, Direction, DomainPattern, HttpMatch, NsScope, ObjectKey, PodSelector, PortMatch,
+    Protocol, Rule, TierDefault,
+};
+use crate::net::Cidr;
+use crate::policyset::PolicySet;
+use crate::selector::LabelSelector;
+
+/// Index of a set in [`Program::sets`].
+pub type SetId = u32;
+
+/// What a set contains, and the key it is shared by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SetKey {
+    /// Addresses of the (non-hostNetwork) pods a selector selects.
+    Pods(PodSelector),
+    /// Addresses of the nodes whose labels match.
+    Nodes(LabelSelector),
+    /// (address, protocol, port) of every port with this name (pods; node
+    /// addresses for hostNetwork pods).
+    NamedPort(String),
+}
+
+/// A set and its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSet {
+    /// Its key.
+    pub key: SetKey,
+    /// Members of `Pods` and `Nodes` sets.
+    pub addrs: BTreeSet<IpAddr>,
+    /// Members of `NamedPort` sets.
+    pub ports: BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
+/// A compiled peer: fields ANDed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CPeer {
+    /// The address must be in this pod set.
+    pub pods: Option<SetId>,
+    /// The address must be in this node set.
+    pub nodes: Option<SetId>,
+    /// The address must be in one of these.
+    pub nets: Vec<Cidr>,
+    /// The address must be in none of these.
+    pub not_nets: Vec<Cidr>,
+    /// The flow must have been resolved from a matching name.
+    pub domains: Vec<DomainPattern>,
+}
+
+/// A compiled port condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CPort {
+    /// A range; `None`: TCP, UDP or SCTP.
+    Range {
+        /// Protocol.
+        protocol: Option<Protocol>,
+        /// First port.
+        from: u16,
+        /// Last port.
+        to: u16,
+    },
+    /// (destination, protocol, port) must be in the set.
+    Named {
+        /// Required protocol.
+        protocol: Option<Protocol>,
+        /// A `NamedPort` set.
+        set: SetId,
+    },
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CRule {
+    /// Index in the policy's rule list.
+    pub index: usize,
+    /// Action.
+    pub action: Action,
+    /// Required protocol.
+    pub protocol: Option<Protocol>,
+    /// Alternatives; empty: any address.
+    pub peers: Vec<CPeer>,
+    /// Alternatives; empty: any port.
+    pub ports: Vec<CPort>,
+    /// L7 conditions.
+    pub http: Option<HttpMatch>,
+}
+
+/// A compiled policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CPolicy {
+    /// The object.
+    pub key: ObjectKey,
+    /// Index in [`Program::tiers`].
+    pub tier: u32,
+    /// Who it applies to.
+    pub subject: PodSelector,
+    /// Applies for ingress.
+    pub applies_ingress: bool,
+    /// Applies for egress.
+    pub applies_egress: bool,
+    /// Ingress rules.
+    pub ingress: Vec<CRule>,
+    /// Egress rules.
+    pub egress: Vec<CRule>,
+}
+
+/// A tier of the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierInfo {
+    /// Name.
+    pub name: String,
+    /// Order.
+    pub order: u32,
+    /// Default.
+    pub default_action: TierDefault,
+}
+
+/// One tier of an endpoint's chain and the policies (indices into
+/// [`Program::policies`], in evaluation order) selecting it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainTier {
+    /// Index in [`Program::tiers`].
+    pub tier: u32,
+    /// Policies in order.
+    pub policies: Vec<u32>,
+}
+
+/// The program of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointProgram {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Node name.
+    pub node: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// Ingress chain.
+    pub ingress: Vec<ChainTier>,
+    /// Egress chain.
+    pub egress: Vec<ChainTier>,
+}
+
+/// The dataplane-neutral program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Program {
+    /// Every tier, in order.
+    pub tiers: Vec<TierInfo>,
+    /// Every policy, in global evaluation order (tier, then policy order).
+    pub policies: Vec<CPolicy>,
+    /// Sets by id (`None`: freed).
+    pub sets: Vec<Option<IpSet>>,
+    /// Endpoints by address.
+    pub endpoints: HashMap<IpAddr, EndpointProgram>,
+    /// Node addresses → node name.
+    pub nodes: HashMap<IpAddr, String>,
+}
+
+impl Program {
+    /// The endpoints on one node (what that node's dataplane renders).
+    pub fn node_endpoints<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointProgram> {
+        self.endpoints.values().filter(move |e| e.node == node)
+    }
+
+    fn set(&self, id: SetId) -> Option<&IpSet> {
+        self.sets.get(id as usize).and_then(|s| s.as_ref())
+    }
+
+    /// Interprets the program for a flow.
+    pub fn verdict(&self, flow: &Flow) -> Verdict {
+        let src = self.endpoints.get(&flow.src);
+        let dst = self.endpoints.get(&flow.dst);
+        if flow.src == flow.dst && (src.is_some() || self.nodes.contains_key(&flow.src)) {
+            return Verdict::Allow;
+        }
+        if let Some(n) = self.nodes.get(&flow.src) {
+            if dst.is_some_and(|d| d.node == *n) {
+                return Verdict::Allow;
+            }
+        }
+        if let Some(n) = self.nodes.get(&flow.dst) {
+            if src.is_some_and(|s| s.node == *n) {
+                return Verdict::Allow;
+            }
+        }
+        if let Some(s) = src {
+            if !self.chain_allows(&s.egress, Direction::Egress, flow.dst, flow) {
+                return Verdict::Deny;
+            }
+        }
+        if let Some(d) = dst {
+            if !self.chain_allows(&d.ingress, Direction::Ingress, flow.src, flow) {
+                return Verdict::Deny;
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn chain_allows(&self, chain: &[ChainTier], dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+        'tiers: for ct in chain {
+            for &pi in &ct.policies {
+                let p = &self.policies[pi as usize];
+                let rules = match dir {
+                    Direction::Ingress => &p.ingress,
+                    Direction::Egress => &p.egress,
+                };
+                for r in rules {
+                    if !self.rule_matches(r, dir, peer, flow) {
+                        continue;
+                    }
+                    match r.action {
+                        Action::Log => continue,
+                        Action::Pass => continue 'tiers,
+                        Action::Deny => return false,
+                        Action::Allow => {
+                            return match (&r.http, &flow.http) {
+                                (None, _) => true,
+                                (Some(h), Some(req)) => h.matches(req),
+                                (Some(_), None) => false,
+                            }
+                        }
+                    }
+                }
+            }
+            if self.tiers[ct.tier as usize].default_action == TierDefault::Deny {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn rule_matches(&self, r: &CRule, dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+        if r.protocol.is_some_and(|p| p != flow.protocol) {
+            return false;
+        }
+        if !r.ports.is_empty()
+            && !r.ports.iter().any(|m| match m {
+                CPort::Range { protocol, from, to } => {
+                    protocol.map_or(flow.protocol.has_ports(), |p| p == flow.protocol)
+                        && *from <= flow.port
+                        && flow.port <= *to
+                }
+                CPort::Named { protocol, set } => {
+                    protocol.is_none_or(|p| p == flow.protocol)
+                        && self.set(*set).is_some_and(|s| {
+                            s.ports.contains(&(flow.dst, flow.protocol, flow.port))
+                        })
+                }
+            })
+        {
+            return false;
+        }
+        r.peers.is_empty()
+            || r.peers.iter().any(|p| {
+                p.pods
+                    .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
+                    && p.nodes
+                        .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
+                    && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer)))
+                    && !p.not_nets.iter().any(|n| n.contains(peer))
+                    && (p.domains.is_empty()
+                        || (dir == Direction::Egress
+                            && flow
+                                .dns_name
+                                .as_deref()
+                                .is_some_and(|n| p.domains.iter().any(|d| d.matches(n)))))
+            })
+    }
+}
+
+/// The compiler state: the program plus the indexes that make updates
+/// incremental.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    program: Program,
+    set_index: HashMap<SetKey, SetId>,
+    /// Pod sets scoped to one namespace, by namespace.
+    sets_by_ns: HashMap<String, Vec<SetId>>,
+    /// Pod sets scoped by a namespace selector.
+    sets_global: Vec<SetId>,
+    /// Policies whose subject is one namespace, by namespace.
+    policies_by_ns: HashMap<String, Vec<u32>>,
+    /// Policies whose subject spans namespaces.
+    policies_global: Vec<u32>,
+    /// Last known address of each pod (hostNetwork pods included).
+    pod_ips: HashMap<String, IpAddr>,
+}
+
+impl Compiled {
+    /// Compiles from scratch.
+    pub fn new(cluster: &Cluster, policies: &PolicySet) -> Self {
+        let mut c = Compiled::default();
+        c.program.nodes = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.address, n.name.clone()))
+            .collect();
+        c.pod_ips = cluster
+            .pods
+            .iter()
+            .map(|(k, p)| (k.clone(), p.ip))
+            .collect();
+        let idx = ClusterIndex::new(cluster);
+        c.compile_policies(cluster, &idx, policies);
+        c.rebuild_all_chains(cluster, &idx);
+        c
+    }
+
+    /// The current program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Number of live sets.
+    pub fn set_count(&self) -> usize {
+        self.set_index.len()
+    }
+
+    /// The policies changed: recompiles the rules, reusing the sets whose
+    /// keys are still used (their membership is not recomputed), creating
+    /// new ones and freeing unused ones; then rebuilds the chains.
+    pub fn update_policies(&mut self, cluster: &Cluster, policies: &PolicySet) {
+        let idx = ClusterIndex::new(cluster);
+        self.compile_policies(cluster, &idx, policies);
+        self.rebuild_all_chains(cluster, &idx);
+    }
+
+    /// A pod was added, changed (labels, ports, address) or removed
+    /// (absent from `cluster`): updates its membership in the sets that can
+    /// contain it, and its own chains.
+    pub fn update_pod(&mut self, cluster: &Cluster, key: &str) {
+        let old_ip = self.pod_ips.remove(key);
+        let pod = cluster.pods.get(key);
+        let ns = key.split_once('/').map_or("", |(n, _)| n).to_string();
+        // Pod sets of its namespace and the cross-namespace ones.
+        let mut ids: Vec<SetId> = self.sets_by_ns.get(&ns).cloned().unwrap_or_default();
+        ids.extend(self.sets_global.iter().copied());
+        for id in ids {
+            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
+                continue;
+            };
+            if let Some(ip) = old_ip {
+                set.addrs.remove(&ip);
+            }
+            if let (Some(p), SetKey::Pods(sel)) = (pod, &set.key) {
+                if cluster.selects(sel, p) {
+                    set.addrs.insert(p.ip);
+                }
+            }
+        }
+        // Named ports at the old and new addresses.
+        let mut addrs: Vec<IpAddr> = old_ip.into_iter().collect();
+        if let Some(p) = pod {
+            addrs.push(p.ip);
+        }
+        self.refresh_named_ports(cluster, &addrs);
+        // Its chains.
+        if let Some(ip) = old_ip {
+            if self
+                .program
+                .endpoints
+                .get(&ip)
+                .is_some_and(|e| e.pod == key)
+            {
+                self.program.endpoints.remove(&ip);
+            }
+        }
+        if let Some(p) = pod {
+            self.pod_ips.insert(key.to_string(), p.ip);
+            if !p.host_network {
+                let ep = self.endpoint_program(cluster, p);
+                self.program.endpoints.insert(p.ip, ep);
+            }
+        }
+    }
+
+    /// A namespace's labels changed (or it appeared/disappeared):
+    /// recomputes cross-namespace set membership and chains of its pods.
+    pub fn update_namespace(&mut self, cluster: &Cluster, namespace: &str) {
+        let pods: Vec<&Pod> = cluster
+            .pods
+            .values()
+            .filter(|p| p.namespace == namespace)
+            .collect();
+        for &id in &self.sets_global {
+            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
+                continue;
+            };
+            let SetKey::Pods(sel) = &set.key else {
+                continue;
+            };
+            for p in &pods {
+                if cluster.selects(sel, p) {
+                    set.addrs.insert(p.ip);
+                } else if !p.host_network {
+                    set.addrs.remove(&p.ip);
+                }
+            }
+        }
+        for p in pods {
+            if !p.host_network {
+                let ep = self.endpoint_program(cluster, p);
+                self.program.endpoints.insert(p.ip, ep);
+            }
+        }
+    }
+
+    fn refresh_named_ports(&mut self, cluster: &Cluster, addrs: &[IpAddr]) {
+        let named: Vec<SetId> = self
+            .set_index
+            .iter()
+            .filter(|(k, _)| matches!(k, SetKey::NamedPort(_)))
+            .map(|(_, id)| *id)
+            .collect();
+        if named.is_empty() || addrs.is_empty() {
+            return;
+        }
+        let at: Vec<&Pod> = cluster
+            .pods
+            .values()
+            .filter(|p| addrs.contains(&p.ip))
+            .collect();
+        for id in named {
+            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
+                continue;
+            };
+            let SetKey::NamedPort(name) = &set.key else {
+                continue;
+            };
+            set.ports.retain(|(ip, _, _)| !addrs.contains(ip));
+            for p in &at {
+                for pp in &p.ports {
+                    if pp.name.as_deref() == Some(name.as_str()) {
+                        set.ports.insert((p.ip, pp.protocol, pp.port));
+                    }
+                }
+            }
+        }
+    }
+
+    fn intern(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        key: SetKey,
+        used: &mut HashSet<SetId>,
+    ) -> SetId {
+        if let Some(&id) = self.set_index.get(&key) {
+            used.insert(id);
+            return id;
+        }
+        let mut set = IpSet {
+            key: key.clone(),
+            addrs: BTreeSet::new(),
+            ports: BTreeSet::new(),
+        };
+        match &key {
+            SetKey::Pods(sel) => {
+                for p in idx.candidates(cluster, &sel.namespaces) {
+                    if cluster.selects(sel, p) {
+                        set.addrs.insert(p.ip);
+                    }
+                }
+            }
+            SetKey::Nodes(sel) => {
+                for n in &cluster.nodes {
+                    if sel.matches(&n.labels) {
+                        set.addrs.insert(n.address);
+                    }
+                }
+            }
+            SetKey::NamedPort(name) => {
+                for p in cluster.pods.values() {
+                    for pp in &p.ports {
+                        if pp.name.as_deref() == Some(name.as_str()) {
+                            set.ports.insert((p.ip, pp.protocol, pp.port));
+                        }
+                    }
+                }
+            }
+        }
+        let id = match self.program.sets.iter().position(|s| s.is_none()) {
+            Some(free) => {
+                self.program.sets[free] = Some(set);
+                free as SetId
+            }
+            None => {
+                self.program.sets.push(Some(set));
+                (self.program.sets.len() - 1) as SetId
+            }
+        };
+        if let SetKey::Pods(sel) = &key {
+            match &sel.namespaces {
+                NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
+                NsScope::Selector(_) => self.sets_global.push(id),
+            }
+        }
+        self.set_index.insert(key, id);
+        used.insert(id);
+        id
+    }
+
+    fn compile_rule(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        index: usize,
+        r: &Rule,
+        used: &mut HashSet<SetId>,
+    ) -> CRule {
+        let peers = r
+            .peers
+            .iter()
+            .map(|p| CPeer {
+                pods: p
+                    .pods
+                    .as_ref()
+                    .map(|s| self.intern(idx, cluster, SetKey::Pods(s.clone()), used)),
+                nodes: p
+                    .nodes
+                    .as_ref()
+                    .map(|s| self.intern(idx, cluster, SetKey::Nodes(s.clone()), used)),
+                nets: p.nets.clone(),
+                not_nets: p.not_nets.clone(),
+                domains: p.domains.clone(),
+            })
+            .collect();
+        let ports = r
+            .ports
+            .iter()
+            .map(|m| match m {
+                PortMatch::Range { protocol, from, to } => CPort::Range {
+                    protocol: *protocol,
+                    from: *from,
+                    to: *to,
+                },
+                PortMatch::Named { protocol, name } => CPort::Named {
+                    protocol: *protocol,
+                    set: self.intern(idx, cluster, SetKey::NamedPort(name.clone()), used),
+                },
+            })
+            .collect();
+        CRule {
+            index,
+            action: r.action,
+            protocol: r.protocol,
+            peers,
+            ports,
+            http: r.http.clone(),
+        }
+    }
+
+    fn compile_policies(
+        &mut self,
+        cluster: &Cluster,
+        idx: &ClusterIndex<'_>,
+        policies: &PolicySet,
+    ) {
+        let tiers = policies.tiers();
+        let tier_pos: HashMap<&str, u32> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i as u32))
+            .collect();
+        let mut ordered: Vec<_> = policies.policies().values().collect();
+        ordered.sort_by(|a, b| {
+            (tier_pos.get(a.tier.as_str()), &a.sort_key)
+                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
+        });
+        let mut used = HashSet::new();
+        let mut out = Vec::with_capacity(ordered.len());
+        for p in ordered {
+            let ingress = p
+                .ingress
+                .iter()
+                .enumerate()
+                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
+                .collect();
+            let egress = p
+                .egress
+                .iter()
+                .enumerate()
+                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
+                .collect();
+            out.push(CPolicy {
+                key: p.key.clone(),
+                tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
+                subject: p.subject.clone(),
+                applies_ingress: p.applies_ingress,
+                applies_egress: p.applies_egress,
+                ingress,
+                egress,
+            });
+        }
+        // Free the sets no rule uses any more.
+        let stale: Vec<(SetKey, SetId)> = self
+            .set_index
+            .iter()
+            .filter(|(_, id)| !used.contains(id))
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
+        for (k, id) in stale {
+            self.set_index.remove(&k);
+            self.program.sets[id as usize] = None;
+            self.sets_global.retain(|x| *x != id);
+            for v in self.sets_by_ns.values_mut() {
+                v.retain(|x| *x != id);
+            }
+        }
+        self.program.tiers = tiers
+            .into_iter()
+            .map(|t| TierInfo {
+                name: t.name,
+                order: t.order,
+                default_action: t.default_action,
+            })
+            .collect();
+        self.policies_by_ns.clear();
+        self.policies_global.clear();
+        for (i, p) in out.iter().enumerate() {
+            match &p.subject.namespaces {
+                NsScope::Named(ns) => self
+                    .policies_by_ns
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(i as u32),
+                NsScope::Selector(_) => self.policies_global.push(i as u32),
+            }
+        }
+        self.program.policies = out;
+    }
+
+    fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
+        // Group policies by subject so each selector is evaluated once.
+        let mut by_subject: HashMap<&PodSelector, Vec<u32>> = HashMap::new();
+        for (i, p) in self.program.policies.iter().enumerate() {
+            by_subject.entry(&p.subject).or_default().push(i as u32);
+        }
+        let mut per_pod: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+        for (sel, pols) in by_subject {
+            for p in idx.candidates(cluster, &sel.namespaces) {
+                if cluster.selects(sel, p) {
+                    per_pod.entry(p.ip).or_default().extend_from_slice(&pols);
+                }
+            }
+        }
+        let mut endpoints = HashMap::with_capacity(cluster.pods.len());
+        for p in cluster.pods.values().filter(|p| !p.host_network) {
+            let mut pols = per_pod.remove(&p.ip).unwrap_or_default();
+            pols.sort_unstable();
+            endpoints.insert(p.ip, self.chains_from(p, &pols));
+        }
+        self.program.endpoints = endpoints;
+    }
+
+    fn endpoint_program(&self, cluster: &Cluster, p: &Pod) -> EndpointProgram {
+        let ns_pols = self
+            .policies_by_ns
+            .get(&p.namespace)
+            .map_or(&[][..], |v| &v[..]);
+        let mut pols: Vec<u32> = ns_pols
+            .iter()
+            .chain(self.policies_global.iter())
+            .copied()
+            .filter(|&i| cluster.selects(&self.program.policies[i as usize].subject, p))
+            .collect();
+        pols.sort_unstable();
+        self.chains_from(p, &pols)
+    }
+
+    fn chains_from(&self, p: &Pod, pols: &[u32]) -> EndpointProgram {
+        let mut ingress: Vec<ChainTier> = Vec::new();
+        let mut egress: Vec<ChainTier> = Vec::new();
+        for &i in pols {
+            let cp = &self.program.policies[i as usize];
+            for (applies, chain) in [
+                (cp.applies_ingress, &mut ingress),
+                (cp.applies_egress, &mut egress),
+            ] {
+                if !applies {
+                    continue;
+                }
+                match chain.last_mut() {
+                    Some(ct) if ct.tier == cp.tier => ct.policies.push(i),
+                    _ => chain.push(ChainTier {
+                        tier: cp.tier,
+                        policies: vec![i],
+                    }),
+                }
+            }
+        }
+        EndpointProgram {
+            pod: p.key(),
+            node: p.node.clone(),
+            ip: p.ip,
+            ingress,
+            egress,
+        }
+    }
+}
+
+/// Pods by namespace, to evaluate selectors only where they can match.
+struct ClusterIndex<'a> {
+    by_ns: HashMap<&'a str, Vec<&'a Pod>>,
+}
+
+impl<'a> ClusterIndex<'a> {
+    fn new(cluster: &'a Cluster) -> Self {
+        let mut by_ns: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in cluster.pods.values() {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        Self { by_ns }
+    }
+
+    fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
+        match scope {
+            NsScope::Named(ns) => self.by_ns.get(ns.as_str()).cloned().unwrap_or_default(),
+            NsScope::Selector(sel) => cluster
+                .namespaces
+                .iter()
+                .filter(|(_, l)| sel.matches(l))
+                .flat_map(|(n, _)| self.by_ns.get(n.as_str()).cloned().unwrap_or_default())
+                .collect(),
+        }
+    }
+}
