@@ -295,16 +295,21 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// The `veil*` links in the node's namespace.
+    /// The pods' host veths (`veil` + 11 hex digits) in the node's namespace.
     pub fn veil_links(&self) -> Vec<String> {
         self.netns
             .links()
             .into_iter()
-            .filter(|l| l.starts_with("veil"))
+            .filter(|l| {
+                l.len() == 15
+                    && l.starts_with("veil")
+                    && l[4..].chars().all(|c| c.is_ascii_hexdigit())
+            })
             .collect()
     }
 
-    /// Routes in the node's namespace whose destination is in 10.244.0.0/16.
+    /// Host routes (/32) in the node's namespace to addresses in 10.244.0.0/16
+    /// (the pods' routes; the daemon's own wider routes are not counted).
     pub fn pod_routes(&self) -> Vec<String> {
         self.netns
             .ip_json(&["-4", "route", "show"])
@@ -312,7 +317,7 @@ impl Node {
             .map(|a| {
                 a.iter()
                     .filter_map(|r| r["dst"].as_str().map(str::to_string))
-                    .filter(|d| d.starts_with("10.244."))
+                    .filter(|d| d.starts_with("10.244.") && !d.contains('/'))
                     .collect()
             })
             .unwrap_or_default()
