@@ -309,13 +309,15 @@ impl Node {
     }
 
     /// Host routes (/32) in the node's namespace to addresses in 10.244.0.0/16
-    /// (the pods' routes; the daemon's own wider routes are not counted).
+    /// through the pods' veths (the daemon's wider routes and those through
+    /// `veil-wg` to remote pod CIDRs are not the plugin's).
     pub fn pod_routes(&self) -> Vec<String> {
         self.netns
             .ip_json(&["-4", "route", "show"])
             .as_array()
             .map(|a| {
                 a.iter()
+                    .filter(|r| r["dev"].as_str() != Some("veil-wg"))
                     .filter_map(|r| r["dst"].as_str().map(str::to_string))
                     .filter(|d| d.starts_with("10.244.") && !d.contains('/'))
                     .collect()

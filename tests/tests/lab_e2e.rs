@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use lab_support::*;
 
-/// Whether pod traffic between nodes flows. `false` until the WireGuard
-/// datapath lands: then it must not flow at all. When it flows it must be
-/// encrypted: either way no packet with a pod address may cross the underlay.
-const CROSS_NODE_TRAFFIC_FLOWS: bool = false;
+/// Whether pod traffic between nodes flows. It did not before the WireGuard
+/// datapath landed (then it must not flow at all); now it must flow, encrypted.
+/// Either way no packet with a pod address may cross the underlay.
+const CROSS_NODE_TRAFFIC_FLOWS: bool = true;
 
 /// A packet capture on the underlay bridge, started before traffic is sent.
 struct Capture {
@@ -258,6 +258,7 @@ fn down_cleans_up_after_the_state_is_lost() {
 fn down_cleans_up_after_lab_up_is_killed_half_way() {
     require_root();
     let name = unique_name();
+    let _guard = Lab { name: name.clone() }; // `lab down` even if an assertion fails
     let mut child = Command::new(bin("veilctl"))
         .args([
             "lab",

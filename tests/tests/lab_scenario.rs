@@ -178,6 +178,13 @@ fn scenario_lab_serves_dns_http_udp_and_external_hosts() {
         &["curl", "-s", "-m", "3", "http://203.0.113.10:443/"],
     );
     assert_eq!(stdout(&o), "api.example.com\n", "{}", show(&o));
+    // ... and from pods, masqueraded by their node (replies come back through the
+    // fail-closed filter, which lets replies of masqueraded connections in).
+    let o = lab.in_pod(
+        "shop/client",
+        &["curl", "-s", "-m", "3", "http://api.example.com:443/"],
+    );
+    assert_eq!(stdout(&o), "api.example.com\n", "{}", show(&o));
     let o = lab.exec(
         &["--external", "api.example.com"],
         &["ip", "-br", "addr", "show", "eth0"],
@@ -245,4 +252,51 @@ fn an_invalid_scenario_is_refused_before_anything_is_built() {
     );
     assert!(err.contains("pods[0]"), "names the field: {err}");
     assert_gone(&name);
+}
+
+#[test]
+fn lab_test_runs_steps_as_real_traffic_and_reports_each_probe() {
+    require_root();
+    let (path, _rm) = write_scenario(
+        r#"
+name: lab-test-e2e
+namespaces: [{name: a}]
+pods:
+  - {name: a/x, labels: {app: x}, ports: [{port: 8080}]}
+  - {name: a/y, labels: {app: y}, ports: [{port: 9000, protocol: UDP}]}
+steps:
+  - probes:
+      - {from: a/x, to: a/y, port: 9000, protocol: UDP, expect: allow}
+      - {from: a/y, to: a/x, port: 8080, expect: allow}
+  - labels: [{pod: a/x, labels: {app: z}}]
+    probes:
+      - {from: a/y, to: a/x, port: 8080, http: {method: POST, path: /p}, expect: allow}
+      - {from: a/x, to: kube-system/kube-dns, port: 53, protocol: UDP, expect: allow}
+      - {from: a/y, to: a/x, port: 8080, expect: deny}   # wrong on purpose: nothing denies it
+"#,
+    );
+    let o = veilctl(&["lab", "test", "--settle-ms", "500", path.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "one probe fails: {}", show(&o));
+    assert!(out.ends_with("4 passed, 1 failed\n"), "{}", show(&o));
+    assert!(
+        out.contains(
+            "PASS lab-test-e2e step 0 #0: a/x -> a/y port 9000/UDP: allow (expected allow)"
+        ),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        out.contains(
+            "FAIL lab-test-e2e step 1 #2: a/y -> a/x port 8080/TCP: allow (expected deny)"
+        ),
+        "{}",
+        show(&o)
+    );
+    // Its lab is gone.
+    let left: Vec<String> = namespaces_with_prefix("vl-lt")
+        .into_iter()
+        .filter(|n| n.ends_with("-p-a.x") || n.ends_with("-p-a.y"))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
 }

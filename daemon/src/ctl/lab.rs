@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::lab::plan::Plan;
-use crate::lab::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};
+use crate::lab::probe::{HttpRequest, ProbeSpec, Target};
 use crate::lab::serve::ServeSpec;
 use crate::lab::state::{LabLock, LabState};
 use crate::lab::up::{Binaries, UpOptions};
@@ -34,6 +34,8 @@ enum Cmd {
     RestartNode(RestartArgs),
     /// Send one probe from a pod, as a scenario probe does (exit 0 allow, 1 deny).
     Probe(ProbeArgs),
+    /// Run scenario files as real traffic, each in a lab of its own.
+    Test(TestArgs),
     /// List the labs on this machine.
     List,
     /// Serve a lab pod's ports (run by the lab inside the pod's namespace).
@@ -42,6 +44,25 @@ enum Cmd {
     /// Send a probe from the current namespace (run by `lab probe` inside the pod's).
     #[command(hide = true)]
     ProbeExec(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Scenario files, or folders of them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Keep each lab afterwards (named after its scenario's position: lt0, lt1, ...).
+    #[arg(long)]
+    keep: bool,
+    /// How long the daemons get to apply each change before its probes run (ms).
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// The veild binary (default: next to veilctl).
+    #[arg(long)]
+    veild: Option<PathBuf>,
+    /// Directory of the veil CNI plugin (default: next to veilctl).
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +192,7 @@ pub fn run(args: Args) -> i32 {
         Cmd::Exec(a) => exec(a),
         Cmd::RestartNode(a) => restart_node(&a.name, &a.node),
         Cmd::Probe(a) => probe(&a),
+        Cmd::Test(a) => test(a),
         Cmd::List => list(),
         Cmd::Serve(a) => serve(&a.spec),
         Cmd::ProbeExec(a) => probe_exec(&a.spec),
@@ -209,7 +231,13 @@ fn up(a: UpArgs) -> Result<i32, LabError> {
         scenario: a.scenario,
         keep_on_error: a.keep_on_error,
     };
-    let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}"))?;
+    let state = lab::up::up(&opts, &mut |w| eprintln!("warning: {w}")).inspect_err(|e| {
+        if !opts.keep_on_error && !matches!(e, LabError::Exists(_) | LabError::InvalidName(_)) {
+            eprintln!(
+                "veilctl lab: the half-built lab was removed; `--keep-on-error` keeps it (and its logs) for inspection"
+            );
+        }
+    })?;
     print_state(&state);
     print_hints(&state, &opts.plan);
     Ok(0)
@@ -486,25 +514,8 @@ fn probe(a: &ProbeArgs) -> Result<i32, LabError> {
             spec.dns_query = Some("veil-probe.invalid".into());
         }
     }
-    let json = serde_json::to_string(&spec).map_err(LabError::Spec)?;
     let me = std::env::current_exe().map_err(|e| LabError::io("/proc/self/exe", e))?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &from.netns])
-        .arg(&me)
-        .args(["lab", "probe-exec", "--spec", &json])
-        .output()
-        .map_err(|source| LabError::Spawn {
-            netns: from.netns.clone(),
-            program: me.display().to_string(),
-            source,
-        })?;
-    let result: ProbeResult = serde_json::from_slice(&out.stdout).map_err(|e| LabError::Probe {
-        pod: a.from.clone(),
-        reason: format!(
-            "{e}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    })?;
+    let result = lab::probe::run_in(&from.netns, &me, &spec, &a.from)?;
     match a.output {
         Output::Json => println!(
             "{}",
@@ -529,6 +540,112 @@ fn probe(a: &ProbeArgs) -> Result<i32, LabError> {
         }
     }
     Ok(if result.allowed() { 0 } else { 1 })
+}
+
+/// The scenario files named on the command line (folders: their `.yaml`
+/// and `.yml` files, sorted).
+fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| LabError::io(p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(veil_policy::scenario::is_scenario_file)
+                })
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn test(a: TestArgs) -> Result<i32, LabError> {
+    need_root()?;
+    let files = scenario_files(&a.paths)?;
+    let binaries = Binaries::locate(a.veild, a.cni_bin_dir)?;
+    let (mut passed, mut failed, mut invalid) = (0usize, 0usize, 0usize);
+    for (i, f) in files.iter().enumerate() {
+        let sc = match lab::load_scenario(f) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                invalid += 1;
+                continue;
+            }
+        };
+        let name = if a.keep {
+            format!("lt{i}")
+        } else {
+            format!(
+                "lt{:08x}",
+                std::process::id().wrapping_mul(31).wrapping_add(i as u32)
+            )
+        };
+        let opts = lab::test::TestOptions {
+            lab: name.clone(),
+            binaries: binaries.clone(),
+            settle: Duration::from_millis(a.settle_ms),
+            keep: a.keep,
+        };
+        let mut report = |o: &lab::test::Outcome| {
+            let step = if sc.has_steps {
+                format!(" step {}", o.step)
+            } else {
+                String::new()
+            };
+            let detail = match (&o.result.error, &o.result.status) {
+                (Some(e), _) => format!(" ({e})"),
+                (None, Some(st)) => format!(" (HTTP {st})"),
+                _ => String::new(),
+            };
+            println!(
+                "{} {}{} #{}: {} -> {} port {}/{}: {} (expected {}){detail}",
+                if o.passed() { "PASS" } else { "FAIL" },
+                sc.name,
+                step,
+                o.index,
+                o.probe.from,
+                o.probe.to,
+                o.probe.port,
+                o.probe.protocol,
+                o.verdict(),
+                o.probe.expect
+            );
+        };
+        match lab::test::run(&sc, f, &opts, &mut report) {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    if o.passed() {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                if a.keep {
+                    println!("(lab {name} kept: veilctl lab down --name {name})");
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                invalid += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if invalid > 0 {
+        2
+    } else if failed > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 fn probe_exec(spec: &str) -> Result<i32, LabError> {

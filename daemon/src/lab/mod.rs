@@ -9,13 +9,28 @@
 //! `/run/veil/labs/<name>/lab.json`; `veilctl lab down` removes it all, also after
 //! a crash, by the namespaces' common prefix `vl-<name>-`.
 //!
+//! Names and files of lab `<name>` (1-12 characters `[a-z][a-z0-9]*`, so that
+//! no lab's prefix is another's):
+//! ```text
+//! namespaces   vl-<name>-underlay              bridge br0; ports n<i> (nodes), x<j> (external)
+//!              vl-<name>-n-<node>              eth0 198.18.0.(10+i)/15, ip_forward=1, veild
+//!              vl-<name>-p-<namespace>.<pod>   eth0 from the veil CNI plugin
+//!              vl-<name>-x-<host>              eth0 203.0.113.x/24
+//! /run/veil/labs/<name>/lab.json               what was built (LabState), written step by step
+//!                       datastore/             the local datastore every node's veild shares
+//!                       <node>/veild.sock, veild.log, state/, wireguard/, 10-veil.conflist
+//!                       pods/<ns>.<pod>.log    workload servers' logs
+//! /etc/netns/vl-<name>-p-.../resolv.conf       the pods' DNS: kube-system/kube-dns
+//! ```
+//!
 //! Safety: the lab never touches the machine's own (root) namespace. Links,
 //! addresses, routes and sysctls are only ever set with `ip -n <lab namespace>` or
 //! inside `ip netns exec <lab namespace>`, and only the ranges 198.18.0.0/15
 //! (underlay), 10.244.0.0/16 (pods) and 203.0.113.0/24 (external) are used.
 //!
-//! What it does not do: policy, encryption or flows (the daemons do), and
-//! `veilctl lab test` (running a scenario's probes) lives elsewhere.
+//! What it does not do: policy, encryption or flows (the daemons do). It sends
+//! scenario probes ([`probe`]) and runs whole scenarios as traffic ([`mod@test`]),
+//! judging only what the traffic did.
 
 pub mod cni;
 pub mod dns;
@@ -26,6 +41,7 @@ pub mod probe;
 pub mod process;
 pub mod serve;
 pub mod state;
+pub mod test;
 pub mod up;
 
 use std::path::{Path, PathBuf};

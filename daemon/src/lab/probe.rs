@@ -274,6 +274,34 @@ fn sctp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<
     Ok(buf)
 }
 
+/// Sends the probe from namespace `netns`, by running `veilctl lab probe-exec`
+/// there (`pod` names the source in errors).
+pub fn run_in(
+    netns: &str,
+    veilctl: &std::path::Path,
+    spec: &ProbeSpec,
+    pod: &str,
+) -> Result<ProbeResult, super::LabError> {
+    let json = serde_json::to_string(spec).map_err(super::LabError::Spec)?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(veilctl)
+        .args(["lab", "probe-exec", "--spec", &json])
+        .output()
+        .map_err(|source| super::LabError::Spawn {
+            netns: netns.to_string(),
+            program: veilctl.display().to_string(),
+            source,
+        })?;
+    serde_json::from_slice(&out.stdout).map_err(|e| super::LabError::Probe {
+        pod: pod.to_string(),
+        reason: format!(
+            "{e}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
 /// Sends the probe (from the current network namespace).
 pub fn run(spec: &ProbeSpec) -> ProbeResult {
     let timeout = spec.timeout_ms.map_or(TIMEOUT, Duration::from_millis);
