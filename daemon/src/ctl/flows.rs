@@ -106,7 +106,10 @@ pub fn run(args: Args) -> i32 {
                 Ok(p) => {
                     ok += 1;
                     if p.missed > 0 {
-                        eprintln!("veilctl flows: {} flows of node {node} dropped before they were read", p.missed);
+                        eprintln!(
+                            "veilctl flows: {} flows of node {node} dropped before they were read",
+                            p.missed
+                        );
                     }
                     cursors[i] = p.cursor;
                     batch.extend(p.flows);
