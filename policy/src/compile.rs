@@ -10,7 +10,8 @@
 //! chains, never the rules. [`Program::verdict`] interprets the program;
 //! the differential tests check it against [`crate::eval::evaluate`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Pod};
@@ -22,6 +23,63 @@ use crate::model::{
 use crate::net::Cidr;
 use crate::policyset::PolicySet;
 use crate::selector::LabelSelector;
+
+/// A small, fast, non-cryptographic hasher (the FxHash mix) for the
+/// program's address-keyed tables: lookups are on the per-packet path and
+/// the keys are not attacker-chosen in bulk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ x).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash.rotate_left(26)
+    }
+}
+
+/// Builds [`FxHasher`]s.
+pub type FxBuild = BuildHasherDefault<FxHasher>;
+/// A hash set with [`FxHasher`].
+pub type FxHashSet<T> = HashSet<T, FxBuild>;
+/// A hash map with [`FxHasher`].
+pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
 
 /// Index of a set in [`Program::sets`].
 pub type SetId = u32;
@@ -44,9 +102,9 @@ pub struct IpSet {
     /// Its key.
     pub key: SetKey,
     /// Members of `Pods` and `Nodes` sets.
-    pub addrs: BTreeSet<IpAddr>,
+    pub addrs: FxHashSet<IpAddr>,
     /// Members of `NamedPort` sets.
-    pub ports: BTreeSet<(IpAddr, Protocol, u16)>,
+    pub ports: FxHashSet<(IpAddr, Protocol, u16)>,
 }
 
 /// A compiled peer: fields ANDed.
@@ -167,9 +225,9 @@ pub struct Program {
     /// Sets by id (`None`: freed).
     pub sets: Vec<Option<IpSet>>,
     /// Endpoints by address.
-    pub endpoints: HashMap<IpAddr, EndpointProgram>,
+    pub endpoints: FxHashMap<IpAddr, EndpointProgram>,
     /// Node addresses → node name.
-    pub nodes: HashMap<IpAddr, String>,
+    pub nodes: FxHashMap<IpAddr, String>,
 }
 
 impl Program {
@@ -453,8 +511,8 @@ impl Compiled {
         }
         let mut set = IpSet {
             key: key.clone(),
-            addrs: BTreeSet::new(),
-            ports: BTreeSet::new(),
+            addrs: FxHashSet::default(),
+            ports: FxHashSet::default(),
         };
         match &key {
             SetKey::Pods(sel) => {
@@ -629,7 +687,8 @@ impl Compiled {
                 }
             }
         }
-        let mut endpoints = HashMap::with_capacity(cluster.pods.len());
+        let mut endpoints = FxHashMap::default();
+        endpoints.reserve(cluster.pods.len());
         for p in cluster.pods.values().filter(|p| !p.host_network) {
             let mut pols = per_pod.remove(&p.ip).unwrap_or_default();
             pols.sort_unstable();
