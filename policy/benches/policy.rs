@@ -177,8 +177,16 @@ fn policies() -> PolicySet {
     set
 }
 
-fn flows(c: &Cluster, n: usize) -> Vec<Flow> {
+/// Flows between random pods; with `node`, only towards that node's pods
+/// (what one node's dataplane evaluates for ingress).
+fn flows(c: &Cluster, n: usize, node: Option<&str>) -> Vec<Flow> {
     let ips: Vec<IpAddr> = c.pods.values().map(|p| p.ip).collect();
+    let local: Vec<IpAddr> = c
+        .pods
+        .values()
+        .filter(|p| node.is_none_or(|n| p.node == n))
+        .map(|p| p.ip)
+        .collect();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         x ^= x << 13;
@@ -189,7 +197,7 @@ fn flows(c: &Cluster, n: usize) -> Vec<Flow> {
     (0..n)
         .map(|_| {
             let src = ips[(next() % ips.len() as u64) as usize];
-            let dst = ips[(next() % ips.len() as u64) as usize];
+            let dst = local[(next() % local.len() as u64) as usize];
             let port = [8080u16, 9100, 9101, 9102, 9005][(next() % 5) as usize];
             Flow {
                 src,
@@ -231,7 +239,8 @@ fn benches(cr: &mut Criterion) {
     });
 
     let compiled = Compiled::new(&c, &p);
-    let fl = flows(&c, 10_000);
+    let fl = flows(&c, 10_000, None);
+    let fl_node = flows(&c, 10_000, Some("node-3"));
     let eps = compiled.program().endpoints.values();
     let (mut pi, mut pe, mut n) = (0usize, 0usize, 0usize);
     for e in eps {
@@ -248,6 +257,17 @@ fn benches(cr: &mut Criterion) {
         b.iter(|| {
             let mut n = 0usize;
             for f in &fl {
+                if compiled.program().verdict(black_box(f)) == veil_policy::Verdict::Allow {
+                    n += 1;
+                }
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("compiled_program_10k_flows_to_one_node", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for f in &fl_node {
                 if compiled.program().verdict(black_box(f)) == veil_policy::Verdict::Allow {
                     n += 1;
                 }

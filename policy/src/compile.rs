@@ -105,6 +105,9 @@ pub struct IpSet {
     pub addrs: FxHashSet<IpAddr>,
     /// Members of `NamedPort` sets.
     pub ports: FxHashSet<(IpAddr, Protocol, u16)>,
+    /// Membership of `Pods`/`Nodes` sets as a bitmap over address ids
+    /// ([`Program::addr_ids`]), for the interpreter.
+    pub bits: Vec<u64>,
 }
 
 /// A compiled peer: fields ANDed.
@@ -148,6 +151,12 @@ pub enum CPort {
 pub struct CRule {
     /// Index in the policy's rule list.
     pub index: usize,
+    /// Prefilter: bit `1 << protocol` for each protocol the rule can match.
+    pub proto_mask: u8,
+    /// Prefilter: every port the rule can match lies in `port_lo..=port_hi`.
+    pub port_lo: u16,
+    /// See `port_lo`.
+    pub port_hi: u16,
     /// Action.
     pub action: Action,
     /// Required protocol.
@@ -173,10 +182,10 @@ pub struct CPolicy {
     pub applies_ingress: bool,
     /// Applies for egress.
     pub applies_egress: bool,
-    /// Ingress rules.
-    pub ingress: Vec<CRule>,
-    /// Egress rules.
-    pub egress: Vec<CRule>,
+    /// Ingress rules: `start..end` in [`Program::rules`].
+    pub ingress: (u32, u32),
+    /// Egress rules: `start..end` in [`Program::rules`].
+    pub egress: (u32, u32),
 }
 
 /// A tier of the program.
@@ -198,6 +207,9 @@ pub struct ChainTier {
     pub tier: u32,
     /// Policies in order.
     pub policies: Vec<u32>,
+    /// For each of `policies`, its rules of this chain's direction
+    /// (`start..end` in [`Program::rules`]), so the walk touches only rules.
+    pub rules: Vec<(u32, u32)>,
 }
 
 /// The program of one endpoint.
@@ -222,12 +234,18 @@ pub struct Program {
     pub tiers: Vec<TierInfo>,
     /// Every policy, in global evaluation order (tier, then policy order).
     pub policies: Vec<CPolicy>,
+    /// Every rule, policy by policy (see [`CPolicy::ingress`]).
+    pub rules: Vec<CRule>,
     /// Sets by id (`None`: freed).
     pub sets: Vec<Option<IpSet>>,
     /// Endpoints by address.
     pub endpoints: FxHashMap<IpAddr, EndpointProgram>,
     /// Node addresses → node name.
     pub nodes: FxHashMap<IpAddr, String>,
+    /// Dense ids of the addresses of pods and nodes (never reused).
+    pub addr_ids: FxHashMap<IpAddr, u32>,
+    /// By address id: the (`NamedPort` set, protocol, port) listening there.
+    pub named_by_addr: Vec<Vec<(SetId, Protocol, u16)>>,
 }
 
 impl Program {
@@ -236,8 +254,46 @@ impl Program {
         self.endpoints.values().filter(move |e| e.node == node)
     }
 
-    fn set(&self, id: SetId) -> Option<&IpSet> {
-        self.sets.get(id as usize).and_then(|s| s.as_ref())
+    fn addr_id(&mut self, ip: IpAddr) -> u32 {
+        if let Some(&i) = self.addr_ids.get(&ip) {
+            return i;
+        }
+        let i = self.addr_ids.len() as u32;
+        self.addr_ids.insert(ip, i);
+        self.named_by_addr.push(Vec::new());
+        i
+    }
+
+    fn insert_addr(&mut self, set: SetId, ip: IpAddr) {
+        let id = self.addr_id(ip) as usize;
+        if let Some(Some(s)) = self.sets.get_mut(set as usize) {
+            s.addrs.insert(ip);
+            if s.bits.len() <= id / 64 {
+                s.bits.resize(id / 64 + 1, 0);
+            }
+            s.bits[id / 64] |= 1 << (id % 64);
+        }
+    }
+
+    fn remove_addr(&mut self, set: SetId, ip: IpAddr) {
+        let Some(&id) = self.addr_ids.get(&ip) else { return };
+        let id = id as usize;
+        if let Some(Some(s)) = self.sets.get_mut(set as usize) {
+            s.addrs.remove(&ip);
+            if let Some(w) = s.bits.get_mut(id / 64) {
+                *w &= !(1 << (id % 64));
+            }
+        }
+    }
+
+    #[inline]
+    fn in_set(&self, set: SetId, addr: Option<u32>) -> bool {
+        let Some(id) = addr else { return false };
+        let id = id as usize;
+        match self.sets.get(set as usize) {
+            Some(Some(s)) => s.bits.get(id / 64).is_some_and(|w| w & (1 << (id % 64)) != 0),
+            _ => false,
+        }
     }
 
     /// Interprets the program for a flow.
@@ -257,29 +313,39 @@ impl Program {
                 return Verdict::Allow;
             }
         }
+        let src_id = self.addr_ids.get(&flow.src).copied();
+        let dst_id = self.addr_ids.get(&flow.dst).copied();
         if let Some(s) = src {
-            if !self.chain_allows(&s.egress, Direction::Egress, flow.dst, flow) {
+            let peer = Addr { ip: flow.dst, id: dst_id };
+            if !self.chain_allows(&s.egress, Direction::Egress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
         }
         if let Some(d) = dst {
-            if !self.chain_allows(&d.ingress, Direction::Ingress, flow.src, flow) {
+            let peer = Addr { ip: flow.src, id: src_id };
+            if !self.chain_allows(&d.ingress, Direction::Ingress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
         }
         Verdict::Allow
     }
 
-    fn chain_allows(&self, chain: &[ChainTier], dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+    fn chain_allows(
+        &self,
+        chain: &[ChainTier],
+        dir: Direction,
+        peer: Addr,
+        dst: Option<u32>,
+        flow: &Flow,
+    ) -> bool {
         'tiers: for ct in chain {
-            for &pi in &ct.policies {
-                let p = &self.policies[pi as usize];
-                let rules = match dir {
-                    Direction::Ingress => &p.ingress,
-                    Direction::Egress => &p.egress,
-                };
-                for r in rules {
-                    if !self.rule_matches(r, dir, peer, flow) {
+            let proto_bit = 1u8 << (flow.protocol as u8);
+            for &(start, end) in &ct.rules {
+                for r in &self.rules[start as usize..end as usize] {
+                    if r.proto_mask & proto_bit == 0 || flow.port < r.port_lo || flow.port > r.port_hi {
+                        continue;
+                    }
+                    if !self.rule_matches(r, dir, peer, dst, flow) {
                         continue;
                     }
                     match r.action {
@@ -303,7 +369,7 @@ impl Program {
         true
     }
 
-    fn rule_matches(&self, r: &CRule, dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+    fn rule_matches(&self, r: &CRule, dir: Direction, peer: Addr, dst: Option<u32>, flow: &Flow) -> bool {
         if r.protocol.is_some_and(|p| p != flow.protocol) {
             return false;
         }
@@ -316,9 +382,11 @@ impl Program {
                 }
                 CPort::Named { protocol, set } => {
                     protocol.is_none_or(|p| p == flow.protocol)
-                        && self
-                            .set(*set)
-                            .is_some_and(|s| s.ports.contains(&(flow.dst, flow.protocol, flow.port)))
+                        && dst.is_some_and(|d| {
+                            self.named_by_addr[d as usize]
+                                .iter()
+                                .any(|&(s, pr, po)| s == *set && pr == flow.protocol && po == flow.port)
+                        })
                 }
             })
         {
@@ -326,13 +394,10 @@ impl Program {
         }
         r.peers.is_empty()
             || r.peers.iter().any(|p| {
-                p.pods
-                    .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
-                    && p
-                        .nodes
-                        .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
-                    && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer)))
-                    && !p.not_nets.iter().any(|n| n.contains(peer))
+                p.pods.is_none_or(|s| self.in_set(s, peer.id))
+                    && p.nodes.is_none_or(|s| self.in_set(s, peer.id))
+                    && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer.ip)))
+                    && !p.not_nets.iter().any(|n| n.contains(peer.ip))
                     && (p.domains.is_empty()
                         || (dir == Direction::Egress
                             && flow
@@ -411,16 +476,16 @@ impl Compiled {
         let mut ids: Vec<SetId> = self.sets_by_ns.get(&ns).cloned().unwrap_or_default();
         ids.extend(self.sets_global.iter().copied());
         for id in ids {
-            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
-                continue;
+            let selected = match (pod, self.program.sets.get(id as usize)) {
+                (Some(p), Some(Some(IpSet { key: SetKey::Pods(sel), .. }))) => cluster.selects(sel, p),
+                (_, Some(Some(_))) => false,
+                _ => continue,
             };
             if let Some(ip) = old_ip {
-                set.addrs.remove(&ip);
+                self.program.remove_addr(id, ip);
             }
-            if let (Some(p), SetKey::Pods(sel)) = (pod, &set.key) {
-                if cluster.selects(sel, p) {
-                    set.addrs.insert(p.ip);
-                }
+            if let (Some(p), true) = (pod, selected) {
+                self.program.insert_addr(id, p.ip);
             }
         }
         // Named ports at the old and new addresses.
@@ -453,15 +518,19 @@ impl Compiled {
             .filter(|p| p.namespace == namespace)
             .collect();
         for &id in &self.sets_global {
-            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
+            let Some(Some(IpSet { key: SetKey::Pods(sel), .. })) = self.program.sets.get(id as usize) else {
                 continue;
             };
-            let SetKey::Pods(sel) = &set.key else { continue };
-            for p in &pods {
-                if cluster.selects(sel, p) {
-                    set.addrs.insert(p.ip);
-                } else if !p.host_network {
-                    set.addrs.remove(&p.ip);
+            let decisions: Vec<(IpAddr, bool)> = pods
+                .iter()
+                .filter(|p| !p.host_network)
+                .map(|p| (p.ip, cluster.selects(sel, p)))
+                .collect();
+            for (ip, selected) in decisions {
+                if selected {
+                    self.program.insert_addr(id, ip);
+                } else {
+                    self.program.remove_addr(id, ip);
                 }
             }
         }
@@ -488,18 +557,28 @@ impl Compiled {
             .values()
             .filter(|p| addrs.contains(&p.ip))
             .collect();
+        for ip in addrs {
+            let id = self.program.addr_id(*ip) as usize;
+            self.program.named_by_addr[id].clear();
+        }
         for id in named {
             let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
                 continue;
             };
             let SetKey::NamedPort(name) = &set.key else { continue };
             set.ports.retain(|(ip, _, _)| !addrs.contains(ip));
+            let mut added = Vec::new();
             for p in &at {
                 for pp in &p.ports {
                     if pp.name.as_deref() == Some(name.as_str()) {
                         set.ports.insert((p.ip, pp.protocol, pp.port));
+                        added.push((p.ip, pp.protocol, pp.port));
                     }
                 }
+            }
+            for (ip, proto, port) in added {
+                let a = self.program.addr_id(ip) as usize;
+                self.program.named_by_addr[a].push((id, proto, port));
             }
         }
     }
@@ -509,36 +588,12 @@ impl Compiled {
             used.insert(id);
             return id;
         }
-        let mut set = IpSet {
+        let set = IpSet {
             key: key.clone(),
             addrs: FxHashSet::default(),
             ports: FxHashSet::default(),
+            bits: Vec::new(),
         };
-        match &key {
-            SetKey::Pods(sel) => {
-                for p in idx.candidates(cluster, &sel.namespaces) {
-                    if cluster.selects(sel, p) {
-                        set.addrs.insert(p.ip);
-                    }
-                }
-            }
-            SetKey::Nodes(sel) => {
-                for n in &cluster.nodes {
-                    if sel.matches(&n.labels) {
-                        set.addrs.insert(n.address);
-                    }
-                }
-            }
-            SetKey::NamedPort(name) => {
-                for p in cluster.pods.values() {
-                    for pp in &p.ports {
-                        if pp.name.as_deref() == Some(name.as_str()) {
-                            set.ports.insert((p.ip, pp.protocol, pp.port));
-                        }
-                    }
-                }
-            }
-        }
         let id = match self.program.sets.iter().position(|s| s.is_none()) {
             Some(free) => {
                 self.program.sets[free] = Some(set);
@@ -549,10 +604,41 @@ impl Compiled {
                 (self.program.sets.len() - 1) as SetId
             }
         };
-        if let SetKey::Pods(sel) = &key {
-            match &sel.namespaces {
-                NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
-                NsScope::Selector(_) => self.sets_global.push(id),
+        match &key {
+            SetKey::Pods(sel) => {
+                for p in idx.candidates(cluster, &sel.namespaces) {
+                    if cluster.selects(sel, p) {
+                        self.program.insert_addr(id, p.ip);
+                    }
+                }
+                match &sel.namespaces {
+                    NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
+                    NsScope::Selector(_) => self.sets_global.push(id),
+                }
+            }
+            SetKey::Nodes(sel) => {
+                for n in &cluster.nodes {
+                    if sel.matches(&n.labels) {
+                        self.program.insert_addr(id, n.address);
+                    }
+                }
+            }
+            SetKey::NamedPort(name) => {
+                let mut members = Vec::new();
+                for p in cluster.pods.values() {
+                    for pp in &p.ports {
+                        if pp.name.as_deref() == Some(name.as_str()) {
+                            members.push((p.ip, pp.protocol, pp.port));
+                        }
+                    }
+                }
+                for (ip, proto, port) in members {
+                    let a = self.program.addr_id(ip) as usize;
+                    self.program.named_by_addr[a].push((id, proto, port));
+                    if let Some(Some(s)) = self.program.sets.get_mut(id as usize) {
+                        s.ports.insert((ip, proto, port));
+                    }
+                }
             }
         }
         self.set_index.insert(key, id);
@@ -593,8 +679,36 @@ impl Compiled {
                 },
             })
             .collect();
+        let all_ports = (1u8 << Protocol::Tcp as u8) | (1 << Protocol::Udp as u8) | (1 << Protocol::Sctp as u8);
+        let mut proto_mask = match r.protocol {
+            Some(p) => 1u8 << (p as u8),
+            None => all_ports | (1 << Protocol::Icmp as u8),
+        };
+        let (mut port_lo, mut port_hi) = (0u16, u16::MAX);
+        if !r.ports.is_empty() {
+            // Ports exclude ICMP; the hull of the ranges bounds the port.
+            proto_mask &= all_ports;
+            let mut lo = u16::MAX;
+            let mut hi = 0u16;
+            let mut mask = 0u8;
+            for m in &r.ports {
+                let (p, a, b) = match m {
+                    PortMatch::Range { protocol, from, to } => (*protocol, *from, *to),
+                    PortMatch::Named { protocol, .. } => (*protocol, 1, u16::MAX),
+                };
+                mask |= p.map_or(all_ports, |p| 1 << (p as u8));
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+            proto_mask &= mask;
+            port_lo = lo;
+            port_hi = hi;
+        }
         CRule {
             index,
+            proto_mask,
+            port_lo,
+            port_hi,
             action: r.action,
             protocol: r.protocol,
             peers,
@@ -616,19 +730,19 @@ impl Compiled {
         });
         let mut used = HashSet::new();
         let mut out = Vec::with_capacity(ordered.len());
+        let mut arena: Vec<CRule> = Vec::new();
         for p in ordered {
-            let ingress = p
-                .ingress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
-                .collect();
-            let egress = p
-                .egress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
-                .collect();
+            let start = arena.len() as u32;
+            for (i, r) in p.ingress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let ingress = (start, arena.len() as u32);
+            for (i, r) in p.egress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let egress = (ingress.1, arena.len() as u32);
             out.push(CPolicy {
                 key: p.key.clone(),
                 tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
@@ -647,6 +761,11 @@ impl Compiled {
             .map(|(k, id)| (k.clone(), *id))
             .collect();
         for (k, id) in stale {
+            if matches!(k, SetKey::NamedPort(_)) {
+                for l in &mut self.program.named_by_addr {
+                    l.retain(|e| e.0 != id);
+                }
+            }
             self.set_index.remove(&k);
             self.program.sets[id as usize] = None;
             self.sets_global.retain(|x| *x != id);
@@ -671,6 +790,7 @@ impl Compiled {
             }
         }
         self.program.policies = out;
+        self.program.rules = arena;
     }
 
     fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
@@ -714,15 +834,22 @@ impl Compiled {
         let mut egress: Vec<ChainTier> = Vec::new();
         for &i in pols {
             let cp = &self.program.policies[i as usize];
-            for (applies, chain) in [(cp.applies_ingress, &mut ingress), (cp.applies_egress, &mut egress)] {
+            for (applies, chain, range) in [
+                (cp.applies_ingress, &mut ingress, cp.ingress),
+                (cp.applies_egress, &mut egress, cp.egress),
+            ] {
                 if !applies {
                     continue;
                 }
                 match chain.last_mut() {
-                    Some(ct) if ct.tier == cp.tier => ct.policies.push(i),
+                    Some(ct) if ct.tier == cp.tier => {
+                        ct.policies.push(i);
+                        ct.rules.push(range);
+                    }
                     _ => chain.push(ChainTier {
                         tier: cp.tier,
                         policies: vec![i],
+                        rules: vec![range],
                     }),
                 }
             }
@@ -735,6 +862,13 @@ impl Compiled {
             egress,
         }
     }
+}
+
+/// An address and its dense id, if it has one.
+#[derive(Debug, Clone, Copy)]
+struct Addr {
+    ip: IpAddr,
+    id: Option<u32>,
 }
 
 /// Pods by namespace, to evaluate selectors only where they can match.
