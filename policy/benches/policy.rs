@@ -25,7 +25,10 @@ const NS_POLICIES: usize = 19; // 9,500 namespaced
 const GLOBAL_POLICIES: usize = 500; // + 500 cluster-wide = 10,000
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn sel(pairs: &[(&str, String)]) -> LabelSelector {
@@ -52,7 +55,14 @@ fn cluster() -> Cluster {
             labels(&[
                 ("kubernetes.io/metadata.name", name.clone()),
                 ("team", format!("t{}", ns % 10)),
-                ("env", if ns % 2 == 0 { "prod".into() } else { "dev".into() }),
+                (
+                    "env",
+                    if ns % 2 == 0 {
+                        "prod".into()
+                    } else {
+                        "dev".into()
+                    },
+                ),
             ]),
         );
         for p in 0..PODS_PER_NS {
@@ -63,13 +73,24 @@ fn cluster() -> Cluster {
                 Pod {
                     namespace: name.clone(),
                     name: format!("pod-{p}"),
-                    labels: labels(&[("app", format!("a{}", p % 5)), ("tier", format!("x{}", p % 3))]),
+                    labels: labels(&[
+                        ("app", format!("a{}", p % 5)),
+                        ("tier", format!("x{}", p % 3)),
+                    ]),
                     node: format!("node-{node}"),
                     ip: IpAddr::V4(Ipv4Addr::new(10, 244, node as u8, 2 + host as u8)),
                     host_network: false,
                     ports: vec![
-                        PodPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp },
-                        PodPort { name: Some("metrics".into()), port: 9100 + (p % 3) as u16, protocol: Protocol::Tcp },
+                        PodPort {
+                            name: Some("http".into()),
+                            port: 8080,
+                            protocol: Protocol::Tcp,
+                        },
+                        PodPort {
+                            name: Some("metrics".into()),
+                            port: 9100 + (p % 3) as u16,
+                            protocol: Protocol::Tcp,
+                        },
                     ],
                 },
             );
@@ -80,7 +101,14 @@ fn cluster() -> Cluster {
 }
 
 fn allow_rule(peers: Vec<Peer>, ports: Vec<PortMatch>) -> Rule {
-    Rule { name: None, action: Action::Allow, protocol: None, peers, ports, http: None }
+    Rule {
+        name: None,
+        action: Action::Allow,
+        protocol: None,
+        peers,
+        ports,
+        http: None,
+    }
 }
 
 fn policies() -> PolicySet {
@@ -89,8 +117,16 @@ fn policies() -> PolicySet {
         let name = format!("ns-{ns}");
         for k in 0..NS_POLICIES {
             let veil = k % 4 == 3;
-            let kind = if veil { Kind::VeilNetworkPolicy } else { Kind::K8sNetworkPolicy };
-            let key = ObjectKey { kind, namespace: Some(name.clone()), name: format!("pol-{k}") };
+            let kind = if veil {
+                Kind::VeilNetworkPolicy
+            } else {
+                Kind::K8sNetworkPolicy
+            };
+            let key = ObjectKey {
+                kind,
+                namespace: Some(name.clone()),
+                name: format!("pol-{k}"),
+            };
             let from = Peer {
                 pods: Some(PodSelector {
                     namespaces: if k % 3 == 0 {
@@ -103,18 +139,34 @@ fn policies() -> PolicySet {
                 ..Default::default()
             };
             let ports = vec![
-                PortMatch::Range { protocol: Some(Protocol::Tcp), from: 8080, to: 8080 },
-                PortMatch::Named { protocol: None, name: "metrics".into() },
+                PortMatch::Range {
+                    protocol: Some(Protocol::Tcp),
+                    from: 8080,
+                    to: 8080,
+                },
+                PortMatch::Named {
+                    protocol: None,
+                    name: "metrics".into(),
+                },
             ];
             let mut rule = allow_rule(vec![from], ports);
             if veil {
-                rule.action = if k % 8 == 3 { Action::Deny } else { Action::Allow };
+                rule.action = if k % 8 == 3 {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                };
             }
             objs.push(Object {
                 key: key.clone(),
                 metadata: ObjectMeta::default(),
                 body: ObjectBody::Policy(Policy {
-                    sort_key: (if veil { 900 } else { 1000 }, 0, key.full_name(), u8::from(veil)),
+                    sort_key: (
+                        if veil { 900 } else { 1000 },
+                        0,
+                        key.full_name(),
+                        u8::from(veil),
+                    ),
                     key,
                     tier: "default".into(),
                     subject: PodSelector {
@@ -126,7 +178,10 @@ fn policies() -> PolicySet {
                     ingress: vec![rule],
                     egress: if k % 5 == 0 {
                         vec![allow_rule(
-                            vec![Peer { nets: vec!["10.244.0.0/16".parse().expect("cidr")], ..Default::default() }],
+                            vec![Peer {
+                                nets: vec!["10.244.0.0/16".parse().expect("cidr")],
+                                ..Default::default()
+                            }],
                             vec![],
                         )]
                     } else {
@@ -138,11 +193,23 @@ fn policies() -> PolicySet {
     }
     for g in 0..GLOBAL_POLICIES {
         let anp = g % 2 == 0;
-        let kind = if anp { Kind::AdminNetworkPolicy } else { Kind::GlobalNetworkPolicy };
-        let key = ObjectKey { kind, namespace: None, name: format!("global-{g}") };
+        let kind = if anp {
+            Kind::AdminNetworkPolicy
+        } else {
+            Kind::GlobalNetworkPolicy
+        };
+        let key = ObjectKey {
+            kind,
+            namespace: None,
+            name: format!("global-{g}"),
+        };
         let rule = Rule {
             name: None,
-            action: if g % 3 == 0 { Action::Pass } else { Action::Deny },
+            action: if g % 3 == 0 {
+                Action::Pass
+            } else {
+                Action::Deny
+            },
             protocol: Some(Protocol::Tcp),
             peers: vec![Peer {
                 pods: Some(PodSelector {
@@ -151,16 +218,28 @@ fn policies() -> PolicySet {
                 }),
                 ..Default::default()
             }],
-            ports: vec![PortMatch::Range { protocol: None, from: 9000 + g as u16, to: 9000 + g as u16 }],
+            ports: vec![PortMatch::Range {
+                protocol: None,
+                from: 9000 + g as u16,
+                to: 9000 + g as u16,
+            }],
             http: None,
         };
         objs.push(Object {
             key: key.clone(),
             metadata: ObjectMeta::default(),
             body: ObjectBody::Policy(Policy {
-                sort_key: if anp { (g as i64 % 1000, 0, key.name.clone(), 0) } else { (g as i64, 0, key.name.clone(), 1) },
+                sort_key: if anp {
+                    (g as i64 % 1000, 0, key.name.clone(), 0)
+                } else {
+                    (g as i64, 0, key.name.clone(), 1)
+                },
                 key,
-                tier: if anp { "admin".into() } else { "default".into() },
+                tier: if anp {
+                    "admin".into()
+                } else {
+                    "default".into()
+                },
                 subject: PodSelector {
                     namespaces: NsScope::Selector(sel(&[("team", format!("t{}", g % 10))])),
                     pods: sel(&[("app", format!("a{}", g % 5))]),
@@ -205,7 +284,11 @@ fn flows(c: &Cluster, n: usize, node: Option<&str>) -> Vec<Flow> {
                 protocol: Protocol::Tcp,
                 port,
                 dns_name: None,
-                http: Some(HttpRequest { method: "GET".into(), path: "/".into(), host: "x".into() }),
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    host: "x".into(),
+                }),
             }
         })
         .collect()
@@ -214,7 +297,10 @@ fn flows(c: &Cluster, n: usize, node: Option<&str>) -> Vec<Flow> {
 fn benches(cr: &mut Criterion) {
     let c = cluster();
     let p = policies();
-    assert_eq!(p.policies().len(), NAMESPACES * NS_POLICIES + GLOBAL_POLICIES);
+    assert_eq!(
+        p.policies().len(),
+        NAMESPACES * NS_POLICIES + GLOBAL_POLICIES
+    );
     assert_eq!(c.pods.len(), NAMESPACES * PODS_PER_NS);
 
     let mut g = cr.benchmark_group("compile");
@@ -232,7 +318,8 @@ fn benches(cr: &mut Criterion) {
         b.iter(|| {
             flip = !flip;
             if let Some(pod) = c2.pods.get_mut(&key) {
-                pod.labels.insert("app".into(), if flip { "a1".into() } else { "a3".into() });
+                pod.labels
+                    .insert("app".into(), if flip { "a1".into() } else { "a3".into() });
             }
             compiled.update_pod(&c2, &key);
         })
@@ -248,9 +335,19 @@ fn benches(cr: &mut Criterion) {
         pi += e.ingress.iter().map(|t| t.policies.len()).sum::<usize>();
         pe += e.egress.iter().map(|t| t.policies.len()).sum::<usize>();
     }
-    eprintln!("average policies per endpoint: ingress {:.1}, egress {:.1}", pi as f64 / n as f64, pe as f64 / n as f64);
-    let allowed = fl.iter().filter(|f| compiled.program().verdict(f) == veil_policy::Verdict::Allow).count();
-    assert!(allowed > 0 && allowed < fl.len(), "the flows mix verdicts ({allowed} allowed)");
+    eprintln!(
+        "average policies per endpoint: ingress {:.1}, egress {:.1}",
+        pi as f64 / n as f64,
+        pe as f64 / n as f64
+    );
+    let allowed = fl
+        .iter()
+        .filter(|f| compiled.program().verdict(f) == veil_policy::Verdict::Allow)
+        .count();
+    assert!(
+        allowed > 0 && allowed < fl.len(),
+        "the flows mix verdicts ({allowed} allowed)"
+    );
     let mut g = cr.benchmark_group("verdicts");
     g.throughput(Throughput::Elements(fl.len() as u64));
     g.bench_function("compiled_program_10k_flows", |b| {

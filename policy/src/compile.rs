@@ -250,7 +250,10 @@ pub struct Program {
 
 impl Program {
     /// The endpoints on one node (what that node's dataplane renders).
-    pub fn node_endpoints<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a EndpointProgram> {
+    pub fn node_endpoints<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointProgram> {
         self.endpoints.values().filter(move |e| e.node == node)
     }
 
@@ -276,7 +279,9 @@ impl Program {
     }
 
     fn remove_addr(&mut self, set: SetId, ip: IpAddr) {
-        let Some(&id) = self.addr_ids.get(&ip) else { return };
+        let Some(&id) = self.addr_ids.get(&ip) else {
+            return;
+        };
         let id = id as usize;
         if let Some(Some(s)) = self.sets.get_mut(set as usize) {
             s.addrs.remove(&ip);
@@ -291,7 +296,10 @@ impl Program {
         let Some(id) = addr else { return false };
         let id = id as usize;
         match self.sets.get(set as usize) {
-            Some(Some(s)) => s.bits.get(id / 64).is_some_and(|w| w & (1 << (id % 64)) != 0),
+            Some(Some(s)) => s
+                .bits
+                .get(id / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0),
             _ => false,
         }
     }
@@ -316,13 +324,19 @@ impl Program {
         let src_id = self.addr_ids.get(&flow.src).copied();
         let dst_id = self.addr_ids.get(&flow.dst).copied();
         if let Some(s) = src {
-            let peer = Addr { ip: flow.dst, id: dst_id };
+            let peer = Addr {
+                ip: flow.dst,
+                id: dst_id,
+            };
             if !self.chain_allows(&s.egress, Direction::Egress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
         }
         if let Some(d) = dst {
-            let peer = Addr { ip: flow.src, id: src_id };
+            let peer = Addr {
+                ip: flow.src,
+                id: src_id,
+            };
             if !self.chain_allows(&d.ingress, Direction::Ingress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
@@ -342,7 +356,10 @@ impl Program {
             let proto_bit = 1u8 << (flow.protocol as u8);
             for &(start, end) in &ct.rules {
                 for r in &self.rules[start as usize..end as usize] {
-                    if r.proto_mask & proto_bit == 0 || flow.port < r.port_lo || flow.port > r.port_hi {
+                    if r.proto_mask & proto_bit == 0
+                        || flow.port < r.port_lo
+                        || flow.port > r.port_hi
+                    {
                         continue;
                     }
                     if !self.rule_matches(r, dir, peer, dst, flow) {
@@ -369,7 +386,14 @@ impl Program {
         true
     }
 
-    fn rule_matches(&self, r: &CRule, dir: Direction, peer: Addr, dst: Option<u32>, flow: &Flow) -> bool {
+    fn rule_matches(
+        &self,
+        r: &CRule,
+        dir: Direction,
+        peer: Addr,
+        dst: Option<u32>,
+        flow: &Flow,
+    ) -> bool {
         if r.protocol.is_some_and(|p| p != flow.protocol) {
             return false;
         }
@@ -383,9 +407,9 @@ impl Program {
                 CPort::Named { protocol, set } => {
                     protocol.is_none_or(|p| p == flow.protocol)
                         && dst.is_some_and(|d| {
-                            self.named_by_addr[d as usize]
-                                .iter()
-                                .any(|&(s, pr, po)| s == *set && pr == flow.protocol && po == flow.port)
+                            self.named_by_addr[d as usize].iter().any(|&(s, pr, po)| {
+                                s == *set && pr == flow.protocol && po == flow.port
+                            })
                         })
                 }
             })
@@ -477,7 +501,13 @@ impl Compiled {
         ids.extend(self.sets_global.iter().copied());
         for id in ids {
             let selected = match (pod, self.program.sets.get(id as usize)) {
-                (Some(p), Some(Some(IpSet { key: SetKey::Pods(sel), .. }))) => cluster.selects(sel, p),
+                (
+                    Some(p),
+                    Some(Some(IpSet {
+                        key: SetKey::Pods(sel),
+                        ..
+                    })),
+                ) => cluster.selects(sel, p),
                 (_, Some(Some(_))) => false,
                 _ => continue,
             };
@@ -496,7 +526,12 @@ impl Compiled {
         self.refresh_named_ports(cluster, &addrs);
         // Its chains.
         if let Some(ip) = old_ip {
-            if self.program.endpoints.get(&ip).is_some_and(|e| e.pod == key) {
+            if self
+                .program
+                .endpoints
+                .get(&ip)
+                .is_some_and(|e| e.pod == key)
+            {
                 self.program.endpoints.remove(&ip);
             }
         }
@@ -518,7 +553,11 @@ impl Compiled {
             .filter(|p| p.namespace == namespace)
             .collect();
         for &id in &self.sets_global {
-            let Some(Some(IpSet { key: SetKey::Pods(sel), .. })) = self.program.sets.get(id as usize) else {
+            let Some(Some(IpSet {
+                key: SetKey::Pods(sel),
+                ..
+            })) = self.program.sets.get(id as usize)
+            else {
                 continue;
             };
             let decisions: Vec<(IpAddr, bool)> = pods
@@ -565,7 +604,9 @@ impl Compiled {
             let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
                 continue;
             };
-            let SetKey::NamedPort(name) = &set.key else { continue };
+            let SetKey::NamedPort(name) = &set.key else {
+                continue;
+            };
             set.ports.retain(|(ip, _, _)| !addrs.contains(ip));
             let mut added = Vec::new();
             for p in &at {
@@ -583,7 +624,13 @@ impl Compiled {
         }
     }
 
-    fn intern(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, key: SetKey, used: &mut HashSet<SetId>) -> SetId {
+    fn intern(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        key: SetKey,
+        used: &mut HashSet<SetId>,
+    ) -> SetId {
         if let Some(&id) = self.set_index.get(&key) {
             used.insert(id);
             return id;
@@ -646,7 +693,14 @@ impl Compiled {
         id
     }
 
-    fn compile_rule(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, index: usize, r: &Rule, used: &mut HashSet<SetId>) -> CRule {
+    fn compile_rule(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        index: usize,
+        r: &Rule,
+        used: &mut HashSet<SetId>,
+    ) -> CRule {
         let peers = r
             .peers
             .iter()
@@ -679,7 +733,8 @@ impl Compiled {
                 },
             })
             .collect();
-        let all_ports = (1u8 << Protocol::Tcp as u8) | (1 << Protocol::Udp as u8) | (1 << Protocol::Sctp as u8);
+        let all_ports =
+            (1u8 << Protocol::Tcp as u8) | (1 << Protocol::Udp as u8) | (1 << Protocol::Sctp as u8);
         let mut proto_mask = match r.protocol {
             Some(p) => 1u8 << (p as u8),
             None => all_ports | (1 << Protocol::Icmp as u8),
@@ -717,7 +772,12 @@ impl Compiled {
         }
     }
 
-    fn compile_policies(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>, policies: &PolicySet) {
+    fn compile_policies(
+        &mut self,
+        cluster: &Cluster,
+        idx: &ClusterIndex<'_>,
+        policies: &PolicySet,
+    ) {
         let tiers = policies.tiers();
         let tier_pos: HashMap<&str, u32> = tiers
             .iter()
@@ -726,7 +786,8 @@ impl Compiled {
             .collect();
         let mut ordered: Vec<_> = policies.policies().values().collect();
         ordered.sort_by(|a, b| {
-            (tier_pos.get(a.tier.as_str()), &a.sort_key).cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
+            (tier_pos.get(a.tier.as_str()), &a.sort_key)
+                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
         });
         let mut used = HashSet::new();
         let mut out = Vec::with_capacity(ordered.len());
@@ -785,7 +846,11 @@ impl Compiled {
         self.policies_global.clear();
         for (i, p) in out.iter().enumerate() {
             match &p.subject.namespaces {
-                NsScope::Named(ns) => self.policies_by_ns.entry(ns.clone()).or_default().push(i as u32),
+                NsScope::Named(ns) => self
+                    .policies_by_ns
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(i as u32),
                 NsScope::Selector(_) => self.policies_global.push(i as u32),
             }
         }
@@ -818,7 +883,10 @@ impl Compiled {
     }
 
     fn endpoint_program(&self, cluster: &Cluster, p: &Pod) -> EndpointProgram {
-        let ns_pols = self.policies_by_ns.get(&p.namespace).map_or(&[][..], |v| &v[..]);
+        let ns_pols = self
+            .policies_by_ns
+            .get(&p.namespace)
+            .map_or(&[][..], |v| &v[..]);
         let mut pols: Vec<u32> = ns_pols
             .iter()
             .chain(self.policies_global.iter())

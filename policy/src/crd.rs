@@ -14,7 +14,10 @@ fn schema_of<T: JsonSchema>() -> Value {
         s.inline_subschemas = true;
         s.meta_schema = None;
     });
-    let mut v = settings.into_generator().into_root_schema_for::<T>().to_value();
+    let mut v = settings
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
     clean(&mut v);
     v
 }
@@ -51,7 +54,9 @@ fn clean(v: &mut Value) {
                 let values: Option<Vec<Value>> = branches
                     .iter()
                     .map(|b| match b.get("enum") {
-                        Some(Value::Array(e)) if e.len() == 1 && b.get("type") == Some(&json!("string")) => {
+                        Some(Value::Array(e))
+                            if e.len() == 1 && b.get("type") == Some(&json!("string")) =>
+                        {
                             Some(e[0].clone())
                         }
                         _ => None,
@@ -206,14 +211,25 @@ pub fn crds() -> Vec<(String, String)> {
                 "tiers",
                 "Cluster",
                 tier,
-                Some(json!([{"rule": "!(self.metadata.name in ['admin', 'default', 'baseline'])",
-                             "message": "admin, default and baseline are reserved tier names"}])),
+                Some(
+                    json!([{"rule": "!(self.metadata.name in ['admin', 'default', 'baseline'])",
+                             "message": "admin, default and baseline are reserved tier names"}]),
+                ),
             ),
         ),
-        ("veil.dev_networkpolicies.yaml", crd("NetworkPolicy", "networkpolicies", "Namespaced", np, None)),
+        (
+            "veil.dev_networkpolicies.yaml",
+            crd("NetworkPolicy", "networkpolicies", "Namespaced", np, None),
+        ),
         (
             "veil.dev_globalnetworkpolicies.yaml",
-            crd("GlobalNetworkPolicy", "globalnetworkpolicies", "Cluster", gnp, None),
+            crd(
+                "GlobalNetworkPolicy",
+                "globalnetworkpolicies",
+                "Cluster",
+                gnp,
+                None,
+            ),
         ),
     ];
     docs.into_iter()
@@ -241,13 +257,18 @@ mod tests {
 
     #[test]
     fn schemas_are_inline_and_typed() {
-        for v in [schema_of::<TierSpec>(), schema_of::<NetworkPolicySpec>(), schema_of::<GlobalNetworkPolicySpec>()] {
+        for v in [
+            schema_of::<TierSpec>(),
+            schema_of::<NetworkPolicySpec>(),
+            schema_of::<GlobalNetworkPolicySpec>(),
+        ] {
             assert!(!has_key(&v, "$ref"), "{v}");
             assert_eq!(v["type"], "object");
         }
         let np = schema_of::<NetworkPolicySpec>();
         assert_eq!(
-            np["properties"]["ingress"]["items"]["properties"]["destination"]["properties"]["ports"]["items"]["x-kubernetes-int-or-string"],
+            np["properties"]["ingress"]["items"]["properties"]["destination"]["properties"]
+                ["ports"]["items"]["x-kubernetes-int-or-string"],
             true
         );
         assert!(np["properties"].get("namespaceSelector").is_none());

@@ -445,7 +445,9 @@ impl fmt::Display for DirectionTrace {
                 TierResult::Skipped => write!(f, "skipped (no policy selects the pod for {d})")?,
                 TierResult::Rule(r, a) => write!(f, "{a} by {r}")?,
                 TierResult::Pass(r) => write!(f, "Pass by {r}: on to the next tier")?,
-                TierResult::Default(TierDefault::Deny) => write!(f, "no rule matched: default Deny")?,
+                TierResult::Default(TierDefault::Deny) => {
+                    write!(f, "no rule matched: default Deny")?
+                }
                 TierResult::Default(TierDefault::Pass) => {
                     write!(f, "no rule matched: default Pass")?
                 }

@@ -15,7 +15,7 @@ use crate::model::{
     Policy, PortMatch, Protocol, Rule, Tier, TierDefault, TIER_ADMIN, TIER_BASELINE, TIER_DEFAULT,
 };
 use crate::net::Cidr;
-use crate::selector::{Labels, LabelSelector};
+use crate::selector::{LabelSelector, Labels};
 
 /// Object metadata (the subset a policy may carry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -487,6 +487,7 @@ pub struct Object {
 
 /// The spec of an [`Object`], by kind.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // few objects, never in hot paths
 pub enum ObjectBody {
     /// A Tier (already validated).
     Tier(Tier),
@@ -515,9 +516,7 @@ impl Object {
             .to_string();
         let kind = match (api_version.as_str(), kind_s.as_str()) {
             ("networking.k8s.io/v1", "NetworkPolicy") => Kind::K8sNetworkPolicy,
-            ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
-                Kind::AdminNetworkPolicy
-            }
+            ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => Kind::AdminNetworkPolicy,
             ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => {
                 Kind::BaselineAdminNetworkPolicy
             }
@@ -579,9 +578,7 @@ impl Object {
                         tier: &s.tier,
                         order: s.order,
                         subject: PodSelector {
-                            namespaces: NsScope::Named(
-                                key.namespace.clone().unwrap_or_default(),
-                            ),
+                            namespaces: NsScope::Named(key.namespace.clone().unwrap_or_default()),
                             pods: s.selector.clone().unwrap_or_default(),
                         },
                         types: &s.types,
@@ -628,7 +625,11 @@ impl Object {
 fn decode<T: DeserializeOwned>(v: &serde_yaml::Value, label: &str) -> Result<T, PolicyError> {
     serde_path_to_error::deserialize(v.clone()).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "(object)".to_string() } else { path };
+        let path = if path == "." {
+            "(object)".to_string()
+        } else {
+            path
+        };
         PolicyError::invalid(label, path, e.into_inner().to_string())
     })
 }
@@ -637,7 +638,8 @@ fn decode<T: DeserializeOwned>(v: &serde_yaml::Value, label: &str) -> Result<T, 
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -652,7 +654,10 @@ fn key_of(kind: Kind, meta: &ObjectMeta, label: &str) -> Result<ObjectKey, Polic
         return Err(PolicyError::invalid(
             label,
             "metadata.name",
-            format!("{:?} is not a valid name (lower-case DNS subdomain)", meta.name),
+            format!(
+                "{:?} is not a valid name (lower-case DNS subdomain)",
+                meta.name
+            ),
         ));
     }
     if kind.namespaced() {
@@ -712,7 +717,8 @@ fn port_num(obj: &str, field: &str, p: i64) -> Result<u16, PolicyError> {
 pub fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -786,19 +792,36 @@ fn k8s_policy(key: &ObjectKey, spec: &K8sNetworkPolicySpec) -> Result<Policy, Po
                     "must list Ingress and/or Egress",
                 ));
             }
-            (t.contains(&PolicyType::Ingress), t.contains(&PolicyType::Egress))
+            (
+                t.contains(&PolicyType::Ingress),
+                t.contains(&PolicyType::Egress),
+            )
         }
         None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let f = format!("spec.ingress[{i}]");
-        ingress.push(k8s_rule(&obj, &f, &ns, r.from.as_deref(), "from", r.ports.as_deref())?);
+        ingress.push(k8s_rule(
+            &obj,
+            &f,
+            &ns,
+            r.from.as_deref(),
+            "from",
+            r.ports.as_deref(),
+        )?);
     }
     let mut egress = Vec::new();
     for (i, r) in spec.egress.iter().flatten().enumerate() {
         let f = format!("spec.egress[{i}]");
-        egress.push(k8s_rule(&obj, &f, &ns, r.to.as_deref(), "to", r.ports.as_deref())?);
+        egress.push(k8s_rule(
+            &obj,
+            &f,
+            &ns,
+            r.to.as_deref(),
+            "to",
+            r.ports.as_deref(),
+        )?);
     }
     if !applies_ingress && !ingress.is_empty() {
         return Err(PolicyError::invalid(
@@ -1022,7 +1045,11 @@ fn anp_policy(key: &ObjectKey, spec: &AnpSpec) -> Result<Policy, PolicyError> {
     let (tier, sort_key) = match key.kind {
         Kind::AdminNetworkPolicy => {
             if spec.tier.is_some() {
-                return Err(PolicyError::invalid(&obj, "spec.tier", "only ClusterNetworkPolicy has a tier"));
+                return Err(PolicyError::invalid(
+                    &obj,
+                    "spec.tier",
+                    "only ClusterNetworkPolicy has a tier",
+                ));
             }
             let p = priority(&obj, spec.priority)?;
             (TIER_ADMIN, (p, 0, key.name.clone(), 0))
@@ -1036,7 +1063,11 @@ fn anp_policy(key: &ObjectKey, spec: &AnpSpec) -> Result<Policy, PolicyError> {
                 ));
             }
             if spec.tier.is_some() {
-                return Err(PolicyError::invalid(&obj, "spec.tier", "only ClusterNetworkPolicy has a tier"));
+                return Err(PolicyError::invalid(
+                    &obj,
+                    "spec.tier",
+                    "only ClusterNetworkPolicy has a tier",
+                ));
             }
             if spec.priority.is_some() {
                 return Err(PolicyError::invalid(
@@ -1078,7 +1109,11 @@ fn anp_policy(key: &ObjectKey, spec: &AnpSpec) -> Result<Policy, PolicyError> {
             }
         }
         (None, Some(p)) => {
-            check_selector(&obj, "spec.subject.pods.namespaceSelector", &p.namespace_selector)?;
+            check_selector(
+                &obj,
+                "spec.subject.pods.namespaceSelector",
+                &p.namespace_selector,
+            )?;
             check_selector(&obj, "spec.subject.pods.podSelector", &p.pod_selector)?;
             PodSelector {
                 namespaces: NsScope::Selector(p.namespace_selector.clone()),
@@ -1095,14 +1130,30 @@ fn anp_policy(key: &ObjectKey, spec: &AnpSpec) -> Result<Policy, PolicyError> {
     };
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
-        ingress.push(anp_rule(&obj, key.kind, &format!("spec.ingress[{i}]"), r, false)?);
+        ingress.push(anp_rule(
+            &obj,
+            key.kind,
+            &format!("spec.ingress[{i}]"),
+            r,
+            false,
+        )?);
     }
     let mut egress = Vec::new();
     for (i, r) in spec.egress.iter().flatten().enumerate() {
-        egress.push(anp_rule(&obj, key.kind, &format!("spec.egress[{i}]"), r, true)?);
+        egress.push(anp_rule(
+            &obj,
+            key.kind,
+            &format!("spec.egress[{i}]"),
+            r,
+            true,
+        )?);
     }
     if ingress.len() > 100 || egress.len() > 100 {
-        return Err(PolicyError::invalid(&obj, "spec", "at most 100 rules per direction"));
+        return Err(PolicyError::invalid(
+            &obj,
+            "spec",
+            "at most 100 rules per direction",
+        ));
     }
     Ok(Policy {
         key: key.clone(),
@@ -1128,7 +1179,13 @@ fn priority(obj: &str, p: Option<i64>) -> Result<i64, PolicyError> {
     }
 }
 
-fn anp_rule(obj: &str, kind: Kind, f: &str, r: &AnpRule, egress: bool) -> Result<Rule, PolicyError> {
+fn anp_rule(
+    obj: &str,
+    kind: Kind,
+    f: &str,
+    r: &AnpRule,
+    egress: bool,
+) -> Result<Rule, PolicyError> {
     let action = match (kind, r.action.as_str()) {
         (Kind::AdminNetworkPolicy, "Allow") | (Kind::BaselineAdminNetworkPolicy, "Allow") => {
             Action::Allow
@@ -1151,7 +1208,11 @@ fn anp_rule(obj: &str, kind: Kind, f: &str, r: &AnpRule, egress: bool) -> Result
     };
     if let Some(n) = &r.name {
         if n.len() > 100 {
-            return Err(PolicyError::invalid(obj, format!("{f}.name"), "longer than 100 characters"));
+            return Err(PolicyError::invalid(
+                obj,
+                format!("{f}.name"),
+                "longer than 100 characters",
+            ));
         }
     }
     let (peers_field, peers, wrong) = if egress {
@@ -1199,79 +1260,99 @@ fn anp_rule(obj: &str, kind: Kind, f: &str, r: &AnpRule, egress: bool) -> Result
                 "a peer needs exactly one of namespaces, pods, nodes, networks, domainNames",
             ));
         }
-        let peer = if let Some(ns) = &p.namespaces {
-            check_selector(obj, &format!("{pf}.namespaces"), ns)?;
-            Peer {
-                pods: Some(PodSelector {
-                    namespaces: NsScope::Selector(ns.clone()),
-                    pods: LabelSelector::all(),
-                }),
-                ..Default::default()
-            }
-        } else if let Some(pp) = &p.pods {
-            check_selector(obj, &format!("{pf}.pods.namespaceSelector"), &pp.namespace_selector)?;
-            check_selector(obj, &format!("{pf}.pods.podSelector"), &pp.pod_selector)?;
-            Peer {
-                pods: Some(PodSelector {
-                    namespaces: NsScope::Selector(pp.namespace_selector.clone()),
-                    pods: pp.pod_selector.clone(),
-                }),
-                ..Default::default()
-            }
-        } else if let Some(nodes) = &p.nodes {
-            check_selector(obj, &format!("{pf}.nodes"), nodes)?;
-            Peer {
-                nodes: Some(nodes.clone()),
-                ..Default::default()
-            }
-        } else if let Some(nets) = &p.networks {
-            if nets.is_empty() {
-                return Err(PolicyError::invalid(obj, format!("{pf}.networks"), "must not be empty"));
-            }
-            let mut v = Vec::new();
-            for (k, n) in nets.iter().enumerate() {
-                v.push(cidr(obj, &format!("{pf}.networks[{k}]"), n)?);
-            }
-            Peer {
-                nets: v,
-                ..Default::default()
-            }
-        } else {
-            let names = p.domain_names.as_deref().unwrap_or_default();
-            if !egress || action != Action::Allow {
-                return Err(PolicyError::invalid(
+        let peer =
+            if let Some(ns) = &p.namespaces {
+                check_selector(obj, &format!("{pf}.namespaces"), ns)?;
+                Peer {
+                    pods: Some(PodSelector {
+                        namespaces: NsScope::Selector(ns.clone()),
+                        pods: LabelSelector::all(),
+                    }),
+                    ..Default::default()
+                }
+            } else if let Some(pp) = &p.pods {
+                check_selector(
                     obj,
-                    format!("{pf}.domainNames"),
-                    "domainNames is allowed only in egress Allow/Accept rules",
-                ));
-            }
-            if names.is_empty() {
-                return Err(PolicyError::invalid(obj, format!("{pf}.domainNames"), "must not be empty"));
-            }
-            let mut v = Vec::new();
-            for (k, n) in names.iter().enumerate() {
-                v.push(
-                    DomainPattern::parse(n)
-                        .map_err(|e| PolicyError::invalid(obj, format!("{pf}.domainNames[{k}]"), e))?,
-                );
-            }
-            Peer {
-                domains: v,
-                ..Default::default()
-            }
-        };
+                    &format!("{pf}.pods.namespaceSelector"),
+                    &pp.namespace_selector,
+                )?;
+                check_selector(obj, &format!("{pf}.pods.podSelector"), &pp.pod_selector)?;
+                Peer {
+                    pods: Some(PodSelector {
+                        namespaces: NsScope::Selector(pp.namespace_selector.clone()),
+                        pods: pp.pod_selector.clone(),
+                    }),
+                    ..Default::default()
+                }
+            } else if let Some(nodes) = &p.nodes {
+                check_selector(obj, &format!("{pf}.nodes"), nodes)?;
+                Peer {
+                    nodes: Some(nodes.clone()),
+                    ..Default::default()
+                }
+            } else if let Some(nets) = &p.networks {
+                if nets.is_empty() {
+                    return Err(PolicyError::invalid(
+                        obj,
+                        format!("{pf}.networks"),
+                        "must not be empty",
+                    ));
+                }
+                let mut v = Vec::new();
+                for (k, n) in nets.iter().enumerate() {
+                    v.push(cidr(obj, &format!("{pf}.networks[{k}]"), n)?);
+                }
+                Peer {
+                    nets: v,
+                    ..Default::default()
+                }
+            } else {
+                let names = p.domain_names.as_deref().unwrap_or_default();
+                if !egress || action != Action::Allow {
+                    return Err(PolicyError::invalid(
+                        obj,
+                        format!("{pf}.domainNames"),
+                        "domainNames is allowed only in egress Allow/Accept rules",
+                    ));
+                }
+                if names.is_empty() {
+                    return Err(PolicyError::invalid(
+                        obj,
+                        format!("{pf}.domainNames"),
+                        "must not be empty",
+                    ));
+                }
+                let mut v = Vec::new();
+                for (k, n) in names.iter().enumerate() {
+                    v.push(DomainPattern::parse(n).map_err(|e| {
+                        PolicyError::invalid(obj, format!("{pf}.domainNames[{k}]"), e)
+                    })?);
+                }
+                Peer {
+                    domains: v,
+                    ..Default::default()
+                }
+            };
         out_peers.push(peer);
     }
     let mut ports = Vec::new();
     if r.ports.is_some() && r.protocols.is_some() {
-        return Err(PolicyError::invalid(obj, f, "use either ports or protocols, not both"));
+        return Err(PolicyError::invalid(
+            obj,
+            f,
+            "use either ports or protocols, not both",
+        ));
     }
     for (j, p) in r.ports.iter().flatten().enumerate() {
         let pf = format!("{f}.ports[{j}]");
-        let n = [p.port_number.is_some(), p.named_port.is_some(), p.port_range.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let n = [
+            p.port_number.is_some(),
+            p.named_port.is_some(),
+            p.port_range.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if n != 1 {
             return Err(PolicyError::invalid(
                 obj,
@@ -1352,7 +1433,11 @@ fn anp_rule(obj: &str, kind: Kind, f: &str, r: &AnpRule, egress: bool) -> Result
                     let a = port_num(obj, &rf, r.start)?;
                     let b = port_num(obj, &rf, r.end)?;
                     if a > b {
-                        return Err(PolicyError::invalid(obj, rf, format!("end {b} is below start {a}")));
+                        return Err(PolicyError::invalid(
+                            obj,
+                            rf,
+                            format!("end {b} is below start {a}"),
+                        ));
                     }
                     (a, b)
                 }
@@ -1410,23 +1495,42 @@ fn veil_policy(key: &ObjectKey, c: VeilCommon<'_>) -> Result<Policy, PolicyError
         ));
     }
     if !is_dns_label(&tier) {
-        return Err(PolicyError::invalid(&obj, "spec.tier", format!("{tier:?} is not a valid tier name")));
+        return Err(PolicyError::invalid(
+            &obj,
+            "spec.tier",
+            format!("{tier:?} is not a valid tier name"),
+        ));
     }
     check_selector(&obj, "spec.selector", &c.subject.pods)?;
     let (applies_ingress, applies_egress) = match c.types {
         Some(t) => {
             if t.is_empty() {
-                return Err(PolicyError::invalid(&obj, "spec.types", "must list Ingress and/or Egress"));
+                return Err(PolicyError::invalid(
+                    &obj,
+                    "spec.types",
+                    "must list Ingress and/or Egress",
+                ));
             }
-            (t.contains(&PolicyType::Ingress), t.contains(&PolicyType::Egress))
+            (
+                t.contains(&PolicyType::Ingress),
+                t.contains(&PolicyType::Egress),
+            )
         }
         None => (!c.ingress.is_empty(), !c.egress.is_empty()),
     };
     if !applies_ingress && !c.ingress.is_empty() {
-        return Err(PolicyError::invalid(&obj, "spec.ingress", "has rules but types does not list Ingress"));
+        return Err(PolicyError::invalid(
+            &obj,
+            "spec.ingress",
+            "has rules but types does not list Ingress",
+        ));
     }
     if !applies_egress && !c.egress.is_empty() {
-        return Err(PolicyError::invalid(&obj, "spec.egress", "has rules but types does not list Egress"));
+        return Err(PolicyError::invalid(
+            &obj,
+            "spec.egress",
+            "has rules but types does not list Egress",
+        ));
     }
     let own_ns = match &key.namespace {
         Some(ns) => NsScope::Named(ns.clone()),
@@ -1434,11 +1538,23 @@ fn veil_policy(key: &ObjectKey, c: VeilCommon<'_>) -> Result<Policy, PolicyError
     };
     let mut ingress = Vec::new();
     for (i, r) in c.ingress.iter().enumerate() {
-        ingress.push(veil_rule(&obj, &format!("spec.ingress[{i}]"), r, false, &own_ns)?);
+        ingress.push(veil_rule(
+            &obj,
+            &format!("spec.ingress[{i}]"),
+            r,
+            false,
+            &own_ns,
+        )?);
     }
     let mut egress = Vec::new();
     for (i, r) in c.egress.iter().enumerate() {
-        egress.push(veil_rule(&obj, &format!("spec.egress[{i}]"), r, true, &own_ns)?);
+        egress.push(veil_rule(
+            &obj,
+            &format!("spec.egress[{i}]"),
+            r,
+            true,
+            &own_ns,
+        )?);
     }
     Ok(Policy {
         key: key.clone(),
@@ -1600,10 +1716,18 @@ fn veil_rule(
         Some(h) => {
             let hf = format!("{f}.http");
             if r.action != Action::Allow {
-                return Err(PolicyError::invalid(obj, &hf, "http is allowed only on Allow rules"));
+                return Err(PolicyError::invalid(
+                    obj,
+                    &hf,
+                    "http is allowed only on Allow rules",
+                ));
             }
             if r.protocol != Some(Protocol::Tcp) {
-                return Err(PolicyError::invalid(obj, &hf, "http needs protocol: TCP on the rule"));
+                return Err(PolicyError::invalid(
+                    obj,
+                    &hf,
+                    "http needs protocol: TCP on the rule",
+                ));
             }
             let mut m = HttpMatch::default();
             for (k, meth) in h.methods.iter().enumerate() {
@@ -1622,24 +1746,40 @@ fn veil_rule(
                     (Some(e), None) => PathMatch::Exact(e.clone()),
                     (None, Some(x)) => PathMatch::Prefix(x.clone()),
                     _ => {
-                        return Err(PolicyError::invalid(obj, pf, "needs exactly one of exact and prefix"))
+                        return Err(PolicyError::invalid(
+                            obj,
+                            pf,
+                            "needs exactly one of exact and prefix",
+                        ))
                     }
                 };
                 let s = match &pm {
                     PathMatch::Exact(s) | PathMatch::Prefix(s) => s,
                 };
                 if !s.starts_with('/') {
-                    return Err(PolicyError::invalid(obj, pf, format!("path {s:?} must start with /")));
+                    return Err(PolicyError::invalid(
+                        obj,
+                        pf,
+                        format!("path {s:?} must start with /"),
+                    ));
                 }
                 m.paths.push(pm);
             }
             for (k, host) in h.hosts.iter().enumerate() {
                 let hf2 = format!("{hf}.hosts[{k}]");
                 if host.contains('*') {
-                    return Err(PolicyError::invalid(obj, hf2, "hosts are exact names; `*` is not allowed"));
+                    return Err(PolicyError::invalid(
+                        obj,
+                        hf2,
+                        "hosts are exact names; `*` is not allowed",
+                    ));
                 }
                 if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-                    return Err(PolicyError::invalid(obj, hf2, format!("{host:?} is not a host name")));
+                    return Err(PolicyError::invalid(
+                        obj,
+                        hf2,
+                        format!("{host:?} is not a host name"),
+                    ));
                 }
                 m.hosts.push(host.to_ascii_lowercase());
             }
@@ -1681,10 +1821,14 @@ mod tests {
     #[test]
     fn policy_types_default_to_ingress_plus_egress_when_it_has_rules() {
         let o = Object::from_yaml("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}, egress: [{}]}\n").unwrap();
-        let ObjectBody::Policy(p) = o.body else { panic!() };
+        let ObjectBody::Policy(p) = o.body else {
+            panic!()
+        };
         assert!(p.applies_ingress && p.applies_egress);
         let o = Object::from_yaml("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}}\n").unwrap();
-        let ObjectBody::Policy(p) = o.body else { panic!() };
+        let ObjectBody::Policy(p) = o.body else {
+            panic!()
+        };
         assert!(p.applies_ingress && !p.applies_egress);
     }
 
@@ -1716,7 +1860,9 @@ mod tests {
     fn reserved_tier_names_are_rejected() {
         let e = err("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: admin}\nspec: {order: 5}\n");
         assert!(e.contains("reserved"), "{e}");
-        let e = err("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: t}\nspec: {order: 1000}\n");
+        let e = err(
+            "apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: t}\nspec: {order: 1000}\n",
+        );
         assert!(e.contains("built-in"), "{e}");
     }
 
@@ -1729,7 +1875,9 @@ mod tests {
     #[test]
     fn cnp_accept_is_allow_and_needs_a_tier() {
         let o = Object::from_yaml("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: a}\nspec: {tier: Admin, priority: 3, subject: {namespaces: {}}, ingress: [{action: Accept, from: [{namespaces: {}}]}]}\n").unwrap();
-        let ObjectBody::Policy(p) = o.body else { panic!() };
+        let ObjectBody::Policy(p) = o.body else {
+            panic!()
+        };
         assert_eq!(p.ingress[0].action, Action::Allow);
         assert_eq!(p.tier, TIER_ADMIN);
         let e = err("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: a}\nspec: {priority: 3, subject: {namespaces: {}}}\n");
@@ -1739,7 +1887,9 @@ mod tests {
     #[test]
     fn veil_ports_accept_ranges_and_names() {
         let o = Object::from_yaml("apiVersion: veil.dev/v1alpha1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {ingress: [{action: Allow, destination: {ports: [80, \"8000:8080\", http]}}]}\n").unwrap();
-        let ObjectBody::Policy(p) = o.body else { panic!() };
+        let ObjectBody::Policy(p) = o.body else {
+            panic!()
+        };
         assert_eq!(p.ingress[0].ports.len(), 3);
         let e = err("apiVersion: veil.dev/v1alpha1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {ingress: [{action: Allow, destination: {ports: [\"9:8\"]}}]}\n");
         assert!(e.contains("ends before"), "{e}");
@@ -1747,7 +1897,15 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        for y in ["", "[]", "42", "apiVersion: 3", "kind: {}", "apiVersion: veil.dev/v1alpha1\nkind: Tier\n", "apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: x}\nspec: {order: -1}"] {
+        for y in [
+            "",
+            "[]",
+            "42",
+            "apiVersion: 3",
+            "kind: {}",
+            "apiVersion: veil.dev/v1alpha1\nkind: Tier\n",
+            "apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: x}\nspec: {order: -1}",
+        ] {
             let _ = Object::from_yaml(y);
         }
     }

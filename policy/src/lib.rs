@@ -15,16 +15,16 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod compile;
+pub mod crd;
 pub mod error;
 pub mod eval;
 pub mod kinds;
 pub mod model;
 pub mod net;
 pub mod policyset;
-pub mod selector;
-pub mod compile;
-pub mod crd;
 pub mod scenario;
+pub mod selector;
 pub mod testgen;
 
 pub use cluster::Cluster;

@@ -51,7 +51,11 @@ impl PolicySet {
                 next.policies.remove(k).is_some()
             };
             if !found {
-                return Err(PolicyError::invalid(k.to_string(), "metadata.name", "no such object to delete"));
+                return Err(PolicyError::invalid(
+                    k.to_string(),
+                    "metadata.name",
+                    "no such object to delete",
+                ));
             }
         }
         for k in keys.iter().filter(|k| k.kind == Kind::Tier) {
@@ -132,7 +136,10 @@ mod tests {
         let e = s
             .apply([obj("apiVersion: veil.dev/v1alpha1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {tier: nope}\n")])
             .unwrap_err();
-        assert!(e.to_string().contains("tier \"nope\" does not exist"), "{e}");
+        assert!(
+            e.to_string().contains("tier \"nope\" does not exist"),
+            "{e}"
+        );
         assert!(s.policies().is_empty());
     }
 
@@ -156,7 +163,11 @@ mod tests {
             obj("apiVersion: veil.dev/v1alpha1\nkind: GlobalNetworkPolicy\nmetadata: {name: p}\nspec: {tier: a}\n"),
         ])
         .unwrap();
-        let key = ObjectKey { kind: Kind::Tier, namespace: None, name: "a".into() };
+        let key = ObjectKey {
+            kind: Kind::Tier,
+            namespace: None,
+            name: "a".into(),
+        };
         let e = s.delete(&[key]).unwrap_err();
         assert!(e.to_string().contains("still named"), "{e}");
         assert_eq!(s.custom_tiers().len(), 1);

@@ -356,9 +356,7 @@ pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
         ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => {
             Kind::BaselineAdminNetworkPolicy
         }
-        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
-            Kind::ClusterNetworkPolicy
-        }
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => Kind::ClusterNetworkPolicy,
         ("veil.dev/v1alpha1", "Tier") => Kind::Tier,
         ("veil.dev/v1alpha1", "NetworkPolicy") => Kind::VeilNetworkPolicy,
         ("veil.dev/v1alpha1", "GlobalNetworkPolicy") => Kind::GlobalNetworkPolicy,
@@ -371,7 +369,10 @@ fn parse_ports(field: &str, raw: &[RawPort]) -> Result<Vec<PodPort>, ScenarioErr
     for (i, p) in raw.iter().enumerate() {
         let f = format!("{field}[{i}]");
         if !(1..=65535).contains(&p.port) {
-            return Err(inv(format!("{f}.port"), format!("{} is out of range 1..65535", p.port)));
+            return Err(inv(
+                format!("{f}.port"),
+                format!("{} is out of range 1..65535", p.port),
+            ));
         }
         let protocol = p.protocol.unwrap_or(Protocol::Tcp);
         if !protocol.has_ports() {
@@ -385,7 +386,10 @@ fn parse_ports(field: &str, raw: &[RawPort]) -> Result<Vec<PodPort>, ScenarioErr
                 ));
             }
             if out.iter().any(|o| o.name.as_deref() == Some(n.as_str())) {
-                return Err(inv(format!("{f}.name"), format!("port name {n:?} is used twice")));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("port name {n:?} is used twice"),
+                ));
             }
         }
         let port = p.port as u16;
@@ -431,14 +435,20 @@ impl Scenario {
         )
         .map_err(|e| {
             let p = e.path().to_string();
-            inv(if p == "." { "(file)".into() } else { p }, e.into_inner().to_string())
+            inv(
+                if p == "." { "(file)".into() } else { p },
+                e.into_inner().to_string(),
+            )
         })?;
         let name = raw.name.clone().unwrap_or_default();
         if name.is_empty() {
             return Err(inv("name", "required"));
         }
         if name.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(inv("name", format!("{name:?} must not contain spaces or `/`")));
+            return Err(inv(
+                "name",
+                format!("{name:?} must not contain spaces or `/`"),
+            ));
         }
 
         // Cluster: podCIDR and nodes.
@@ -488,16 +498,28 @@ impl Scenario {
         for (i, n) in raw_nodes.iter().enumerate() {
             let f = format!("cluster.nodes[{i}]");
             if !is_dns_subdomain(&n.name) {
-                return Err(inv(format!("{f}.name"), format!("{:?} is not a valid node name", n.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{:?} is not a valid node name", n.name),
+                ));
             }
             if nodes.iter().any(|m| m.name == n.name) {
-                return Err(inv(format!("{f}.name"), format!("node {:?} is listed twice", n.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("node {:?} is listed twice", n.name),
+                ));
             }
             validate_labels(&n.labels).map_err(|e| inv(format!("{f}.labels"), e))?;
             let mut labels = n.labels.clone();
-            for (k, v) in [("kubernetes.io/hostname", n.name.as_str()), ("kubernetes.io/os", "linux")] {
+            for (k, v) in [
+                ("kubernetes.io/hostname", n.name.as_str()),
+                ("kubernetes.io/os", "linux"),
+            ] {
                 if labels.get(k).is_some_and(|x| x != v) {
-                    return Err(inv(format!("{f}.labels"), format!("{k} is implied as {v:?}")));
+                    return Err(inv(
+                        format!("{f}.labels"),
+                        format!("{k} is implied as {v:?}"),
+                    ));
                 }
                 labels.insert(k.into(), v.into());
             }
@@ -516,10 +538,16 @@ impl Scenario {
         for (i, n) in raw.namespaces.iter().enumerate() {
             let f = format!("namespaces[{i}]");
             if !is_dns_label(&n.name) {
-                return Err(inv(format!("{f}.name"), format!("{:?} is not a valid namespace name", n.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{:?} is not a valid namespace name", n.name),
+                ));
             }
             if namespaces.iter().any(|m| m.name == n.name) {
-                return Err(inv(format!("{f}.name"), format!("namespace {:?} is listed twice", n.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("namespace {:?} is listed twice", n.name),
+                ));
             }
             let labels = ns_labels(&format!("{f}.labels"), &n.name, &n.labels)?;
             namespaces.push(ScenarioNamespace {
@@ -573,24 +601,35 @@ impl Scenario {
         for (i, p) in raw.pods.iter().enumerate() {
             let f = format!("pods[{i}]");
             let Some((ns, name)) = p.name.split_once('/') else {
-                return Err(inv(format!("{f}.name"), format!("{:?} must be namespace/name", p.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{:?} must be namespace/name", p.name),
+                ));
             };
             if !namespaces.iter().any(|n| n.name == ns) {
-                return Err(inv(format!("{f}.name"), format!("namespace {ns:?} is not listed in namespaces")));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("namespace {ns:?} is not listed in namespaces"),
+                ));
             }
             if !is_dns_subdomain(name) {
-                return Err(inv(format!("{f}.name"), format!("{name:?} is not a valid pod name")));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{name:?} is not a valid pod name"),
+                ));
             }
             if placed.iter().any(|q| q.namespace == ns && q.name == name) {
-                return Err(inv(format!("{f}.name"), format!("pod {:?} is listed twice", p.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("pod {:?} is listed twice", p.name),
+                ));
             }
             validate_labels(&p.labels).map_err(|e| inv(format!("{f}.labels"), e))?;
             let is_dns = ns == DNS_NAMESPACE && name == DNS_POD;
             let node = match &p.node {
-                Some(n) => nodes
-                    .iter()
-                    .position(|m| m.name == *n)
-                    .ok_or_else(|| inv(format!("{f}.node"), format!("node {n:?} does not exist")))?,
+                Some(n) => nodes.iter().position(|m| m.name == *n).ok_or_else(|| {
+                    inv(format!("{f}.node"), format!("node {n:?} does not exist"))
+                })?,
                 None if is_dns => 0,
                 None => {
                     let n = k % nodes.len();
@@ -615,11 +654,14 @@ impl Scenario {
                 None => None,
                 Some(s) => {
                     if p.host_network {
-                        return Err(inv(format!("{f}.ip"), "a hostNetwork pod uses its node's address"));
+                        return Err(inv(
+                            format!("{f}.ip"),
+                            "a hostNetwork pod uses its node's address",
+                        ));
                     }
-                    let ip: Ipv4Addr = s
-                        .parse()
-                        .map_err(|_| inv(format!("{f}.ip"), format!("{s:?} is not an IPv4 address")))?;
+                    let ip: Ipv4Addr = s.parse().map_err(|_| {
+                        inv(format!("{f}.ip"), format!("{s:?} is not an IPv4 address"))
+                    })?;
                     let cidr = nodes[node].pod_cidr;
                     if !cidr.contains(IpAddr::V4(ip)) {
                         return Err(inv(
@@ -628,10 +670,16 @@ impl Scenario {
                         ));
                     }
                     if [0, 1, 255].contains(&ip.octets()[3]) {
-                        return Err(inv(format!("{f}.ip"), format!("{ip}: .0, .1 and .255 are reserved")));
+                        return Err(inv(
+                            format!("{f}.ip"),
+                            format!("{ip}: .0, .1 and .255 are reserved"),
+                        ));
                     }
                     if placed.iter().any(|q| q.ip == Some(ip)) {
-                        return Err(inv(format!("{f}.ip"), format!("{ip} is used by another pod")));
+                        return Err(inv(
+                            format!("{f}.ip"),
+                            format!("{ip} is used by another pod"),
+                        ));
                     }
                     Some(ip)
                 }
@@ -643,7 +691,10 @@ impl Scenario {
                 node,
                 ip,
                 host_network: p.host_network,
-                service_account: p.service_account.clone().unwrap_or_else(|| "default".into()),
+                service_account: p
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 ports,
                 is_dns,
                 field: f,
@@ -715,29 +766,44 @@ impl Scenario {
         }
 
         // External hosts.
-        let ext_range: Cidr = "203.0.113.0/24".parse().map_err(|_| inv("external", "range"))?;
+        let ext_range: Cidr = "203.0.113.0/24"
+            .parse()
+            .map_err(|_| inv("external", "range"))?;
         let mut external: Vec<ExternalHost> = Vec::new();
         for (i, e) in raw.external.iter().enumerate() {
             let f = format!("external[{i}]");
             let lower = e.name.to_ascii_lowercase();
             if lower != e.name || !is_dns_subdomain(&e.name) || !e.name.contains('.') {
-                return Err(inv(format!("{f}.name"), format!("{:?} is not a lower-case DNS name with a dot", e.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{:?} is not a lower-case DNS name with a dot", e.name),
+                ));
             }
             if external.iter().any(|x| x.name == e.name) {
-                return Err(inv(format!("{f}.name"), format!("{:?} is listed twice", e.name)));
+                return Err(inv(
+                    format!("{f}.name"),
+                    format!("{:?} is listed twice", e.name),
+                ));
             }
-            let ip: IpAddr = e
-                .ip
-                .parse()
-                .map_err(|_| inv(format!("{f}.ip"), format!("{:?} is not an address", e.ip)))?;
-            if !ext_range.contains(ip) || [0, 255].contains(&match ip {
-                IpAddr::V4(a) => a.octets()[3],
-                IpAddr::V6(_) => 0,
-            }) {
-                return Err(inv(format!("{f}.ip"), format!("{ip} is not a host address inside 203.0.113.0/24")));
+            let ip: IpAddr =
+                e.ip.parse()
+                    .map_err(|_| inv(format!("{f}.ip"), format!("{:?} is not an address", e.ip)))?;
+            if !ext_range.contains(ip)
+                || [0, 255].contains(&match ip {
+                    IpAddr::V4(a) => a.octets()[3],
+                    IpAddr::V6(_) => 0,
+                })
+            {
+                return Err(inv(
+                    format!("{f}.ip"),
+                    format!("{ip} is not a host address inside 203.0.113.0/24"),
+                ));
             }
             if external.iter().any(|x| x.ip == ip) {
-                return Err(inv(format!("{f}.ip"), format!("{ip} is used by another external host")));
+                return Err(inv(
+                    format!("{f}.ip"),
+                    format!("{ip} is used by another external host"),
+                ));
             }
             external.push(ExternalHost {
                 name: e.name.clone(),
@@ -801,12 +867,19 @@ impl Scenario {
                 probes: Vec::new(),
             };
             for (i, v) in rs.apply.iter().enumerate() {
-                step.apply.push((v.clone(), parse_object(&format!("{sf}.apply[{i}]"), v)?));
+                step.apply
+                    .push((v.clone(), parse_object(&format!("{sf}.apply[{i}]"), v)?));
             }
             for (i, r) in rs.delete.iter().enumerate() {
                 let f = format!("{sf}.delete[{i}]");
                 let kind = kind_of(&r.api_version, &r.kind).ok_or_else(|| {
-                    inv(&f, format!("unknown kind {:?} of apiVersion {:?}", r.kind, r.api_version))
+                    inv(
+                        &f,
+                        format!(
+                            "unknown kind {:?} of apiVersion {:?}",
+                            r.kind, r.api_version
+                        ),
+                    )
                 })?;
                 if kind.namespaced() != r.namespace.is_some() {
                     return Err(inv(
@@ -830,7 +903,10 @@ impl Scenario {
                 match (&l.pod, &l.namespace) {
                     (Some(p), None) => {
                         if !sc.pods.iter().any(|q| q.key() == *p) {
-                            return Err(inv(format!("{f}.pod"), format!("pod {p:?} does not exist")));
+                            return Err(inv(
+                                format!("{f}.pod"),
+                                format!("pod {p:?} does not exist"),
+                            ));
                         }
                         step.labels.push(LabelChange::Pod {
                             pod: p.clone(),
@@ -839,7 +915,10 @@ impl Scenario {
                     }
                     (None, Some(n)) => {
                         if !sc.namespaces.iter().any(|q| q.name == *n) {
-                            return Err(inv(format!("{f}.namespace"), format!("namespace {n:?} does not exist")));
+                            return Err(inv(
+                                format!("{f}.namespace"),
+                                format!("namespace {n:?} does not exist"),
+                            ));
                         }
                         step.labels.push(LabelChange::Namespace {
                             namespace: n.clone(),
@@ -875,72 +954,102 @@ impl Scenario {
             .pods
             .iter()
             .find(|q| q.key() == p.from)
-            .ok_or_else(|| inv(format!("{f}.from"), format!("pod {:?} does not exist", p.from)))?;
+            .ok_or_else(|| {
+                inv(
+                    format!("{f}.from"),
+                    format!("pod {:?} does not exist", p.from),
+                )
+            })?;
         let _ = from;
         // The target: its address, its listening ports, its default Host.
-        let (to, dst, ports, host, is_dns): (ProbeTarget, IpAddr, Vec<PodPort>, String, bool) =
-            if p.to.contains('/') {
-                let q = self
-                    .pods
-                    .iter()
-                    .find(|q| q.key() == p.to)
-                    .ok_or_else(|| inv(format!("{f}.to"), format!("pod {:?} does not exist", p.to)))?;
-                (
-                    ProbeTarget::Pod(p.to.clone()),
-                    IpAddr::V4(q.ip),
-                    q.ports.clone(),
-                    format!("{}.{}", q.name, q.namespace),
-                    q.is_dns,
-                )
-            } else if let Ok(ip) = p.to.parse::<IpAddr>() {
-                if let Some(e) = self.external.iter().find(|e| e.ip == ip) {
-                    if resolved.contains(&e.name) {
-                        return Err(inv(
+        let (to, dst, ports, host, is_dns): (ProbeTarget, IpAddr, Vec<PodPort>, String, bool) = if p
+            .to
+            .contains('/')
+        {
+            let q =
+                self.pods.iter().find(|q| q.key() == p.to).ok_or_else(|| {
+                    inv(format!("{f}.to"), format!("pod {:?} does not exist", p.to))
+                })?;
+            (
+                ProbeTarget::Pod(p.to.clone()),
+                IpAddr::V4(q.ip),
+                q.ports.clone(),
+                format!("{}.{}", q.name, q.namespace),
+                q.is_dns,
+            )
+        } else if let Ok(ip) = p.to.parse::<IpAddr>() {
+            if let Some(e) = self.external.iter().find(|e| e.ip == ip) {
+                if resolved.contains(&e.name) {
+                    return Err(inv(
                             format!("{f}.to"),
                             format!(
                                 "a probe to {ip} must come before any probe that resolves {} (DNS caching)",
                                 e.name
                             ),
                         ));
-                    }
-                    (ProbeTarget::Ip(ip), ip, e.ports.clone(), p.to.clone(), false)
-                } else if let Some(q) = self
+                }
+                (
+                    ProbeTarget::Ip(ip),
+                    ip,
+                    e.ports.clone(),
+                    p.to.clone(),
+                    false,
+                )
+            } else if let Some(q) = self
+                .pods
+                .iter()
+                .find(|q| !q.host_network && IpAddr::V4(q.ip) == ip)
+            {
+                (
+                    ProbeTarget::Ip(ip),
+                    ip,
+                    q.ports.clone(),
+                    p.to.clone(),
+                    q.is_dns,
+                )
+            } else if let Some(n) = self.nodes.iter().find(|n| IpAddr::V4(n.address) == ip) {
+                let ports = self
                     .pods
                     .iter()
-                    .find(|q| !q.host_network && IpAddr::V4(q.ip) == ip)
-                {
-                    (ProbeTarget::Ip(ip), ip, q.ports.clone(), p.to.clone(), q.is_dns)
-                } else if let Some(n) = self.nodes.iter().find(|n| IpAddr::V4(n.address) == ip) {
-                    let ports = self
-                        .pods
-                        .iter()
-                        .filter(|q| q.host_network && q.node == n.name)
-                        .flat_map(|q| q.ports.iter().cloned())
-                        .collect();
-                    let dns = self
-                        .pods
-                        .iter()
-                        .any(|q| q.host_network && q.node == n.name && q.is_dns);
-                    (ProbeTarget::Ip(ip), ip, ports, p.to.clone(), dns)
-                } else {
-                    return Err(inv(
-                        format!("{f}.to"),
-                        format!("{ip} is no pod's, node's or external host's address"),
-                    ));
-                }
-            } else if let Some(e) = self.external.iter().find(|e| e.name == p.to) {
-                resolved.insert(e.name.clone());
-                (ProbeTarget::Name(e.name.clone()), e.ip, e.ports.clone(), e.name.clone(), false)
+                    .filter(|q| q.host_network && q.node == n.name)
+                    .flat_map(|q| q.ports.iter().cloned())
+                    .collect();
+                let dns = self
+                    .pods
+                    .iter()
+                    .any(|q| q.host_network && q.node == n.name && q.is_dns);
+                (ProbeTarget::Ip(ip), ip, ports, p.to.clone(), dns)
             } else {
                 return Err(inv(
                     format!("{f}.to"),
-                    format!("{:?} is no pod (namespace/name), external host name or address", p.to),
+                    format!("{ip} is no pod's, node's or external host's address"),
                 ));
-            };
+            }
+        } else if let Some(e) = self.external.iter().find(|e| e.name == p.to) {
+            resolved.insert(e.name.clone());
+            (
+                ProbeTarget::Name(e.name.clone()),
+                e.ip,
+                e.ports.clone(),
+                e.name.clone(),
+                false,
+            )
+        } else {
+            return Err(inv(
+                format!("{f}.to"),
+                format!(
+                    "{:?} is no pod (namespace/name), external host name or address",
+                    p.to
+                ),
+            ));
+        };
         let (port, port_name, protocol) = match &p.port {
             IntOrString::Int(n) => {
                 if !(1..=65535).contains(n) {
-                    return Err(inv(format!("{f}.port"), format!("{n} is out of range 1..65535")));
+                    return Err(inv(
+                        format!("{f}.port"),
+                        format!("{n} is out of range 1..65535"),
+                    ));
                 }
                 (*n as u16, None, p.protocol.unwrap_or(Protocol::Tcp))
             }
@@ -949,7 +1058,10 @@ impl Scenario {
                     .iter()
                     .find(|x| x.name.as_deref() == Some(name.as_str()))
                     .ok_or_else(|| {
-                        inv(format!("{f}.port"), format!("{name:?} is not a named port of {}", p.to))
+                        inv(
+                            format!("{f}.port"),
+                            format!("{name:?} is not a named port of {}", p.to),
+                        )
                     })?;
                 if p.protocol.is_some_and(|x| x != pp.protocol) {
                     return Err(inv(
@@ -963,7 +1075,10 @@ impl Scenario {
         if !protocol.has_ports() {
             return Err(inv(format!("{f}.protocol"), "must be TCP, UDP or SCTP"));
         }
-        if !ports.iter().any(|x| x.port == port && x.protocol == protocol) {
+        if !ports
+            .iter()
+            .any(|x| x.port == port && x.protocol == protocol)
+        {
             return Err(inv(
                 format!("{f}.port"),
                 format!("{} does not listen on {port}/{protocol}", p.to),
@@ -980,13 +1095,21 @@ impl Scenario {
             None
         } else {
             let h = p.http.as_ref();
-            let method = h.and_then(|h| h.method.clone()).unwrap_or_else(|| "GET".into());
+            let method = h
+                .and_then(|h| h.method.clone())
+                .unwrap_or_else(|| "GET".into());
             let path = h.and_then(|h| h.path.clone()).unwrap_or_else(|| "/".into());
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(inv(format!("{f}.http.method"), format!("{method:?} is not an upper-case method")));
+                return Err(inv(
+                    format!("{f}.http.method"),
+                    format!("{method:?} is not an upper-case method"),
+                ));
             }
             if !path.starts_with('/') || path.contains(char::is_whitespace) {
-                return Err(inv(format!("{f}.http.path"), format!("{path:?} must start with / and have no spaces")));
+                return Err(inv(
+                    format!("{f}.http.path"),
+                    format!("{path:?} must start with / and have no spaces"),
+                ));
             }
             Some(HttpRequest {
                 method,

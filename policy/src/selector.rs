@@ -241,7 +241,9 @@ mod tests {
     #[test]
     fn in_without_values_is_invalid() {
         assert!(expr("k", SelectorOperator::In, &[]).validate().is_err());
-        assert!(expr("k", SelectorOperator::Exists, &["v"]).validate().is_err());
+        assert!(expr("k", SelectorOperator::Exists, &["v"])
+            .validate()
+            .is_err());
         assert!(expr("k", SelectorOperator::In, &["v"]).validate().is_ok());
     }
 

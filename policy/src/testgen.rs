@@ -100,8 +100,18 @@ fn selector(b: &mut Bytes<'_>) -> LabelSelector {
 const NAMESPACES: [&str; 3] = ["ns0", "ns1", "ns2"];
 const PORTS: [u16; 5] = [53, 80, 443, 8080, 9000];
 const PORT_NAMES: [&str; 3] = ["http", "dns", "metrics"];
-const DOMAINS: [&str; 4] = ["ext.example.com", "*.example.com", "a.b.example.com", "other.org"];
-const QUERIES: [&str; 4] = ["ext.example.com", "a.b.example.com", "example.com", "x.other.org"];
+const DOMAINS: [&str; 4] = [
+    "ext.example.com",
+    "*.example.com",
+    "a.b.example.com",
+    "other.org",
+];
+const QUERIES: [&str; 4] = [
+    "ext.example.com",
+    "a.b.example.com",
+    "example.com",
+    "x.other.org",
+];
 
 fn ns_scope(b: &mut Bytes<'_>, own: Option<&str>) -> NsScope {
     match own {
@@ -130,8 +140,18 @@ fn cidr(b: &mut Bytes<'_>) -> Cidr {
 }
 
 fn rule(b: &mut Bytes<'_>, egress: bool, own: Option<&str>) -> Rule {
-    let action = b.pick(&[Action::Allow, Action::Allow, Action::Deny, Action::Pass, Action::Log]);
-    let proto = if b.chance(30) { Some(protocol(b)) } else { None };
+    let action = b.pick(&[
+        Action::Allow,
+        Action::Allow,
+        Action::Deny,
+        Action::Pass,
+        Action::Log,
+    ]);
+    let proto = if b.chance(30) {
+        Some(protocol(b))
+    } else {
+        None
+    };
     let mut peers = Vec::new();
     for _ in 0..b.below(3) {
         let mut p = Peer::default();
@@ -161,14 +181,26 @@ fn rule(b: &mut Bytes<'_>, egress: bool, own: Option<&str>) -> Rule {
     for _ in 0..b.below(3) {
         if b.chance(30) {
             ports.push(PortMatch::Named {
-                protocol: if b.chance(50) { Some(protocol(b)) } else { None },
+                protocol: if b.chance(50) {
+                    Some(protocol(b))
+                } else {
+                    None
+                },
                 name: b.pick(&PORT_NAMES).into(),
             });
         } else {
             let from = b.pick(&PORTS);
-            let to = if b.chance(30) { from.saturating_add(b.pick(&[0, 100, 9000])) } else { from };
+            let to = if b.chance(30) {
+                from.saturating_add(b.pick(&[0, 100, 9000]))
+            } else {
+                from
+            };
             ports.push(PortMatch::Range {
-                protocol: if b.chance(50) { Some(protocol(b)) } else { None },
+                protocol: if b.chance(50) {
+                    Some(protocol(b))
+                } else {
+                    None
+                },
                 from,
                 to,
             });
@@ -196,7 +228,11 @@ fn rule(b: &mut Bytes<'_>, egress: bool, own: Option<&str>) -> Rule {
     Rule {
         name: None,
         action,
-        protocol: if http.is_some() { Some(Protocol::Tcp) } else { proto },
+        protocol: if http.is_some() {
+            Some(Protocol::Tcp)
+        } else {
+            proto
+        },
         peers,
         ports,
         http,
@@ -240,12 +276,24 @@ pub fn gen_cluster(b: &mut Bytes<'_>) -> Cluster {
         for _ in 0..b.below(4) {
             let port = b.pick(&PORTS);
             let protocol = protocol(b);
-            if ports.iter().any(|p| p.port == port && p.protocol == protocol) {
+            if ports
+                .iter()
+                .any(|p| p.port == port && p.protocol == protocol)
+            {
                 continue;
             }
-            let name: Option<String> = if b.chance(60) { Some(b.pick(&PORT_NAMES).into()) } else { None };
-            let name = name.filter(|n| !ports.iter().any(|p| p.name.as_deref() == Some(n.as_str())));
-            ports.push(PodPort { name, port, protocol });
+            let name: Option<String> = if b.chance(60) {
+                Some(b.pick(&PORT_NAMES).into())
+            } else {
+                None
+            };
+            let name =
+                name.filter(|n| !ports.iter().any(|p| p.name.as_deref() == Some(n.as_str())));
+            ports.push(PodPort {
+                name,
+                port,
+                protocol,
+            });
         }
         let ip = if host {
             c.nodes[node].address
@@ -279,7 +327,11 @@ pub fn gen_policies(b: &mut Bytes<'_>) -> PolicySet {
     let custom = b.chance(50);
     if custom {
         objects.push(Object {
-            key: ObjectKey { kind: Kind::Tier, namespace: None, name: "t1".into() },
+            key: ObjectKey {
+                kind: Kind::Tier,
+                namespace: None,
+                name: "t1".into(),
+            },
             metadata: ObjectMeta::default(),
             body: ObjectBody::Tier(Tier {
                 name: "t1".into(),
@@ -298,8 +350,16 @@ pub fn gen_policies(b: &mut Bytes<'_>) -> PolicySet {
             Kind::ClusterNetworkPolicy,
         ]);
         let ns: Option<String> = kind.namespaced().then(|| b.pick(&NAMESPACES).into());
-        let name = if kind == Kind::BaselineAdminNetworkPolicy { "default".to_string() } else { format!("p{}", i % 3) };
-        let key = ObjectKey { kind, namespace: ns.clone(), name: name.clone() };
+        let name = if kind == Kind::BaselineAdminNetworkPolicy {
+            "default".to_string()
+        } else {
+            format!("p{}", i % 3)
+        };
+        let key = ObjectKey {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
         let tier = match kind {
             Kind::AdminNetworkPolicy => "admin",
             Kind::BaselineAdminNetworkPolicy => "baseline",
@@ -346,7 +406,10 @@ pub fn gen_policies(b: &mut Bytes<'_>) -> PolicySet {
         let (ai, ae) = if b.chance(50) {
             (!ingress.is_empty(), !egress.is_empty())
         } else {
-            (b.chance(70) || !ingress.is_empty(), b.chance(50) || !egress.is_empty())
+            (
+                b.chance(70) || !ingress.is_empty(),
+                b.chance(50) || !egress.is_empty(),
+            )
         };
         objects.push(Object {
             key: key.clone(),
@@ -382,13 +445,27 @@ pub fn gen_flows(b: &mut Bytes<'_>, c: &Cluster, n: usize) -> Vec<Flow> {
     let addrs = addresses(c);
     (0..n)
         .map(|_| {
-            let protocol = b.pick(&[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp]);
+            let protocol = b.pick(&[
+                Protocol::Tcp,
+                Protocol::Tcp,
+                Protocol::Udp,
+                Protocol::Sctp,
+                Protocol::Icmp,
+            ]);
             Flow {
                 src: b.pick(&addrs),
                 dst: b.pick(&addrs),
                 protocol,
-                port: if protocol == Protocol::Icmp { 0 } else { b.pick(&PORTS) },
-                dns_name: if b.chance(30) { Some(b.pick(&QUERIES).into()) } else { None },
+                port: if protocol == Protocol::Icmp {
+                    0
+                } else {
+                    b.pick(&PORTS)
+                },
+                dns_name: if b.chance(30) {
+                    Some(b.pick(&QUERIES).into())
+                } else {
+                    None
+                },
                 http: if protocol == Protocol::Tcp && b.chance(70) {
                     Some(HttpRequest {
                         method: b.pick(&["GET", "POST"]).into(),
@@ -403,7 +480,13 @@ pub fn gen_flows(b: &mut Bytes<'_>, c: &Cluster, n: usize) -> Vec<Flow> {
         .collect()
 }
 
-fn compare(stage: &str, c: &Cluster, p: &PolicySet, compiled: &Compiled, flows: &[Flow]) -> Result<(), String> {
+fn compare(
+    stage: &str,
+    c: &Cluster,
+    p: &PolicySet,
+    compiled: &Compiled,
+    flows: &[Flow],
+) -> Result<(), String> {
     for f in flows {
         let r = evaluate(c, p, f);
         let v = compiled.program().verdict(f);
@@ -441,7 +524,13 @@ pub fn check(data: &[u8]) -> Result<(), String> {
     l.insert("kubernetes.io/metadata.name".into(), ns.into());
     cluster.namespaces.insert(ns.into(), l);
     compiled.update_namespace(&cluster, ns);
-    compare("after namespace relabel", &cluster, &policies, &compiled, &flows)?;
+    compare(
+        "after namespace relabel",
+        &cluster,
+        &policies,
+        &compiled,
+        &flows,
+    )?;
 
     if b.chance(50) {
         let k = b.pick(&keys);
@@ -462,7 +551,11 @@ pub fn check(data: &[u8]) -> Result<(), String> {
             body: ObjectBody::Policy(p.clone()),
         })
         .chain(fresh.custom_tiers().values().map(|t| Object {
-            key: ObjectKey { kind: Kind::Tier, namespace: None, name: t.name.clone() },
+            key: ObjectKey {
+                kind: Kind::Tier,
+                namespace: None,
+                name: t.name.clone(),
+            },
             metadata: ObjectMeta::default(),
             body: ObjectBody::Tier(t.clone()),
         }))
@@ -476,7 +569,13 @@ pub fn check(data: &[u8]) -> Result<(), String> {
         }
     }
     compiled.update_policies(&cluster, &policies);
-    compare("after policy update", &cluster, &policies, &compiled, &flows)?;
+    compare(
+        "after policy update",
+        &cluster,
+        &policies,
+        &compiled,
+        &flows,
+    )?;
     let scratch = Compiled::new(&cluster, &policies);
     compare("fresh compile", &cluster, &policies, &scratch, &flows)?;
     Ok(())

@@ -7,7 +7,9 @@ use veil_policy::scenario::{run, Scenario};
 use veil_policy::Object;
 
 fn entries(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut v: Vec<_> = std::fs::read_dir(&dir)
         .expect("corpus directory")
         .filter_map(|e| e.ok())
@@ -47,7 +49,9 @@ fn corpus_manifests_are_valid() {
     // The hand-written manifests in the corpus are meant to be valid: they
     // seed the fuzzer with every field.
     for name in ["anp.yaml", "cnp.yaml", "gnp.yaml", "np.yaml", "tier.yaml"] {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parse").join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/parse")
+            .join(name);
         let text = std::fs::read_to_string(&p).expect("corpus manifest");
         if let Err(e) = Object::from_yaml(&text) {
             panic!("{name}: {e}");
