@@ -435,10 +435,14 @@ impl Scenario {
         )
         .map_err(|e| {
             let p = e.path().to_string();
-            inv(
-                if p == "." { "(file)".into() } else { p },
-                e.into_inner().to_string(),
-            )
+            let p = if p == "." { "(file)".to_string() } else { p };
+            let msg = e.into_inner().to_string();
+            // serde_yaml may already prefix the path.
+            let msg = msg
+                .strip_prefix(&format!("{p}: "))
+                .map(str::to_string)
+                .unwrap_or(msg);
+            inv(p, msg)
         })?;
         let name = raw.name.clone().unwrap_or_default();
         if name.is_empty() {
@@ -840,7 +844,7 @@ impl Scenario {
             (Some(_), Some(_)) => return Err(inv("steps", "use either probes or steps, not both")),
             (None, None) => return Err(inv("probes", "a scenario needs probes or steps")),
             (Some(p), None) => vec![(
-                "probes".to_string(),
+                String::new(),
                 RawStep {
                     apply: Vec::new(),
                     delete: Vec::new(),
@@ -931,11 +935,19 @@ impl Scenario {
             state
                 .apply_changes(&step)
                 .map_err(|error| ScenarioError::Policy {
-                    field: sf.clone(),
+                    field: if sf.is_empty() {
+                        "policies".into()
+                    } else {
+                        sf.clone()
+                    },
                     error,
                 })?;
             for (i, p) in rs.probes.iter().enumerate() {
-                let f = format!("{sf}.probes[{i}]");
+                let f = if sf.is_empty() {
+                    format!("probes[{i}]")
+                } else {
+                    format!("{sf}.probes[{i}]")
+                };
                 step.probes
                     .push(sc.resolve_probe(&f, p, &mut resolved_names)?);
             }
