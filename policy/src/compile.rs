@@ -105,9 +105,6 @@ pub struct IpSet {
     pub addrs: FxHashSet<IpAddr>,
     /// Members of `NamedPort` sets.
     pub ports: FxHashSet<(IpAddr, Protocol, u16)>,
-    /// Membership of `Pods`/`Nodes` sets as a bitmap over address ids
-    /// ([`Program::addr_ids`]), for the interpreter.
-    pub bits: Vec<u64>,
 }
 
 /// A compiled peer: fields ANDed.
@@ -157,6 +154,11 @@ pub struct CRule {
     pub port_lo: u16,
     /// See `port_lo`.
     pub port_hi: u16,
+    /// The prefilter is the whole port condition (no ports, or one range).
+    pub ports_exact: bool,
+    /// Set when the peers are exactly one pod set: the peer check is one
+    /// bitmap lookup.
+    pub peer_fast: Option<SetId>,
     /// Action.
     pub action: Action,
     /// Required protocol.
@@ -246,6 +248,9 @@ pub struct Program {
     pub addr_ids: FxHashMap<IpAddr, u32>,
     /// By address id: the (`NamedPort` set, protocol, port) listening there.
     pub named_by_addr: Vec<Vec<(SetId, Protocol, u16)>>,
+    /// By set id: membership of `Pods`/`Nodes` sets as a bitmap over
+    /// address ids ([`Program::addr_ids`]), for the interpreter.
+    pub set_bits: Vec<Vec<u64>>,
 }
 
 impl Program {
@@ -271,10 +276,14 @@ impl Program {
         let id = self.addr_id(ip) as usize;
         if let Some(Some(s)) = self.sets.get_mut(set as usize) {
             s.addrs.insert(ip);
-            if s.bits.len() <= id / 64 {
-                s.bits.resize(id / 64 + 1, 0);
+            if self.set_bits.len() <= set as usize {
+                self.set_bits.resize(set as usize + 1, Vec::new());
             }
-            s.bits[id / 64] |= 1 << (id % 64);
+            let bits = &mut self.set_bits[set as usize];
+            if bits.len() <= id / 64 {
+                bits.resize(id / 64 + 1, 0);
+            }
+            bits[id / 64] |= 1 << (id % 64);
         }
     }
 
@@ -285,7 +294,11 @@ impl Program {
         let id = id as usize;
         if let Some(Some(s)) = self.sets.get_mut(set as usize) {
             s.addrs.remove(&ip);
-            if let Some(w) = s.bits.get_mut(id / 64) {
+            if let Some(w) = self
+                .set_bits
+                .get_mut(set as usize)
+                .and_then(|b| b.get_mut(id / 64))
+            {
                 *w &= !(1 << (id % 64));
             }
         }
@@ -295,13 +308,10 @@ impl Program {
     fn in_set(&self, set: SetId, addr: Option<u32>) -> bool {
         let Some(id) = addr else { return false };
         let id = id as usize;
-        match self.sets.get(set as usize) {
-            Some(Some(s)) => s
-                .bits
-                .get(id / 64)
-                .is_some_and(|w| w & (1 << (id % 64)) != 0),
-            _ => false,
-        }
+        self.set_bits
+            .get(set as usize)
+            .and_then(|b| b.get(id / 64))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
     /// Interprets the program for a flow.
@@ -397,7 +407,8 @@ impl Program {
         if r.protocol.is_some_and(|p| p != flow.protocol) {
             return false;
         }
-        if !r.ports.is_empty()
+        if !r.ports_exact
+            && !r.ports.is_empty()
             && !r.ports.iter().any(|m| match m {
                 CPort::Range { protocol, from, to } => {
                     protocol.map_or(flow.protocol.has_ports(), |p| p == flow.protocol)
@@ -415,6 +426,9 @@ impl Program {
             })
         {
             return false;
+        }
+        if let Some(s) = r.peer_fast {
+            return self.in_set(s, peer.id);
         }
         r.peers.is_empty()
             || r.peers.iter().any(|p| {
@@ -639,7 +653,6 @@ impl Compiled {
             key: key.clone(),
             addrs: FxHashSet::default(),
             ports: FxHashSet::default(),
-            bits: Vec::new(),
         };
         let id = match self.program.sets.iter().position(|s| s.is_none()) {
             Some(free) => {
@@ -701,7 +714,7 @@ impl Compiled {
         r: &Rule,
         used: &mut HashSet<SetId>,
     ) -> CRule {
-        let peers = r
+        let peers: Vec<CPeer> = r
             .peers
             .iter()
             .map(|p| CPeer {
@@ -759,11 +772,25 @@ impl Compiled {
             port_lo = lo;
             port_hi = hi;
         }
+        let ports_exact = r.ports.is_empty()
+            || (r.ports.len() == 1 && matches!(r.ports[0], PortMatch::Range { .. }));
+        let peer_fast = match peers.as_slice() {
+            [CPeer {
+                pods: Some(s),
+                nodes: None,
+                nets,
+                not_nets,
+                domains,
+            }] if nets.is_empty() && not_nets.is_empty() && domains.is_empty() => Some(*s),
+            _ => None,
+        };
         CRule {
             index,
             proto_mask,
             port_lo,
             port_hi,
+            ports_exact,
+            peer_fast,
             action: r.action,
             protocol: r.protocol,
             peers,
@@ -829,6 +856,9 @@ impl Compiled {
             }
             self.set_index.remove(&k);
             self.program.sets[id as usize] = None;
+            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
+                b.clear();
+            }
             self.sets_global.retain(|x| *x != id);
             for v in self.sets_by_ns.values_mut() {
                 v.retain(|x| *x != id);
