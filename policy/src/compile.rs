@@ -595,6 +595,38 @@ impl Compiled {
         }
     }
 
+    /// Nodes changed (labels, addresses, added or removed): recomputes the
+    /// node sets and the node address table.
+    pub fn update_nodes(&mut self, cluster: &Cluster) {
+        self.program.nodes = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.address, n.name.clone()))
+            .collect();
+        let node_sets: Vec<(SetId, LabelSelector)> = self
+            .set_index
+            .iter()
+            .filter_map(|(k, id)| match k {
+                SetKey::Nodes(sel) => Some((*id, sel.clone())),
+                _ => None,
+            })
+            .collect();
+        for (id, sel) in node_sets {
+            let old: Vec<IpAddr> = match self.program.sets.get(id as usize) {
+                Some(Some(s)) => s.addrs.iter().copied().collect(),
+                _ => continue,
+            };
+            for ip in old {
+                self.program.remove_addr(id, ip);
+            }
+            for n in &cluster.nodes {
+                if sel.matches(&n.labels) {
+                    self.program.insert_addr(id, n.address);
+                }
+            }
+        }
+    }
+
     fn refresh_named_ports(&mut self, cluster: &Cluster, addrs: &[IpAddr]) {
         let named: Vec<SetId> = self
             .set_index

@@ -8,6 +8,18 @@
 //! addresses and pod CIDRs, pod placement and IPs, the `kube-system`
 //! namespace and `kube-dns` pod. The result is what both executions use:
 //! [`run`] (in memory, here) and the lab (real traffic).
+//!
+//! For the lab: [`Scenario::parse`] the file; build [`Scenario::nodes`]
+//! (address, pod CIDR, labels), [`Scenario::namespaces`],
+//! [`Scenario::pods`] (node, IP, hostNetwork, ports; `is_dns` marks the DNS
+//! server, implicit or not) and [`Scenario::external`]; apply
+//! [`Scenario::policies`] (the manifests as written are kept next to the
+//! parsed objects); then for each of [`Scenario::steps`] apply its `apply`,
+//! `delete` and `labels` in that order and send its probes. A [`Probe`] says
+//! exactly what to send: destination address and port, protocol, the HTTP
+//! request (or none for UDP/SCTP echo), whether it is a DNS query, and for
+//! [`ProbeTarget::Name`] that the name must be resolved through the cluster
+//! DNS first.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
