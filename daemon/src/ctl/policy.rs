@@ -165,6 +165,11 @@ fn test(a: TestArgs) -> i32 {
             } else {
                 String::new()
             };
+            let verdict = if o.compiled == o.reference {
+                o.reference.to_string()
+            } else {
+                format!("{} (compiled program: {})", o.reference, o.compiled)
+            };
             println!(
                 "{} {}{} #{}: {}: {} (expected {})",
                 if ok { "PASS" } else { "FAIL" },
@@ -172,7 +177,7 @@ fn test(a: TestArgs) -> i32 {
                 step,
                 o.index,
                 describe(&o.probe),
-                o.reference,
+                verdict,
                 o.probe.expect
             );
             if !ok || a.verbose {
