@@ -219,12 +219,15 @@ impl Config {
                 reason: format!("{node_name:?} is not a valid node name"),
             });
         }
-        let node_address = f.node_address.or(c.node_address).ok_or(ConfigError::Missing(
-            "node address",
-            "node-address",
-            "VEIL_NODE_ADDRESS",
-            "nodeAddress",
-        ))?;
+        let node_address = f
+            .node_address
+            .or(c.node_address)
+            .ok_or(ConfigError::Missing(
+                "node address",
+                "node-address",
+                "VEIL_NODE_ADDRESS",
+                "nodeAddress",
+            ))?;
         let pod_cidr = f.pod_cidr.or(c.pod_cidr).ok_or(ConfigError::Missing(
             "pod CIDR",
             "pod-cidr",
@@ -265,12 +268,7 @@ impl Config {
                 reason: format!("{datastore:?} is not supported (supported: local)"),
             });
         }
-        let log_format = match f
-            .log_format
-            .or(c.log_format)
-            .as_deref()
-            .unwrap_or("plain")
-        {
+        let log_format = match f.log_format.or(c.log_format).as_deref().unwrap_or("plain") {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
             other => {

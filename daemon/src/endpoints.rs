@@ -245,8 +245,46 @@ impl EndpointTable {
         })
     }
 
+    /// Records a pending endpoint with specific addresses from the node's CIDR
+    /// (fixed pod IPs). Fails, changing nothing, when one is taken or reserved.
+    pub fn add_claimed(&self, mut ep: Endpoint, ips: &[IpAddr]) -> Result<Endpoint, EndpointError> {
+        let mut inner = self.inner.lock().expect("lock");
+        let mut claimed = Vec::new();
+        for ip in ips {
+            if let Err(e) = inner.allocator.claim(*ip) {
+                for c in claimed {
+                    inner.allocator.release(c);
+                }
+                return Err(e.into());
+            }
+            claimed.push(*ip);
+        }
+        ep.ips = ips
+            .iter()
+            .map(|ip| {
+                IpNetwork::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix")
+            })
+            .collect();
+        ep.daemon_ipam = true;
+        ep.state = EndpointState::Pending;
+        let key = (ep.container_id.clone(), ep.ifname.clone());
+        inner.endpoints.insert(key.clone(), ep.clone());
+        if let Err(e) = self.persist(&inner) {
+            for c in claimed {
+                inner.allocator.release(c);
+            }
+            inner.endpoints.remove(&key);
+            return Err(e);
+        }
+        Ok(ep)
+    }
+
     /// Marks an endpoint ready. Returns it, or `None` when unknown.
-    pub fn commit(&self, container_id: &str, ifname: &str) -> Result<Option<Endpoint>, EndpointError> {
+    pub fn commit(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, EndpointError> {
         let mut inner = self.inner.lock().expect("lock");
         let key = (container_id.to_string(), ifname.to_string());
         let Some(ep) = inner.endpoints.get_mut(&key) else {
@@ -259,7 +297,11 @@ impl EndpointTable {
     }
 
     /// Removes an endpoint and releases its addresses. Returns it when it existed.
-    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<Option<Endpoint>, EndpointError> {
+    pub fn remove(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Endpoint>, EndpointError> {
         let mut inner = self.inner.lock().expect("lock");
         let key = (container_id.to_string(), ifname.to_string());
         let Some(ep) = inner.endpoints.remove(&key) else {
@@ -283,7 +325,12 @@ impl EndpointTable {
     }
 
     /// Updates the labels of the endpoints of pod `namespace/name`; true if any changed.
-    pub fn set_labels(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    pub fn set_labels(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
         let mut inner = self.inner.lock().expect("lock");
         let mut changed = false;
         for ep in inner.endpoints.values_mut() {

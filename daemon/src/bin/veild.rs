@@ -1,1 +1,51 @@
-fn main() {}
+//! `veild`: the Veil node daemon. Parses configuration, starts tracing, runs.
+//! Bad configuration exits with code 64 and a message naming the field.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use veil_daemon::config::{Config, Flags, LogFormat};
+
+fn main() {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) if e.use_stderr() => {
+            eprintln!("veild: {e}");
+            std::process::exit(64);
+        }
+        Err(e) => e.exit(),
+    };
+    let config = match Config::load(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("veild: {e}");
+            std::process::exit(64);
+        }
+    };
+    let filter = std::env::var("VEIL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veild: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(veil_daemon::node::run(config)) {
+        tracing::error!(error = %e, "veild failed");
+        eprintln!("veild: {e}");
+        std::process::exit(1);
+    }
+}

@@ -210,7 +210,12 @@ impl Datastore for LocalDatastore {
         ifname: &str,
     ) -> Result<(), DatastoreError> {
         let file = format!("{}_{}.yaml", check_name(container_id)?, check_name(ifname)?);
-        self.remove(self.dir.join("endpoints").join(check_name(node)?).join(file))
+        self.remove(
+            self.dir
+                .join("endpoints")
+                .join(check_name(node)?)
+                .join(file),
+        )
     }
 
     fn put_pod(&self, pod: &PodRecord) -> Result<(), DatastoreError> {

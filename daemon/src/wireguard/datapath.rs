@@ -1,0 +1,793 @@
+//! The WireGuard datapath: a peer table (immutable, swapped whole on change) and
+//! the per-packet logic around boringtun's `noise::Tunn`.
+//!
+//! Invariants:
+//! - nothing but `Tunn` output is ever sent on the UDP socket: a packet from
+//!   the TUN is encrypted for the peer owning its destination, queued by `Tunn`
+//!   until a session exists, or dropped and counted (no peer);
+//! - a decrypted packet is written to the TUN only if its source address is
+//!   inside the allowed IPs (pod CIDRs) of the peer it came from;
+//! - a remote node is a *slot* with a current `Tunn` and, during a key change,
+//!   a retiring one (make-before-break): sending uses the current one once its
+//!   session is up, the retiring one until then; both receive.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use ipnetwork::IpNetwork;
+use prometheus_client::metrics::counter::Counter;
+
+use super::keys::KeyPair;
+use super::peers::DesiredPeer;
+
+/// How long a retiring `Tunn` stays after its successor's session is up.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
+/// How long a retiring `Tunn` stays at most.
+pub const RETIRE_MAX: Duration = Duration::from_secs(90);
+
+/// Datapath-wide counters (registered on `/metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Packets from the TUN with no peer for their destination.
+    pub dropped_no_peer: Counter,
+    /// Packets from the TUN handed to a peer without a session (queued by
+    /// `Tunn` until the handshake completes, dropped past 256).
+    pub no_session: Counter,
+    /// Decrypted packets whose source is not in the peer's allowed IPs.
+    pub dropped_bad_source: Counter,
+    /// Datagrams for no known session or peer.
+    pub dropped_unknown_peer: Counter,
+    /// Handshake messages that failed (unknown key, bad MAC, replay, ...).
+    pub handshake_failures: Counter,
+    /// Data packets that failed to decrypt.
+    pub decrypt_errors: Counter,
+    /// Packets the kernel refused to send or to accept on the TUN.
+    pub io_drops: Counter,
+    /// Offloaded packets we could not segment.
+    pub offload_errors: Counter,
+}
+
+/// One `Tunn`: a (local key, remote key) pair.
+pub struct Peer {
+    /// Remote node.
+    pub node: String,
+    /// Remote public key.
+    pub remote_key: [u8; 32],
+    /// Local public key this `Tunn` uses.
+    pub local_key: [u8; 32],
+    /// `Tunn` index (receiver indices are `index << 8 | n`).
+    pub index: u32,
+    tunn: Mutex<Tunn>,
+    /// A session is up (refreshed by the timers).
+    pub established: AtomicBool,
+    /// Decrypted bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Plain bytes sent.
+    pub tx_bytes: AtomicU64,
+    /// Wall-clock time of the last completed handshake.
+    pub last_handshake: Mutex<Option<SystemTime>>,
+    /// When this `Tunn` was made.
+    pub created: Instant,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("node", &self.node)
+            .field("index", &self.index)
+            .field("established", &self.established.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Peer {
+    /// A new `Tunn` between `local` and `remote_key`.
+    pub fn new(node: &str, local: &KeyPair, remote_key: [u8; 32], index: u32) -> Self {
+        let tunn = Tunn::new(
+            local.secret.clone(),
+            boringtun::x25519::PublicKey::from(remote_key),
+            None,
+            None,
+            index,
+            None,
+        );
+        Self {
+            node: node.to_string(),
+            remote_key,
+            local_key: local.public_bytes(),
+            index,
+            tunn: Mutex::new(tunn),
+            established: AtomicBool::new(false),
+            rx_bytes: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            last_handshake: Mutex::new(None),
+            created: Instant::now(),
+        }
+    }
+
+    /// Locks the `Tunn`.
+    pub fn tunn(&self) -> std::sync::MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refreshes `established` and `last_handshake` from the `Tunn`.
+    pub fn refresh(&self, tunn: &Tunn) {
+        let since = tunn.time_since_last_handshake();
+        self.established.store(since.is_some(), Ordering::Relaxed);
+        if let Some(d) = since {
+            let t = SystemTime::now() - d;
+            *self
+                .last_handshake
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
+    }
+}
+
+/// A remote node.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// Node name.
+    pub node: String,
+    /// Where to send.
+    pub endpoint: SocketAddr,
+    /// Its pod CIDRs.
+    pub allowed: Vec<IpNetwork>,
+    /// The `Tunn` for the current keys.
+    pub current: Arc<Peer>,
+    /// The `Tunn` for the previous keys, while a key change completes.
+    pub retiring: Option<Arc<Peer>>,
+}
+
+impl Slot {
+    /// The `Tunn` to send with.
+    pub fn sender(&self) -> &Arc<Peer> {
+        if !self.current.established.load(Ordering::Relaxed) {
+            if let Some(r) = &self.retiring {
+                if r.established.load(Ordering::Relaxed) {
+                    return r;
+                }
+            }
+        }
+        &self.current
+    }
+
+    fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        std::iter::once(&self.current).chain(self.retiring.iter())
+    }
+}
+
+/// The peer table: immutable, replaced as a whole.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Local keys: the current one first, then retiring ones still in use.
+    pub keys: Vec<KeyPair>,
+    /// Remote nodes, sorted by name.
+    pub slots: Vec<Slot>,
+    routes: Vec<(IpNetwork, usize)>,
+    by_index: HashMap<u32, (Arc<Peer>, usize)>,
+}
+
+impl Table {
+    /// Builds the table for `desired` peers with `local` as current key,
+    /// carrying over `old`'s `Tunn`s whose keys did not change and retiring
+    /// the ones whose keys did. `next_index` hands out `Tunn` indices.
+    /// Returns the table and the new `Tunn`s (to start handshakes on).
+    pub fn rebuild(
+        old: &Table,
+        local: &KeyPair,
+        desired: &[DesiredPeer],
+        next_index: &mut dyn FnMut() -> u32,
+        now: Instant,
+    ) -> (Table, Vec<Arc<Peer>>) {
+        let mut fresh = Vec::new();
+        let mut slots = Vec::new();
+        let local_pub = local.public_bytes();
+        for d in desired {
+            let prev = old.slots.iter().find(|s| s.node == d.node);
+            let (current, mut retiring) = match prev {
+                Some(s) if s.current.remote_key == d.key && s.current.local_key == local_pub => {
+                    (s.current.clone(), s.retiring.clone())
+                }
+                Some(s) => {
+                    let p = Arc::new(Peer::new(&d.node, local, d.key, next_index()));
+                    fresh.push(p.clone());
+                    // Keep the old Tunn only if it carries traffic.
+                    let keep = if s.current.established.load(Ordering::Relaxed) {
+                        Some(s.current.clone())
+                    } else {
+                        s.retiring.clone()
+                    };
+                    (p, keep)
+                }
+                None => {
+                    let p = Arc::new(Peer::new(&d.node, local, d.key, next_index()));
+                    fresh.push(p.clone());
+                    (p, None)
+                }
+            };
+            if let Some(r) = &retiring {
+                let cur_up_for = current
+                    .last_handshake
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .and_then(|t| t.elapsed().ok());
+                let done = current.established.load(Ordering::Relaxed)
+                    && cur_up_for.is_some_and(|d| d >= RETIRE_GRACE);
+                if done || now.duration_since(r.created) >= RETIRE_MAX + RETIRE_GRACE {
+                    retiring = None;
+                }
+            }
+            slots.push(Slot {
+                node: d.node.clone(),
+                endpoint: d.endpoint,
+                allowed: d.allowed.clone(),
+                current,
+                retiring,
+            });
+        }
+        let mut keys = vec![local.clone()];
+        for s in &slots {
+            for p in s.peers() {
+                if !keys.iter().any(|k| k.public_bytes() == p.local_key) {
+                    if let Some(k) = old.keys.iter().find(|k| k.public_bytes() == p.local_key) {
+                        keys.push(k.clone());
+                    }
+                }
+            }
+        }
+        let mut routes = Vec::new();
+        let mut by_index = HashMap::new();
+        for (i, s) in slots.iter().enumerate() {
+            for a in &s.allowed {
+                routes.push((*a, i));
+            }
+            for p in s.peers() {
+                by_index.insert(p.index, (p.clone(), i));
+            }
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix()));
+        (
+            Table {
+                keys,
+                slots,
+                routes,
+                by_index,
+            },
+            fresh,
+        )
+    }
+
+    /// Whether any slot has a retiring `Tunn` (the table needs rebuilding
+    /// from time to time until it is gone).
+    pub fn rotating(&self) -> bool {
+        self.slots.iter().any(|s| s.retiring.is_some())
+    }
+
+    /// The slot owning `dst`.
+    pub fn route(&self, dst: IpAddr) -> Option<&Slot> {
+        self.routes
+            .iter()
+            .find(|(n, _)| n.contains(dst))
+            .map(|(_, i)| &self.slots[*i])
+    }
+
+    /// Every `Tunn` with its slot.
+    pub fn peers(&self) -> impl Iterator<Item = (&Slot, &Arc<Peer>)> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.peers().map(move |p| (s, p)))
+    }
+
+    fn by_receiver(&self, receiver_idx: u32) -> Option<&(Arc<Peer>, usize)> {
+        self.by_index.get(&(receiver_idx >> 8))
+    }
+
+    fn by_keys(&self, remote: &[u8; 32], local: &[u8; 32]) -> Option<(Arc<Peer>, usize)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            s.peers()
+                .find(|p| &p.remote_key == remote && &p.local_key == local)
+                .map(|p| (p.clone(), i))
+        })
+    }
+}
+
+/// Shared state of the datapath threads.
+pub struct Shared {
+    /// The current table.
+    pub table: RwLock<Arc<Table>>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl Shared {
+    /// A snapshot of the table.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Destination address of an IP packet.
+pub fn dst_addr(pkt: &[u8]) -> Option<IpAddr> {
+    Tunn::dst_address(pkt)
+}
+
+fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&pkt[12..16]).ok()?)),
+        6 if pkt.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&pkt[8..24]).ok()?)),
+        _ => None,
+    }
+}
+
+/// Where outgoing datagrams go: appended to a buffer by `Tunn` directly.
+pub trait Sink {
+    /// A buffer with at least `room` free bytes after its current end; the
+    /// caller writes there and then calls [`Sink::commit`].
+    fn reserve(&mut self, room: usize) -> &mut [u8];
+    /// The first `len` reserved bytes are one datagram to `to`.
+    fn commit(&mut self, len: usize, to: SocketAddr);
+}
+
+/// A [`Sink`] collecting datagrams in memory (tests, control paths).
+#[derive(Debug, Default)]
+pub struct VecSink {
+    /// Datagrams and their destinations.
+    pub out: Vec<(Vec<u8>, SocketAddr)>,
+    buf: Vec<u8>,
+}
+
+impl Sink for VecSink {
+    fn reserve(&mut self, room: usize) -> &mut [u8] {
+        self.buf.resize(room, 0);
+        &mut self.buf
+    }
+    fn commit(&mut self, len: usize, to: SocketAddr) {
+        self.out.push((self.buf[..len].to_vec(), to));
+    }
+}
+
+/// What happened to a packet from the TUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxVerdict {
+    /// Encrypted and queued for sending.
+    Sent,
+    /// Held by `Tunn` until the handshake completes (a handshake may be sent).
+    AwaitingSession,
+    /// No peer owns the destination: dropped.
+    NoPeer,
+    /// Not an IP packet: dropped.
+    Invalid,
+}
+
+/// Encrypts one IP packet from the TUN for the peer owning its destination.
+pub fn encapsulate(shared: &Shared, table: &Table, pkt: &[u8], sink: &mut dyn Sink) -> TxVerdict {
+    let Some(dst) = dst_addr(pkt) else {
+        return TxVerdict::Invalid;
+    };
+    let Some(slot) = table.route(dst) else {
+        shared.counters.dropped_no_peer.inc();
+        return TxVerdict::NoPeer;
+    };
+    let peer = slot.sender();
+    let room = (pkt.len() + 32).max(148);
+    let buf = sink.reserve(room);
+    let mut t = peer.tunn();
+    match t.encapsulate(pkt, buf) {
+        TunnResult::WriteToNetwork(out) => {
+            let len = out.len();
+            // A data packet is 32 bytes longer than the payload (rounded up to
+            // 16); a handshake initiation (148 bytes) means no session yet.
+            let data = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) == 4;
+            drop(t);
+            sink.commit(len, slot.endpoint);
+            if data {
+                peer.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                TxVerdict::Sent
+            } else {
+                shared.counters.no_session.inc();
+                TxVerdict::AwaitingSession
+            }
+        }
+        TunnResult::Done => {
+            shared.counters.no_session.inc();
+            TxVerdict::AwaitingSession
+        }
+        TunnResult::Err(e) => {
+            tracing::debug!(peer.node = %slot.node, error = ?e, "wireguard: encapsulate");
+            shared.counters.no_session.inc();
+            TxVerdict::AwaitingSession
+        }
+        TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => TxVerdict::Invalid,
+    }
+}
+
+/// What happened to a datagram from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxVerdict {
+    /// Decrypted; `len` bytes of plain IP packet are at the start of `plain`.
+    Deliver(usize),
+    /// Protocol message handled (replies, if any, went to the sink).
+    Handled,
+    /// Dropped (counted).
+    Dropped,
+}
+
+/// Decrypts one datagram from `from`. A plain packet is left in `plain`
+/// (at least `datagram.len()` bytes, and 148 or more); protocol replies and
+/// packets `Tunn` had queued go to `sink`.
+pub fn decapsulate(
+    shared: &Shared,
+    table: &Table,
+    from: SocketAddr,
+    datagram: &[u8],
+    plain: &mut [u8],
+    sink: &mut dyn Sink,
+) -> RxVerdict {
+    let c = &shared.counters;
+    let packet = match Tunn::parse_incoming_packet(datagram) {
+        Ok(p) => p,
+        Err(_) => {
+            c.dropped_unknown_peer.inc();
+            return RxVerdict::Dropped;
+        }
+    };
+    let (peer, slot_idx, handshake) = match &packet {
+        Packet::HandshakeInit(init) => {
+            let mut found = None;
+            for k in &table.keys {
+                if let Ok(half) = parse_handshake_anon(&k.secret, &k.public, init) {
+                    found = table.by_keys(&half.peer_static_public, &k.public_bytes());
+                    if found.is_none() {
+                        tracing::debug!(
+                            peer.key = %super::keys::to_base64(&half.peer_static_public),
+                            "wireguard: handshake from an unknown key"
+                        );
+                    }
+                    break;
+                }
+            }
+            match found {
+                Some((p, i)) => (p, i, true),
+                None => {
+                    c.handshake_failures.inc();
+                    return RxVerdict::Dropped;
+                }
+            }
+        }
+        Packet::HandshakeResponse(p) => match table.by_receiver(p.receiver_idx) {
+            Some((peer, i)) => (peer.clone(), *i, true),
+            None => {
+                c.handshake_failures.inc();
+                return RxVerdict::Dropped;
+            }
+        },
+        Packet::PacketCookieReply(p) => match table.by_receiver(p.receiver_idx) {
+            Some((peer, i)) => (peer.clone(), *i, true),
+            None => {
+                c.dropped_unknown_peer.inc();
+                return RxVerdict::Dropped;
+            }
+        },
+        Packet::PacketData(p) => match table.by_receiver(p.receiver_idx) {
+            Some((peer, i)) => (peer.clone(), *i, false),
+            None => {
+                c.dropped_unknown_peer.inc();
+                return RxVerdict::Dropped;
+            }
+        },
+    };
+    let slot = &table.slots[slot_idx];
+    let mut t = peer.tunn();
+    let r = t.decapsulate(Some(from.ip()), datagram, plain);
+    match r {
+        TunnResult::WriteToNetwork(out) => {
+            let len = out.len();
+            let buf = sink.reserve(len);
+            buf[..len].copy_from_slice(&plain[..len]);
+            sink.commit(len, slot.endpoint);
+            // Flush packets Tunn queued while waiting for this handshake.
+            loop {
+                let buf = sink.reserve(65_600);
+                match t.decapsulate(None, &[], buf) {
+                    TunnResult::WriteToNetwork(out) => {
+                        let len = out.len();
+                        sink.commit(len, slot.endpoint);
+                    }
+                    _ => break,
+                }
+            }
+            peer.refresh(&t);
+            RxVerdict::Handled
+        }
+        TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {
+            let len = pkt.len();
+            if !peer.established.load(Ordering::Relaxed) {
+                peer.refresh(&t);
+            }
+            drop(t);
+            let ok =
+                src_addr(&plain[..len]).is_some_and(|s| slot.allowed.iter().any(|a| a.contains(s)));
+            if !ok {
+                c.dropped_bad_source.inc();
+                return RxVerdict::Dropped;
+            }
+            peer.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            RxVerdict::Deliver(len)
+        }
+        TunnResult::Done => {
+            if handshake {
+                peer.refresh(&t);
+            } else if !peer.established.load(Ordering::Relaxed) {
+                peer.refresh(&t); // keepalive on a new session
+            }
+            RxVerdict::Handled
+        }
+        TunnResult::Err(e) => {
+            if handshake {
+                c.handshake_failures.inc();
+                tracing::debug!(peer.node = %peer.node, error = ?e, "wireguard: handshake failed");
+            } else {
+                c.decrypt_errors.inc();
+            }
+            RxVerdict::Dropped
+        }
+    }
+}
+
+/// Runs `Tunn` timers of every peer (handshake retries, rekeys, keepalives),
+/// sending what they produce, and refreshes session state.
+pub fn tick(table: &Table, sink: &mut dyn Sink) {
+    for (slot, peer) in table.peers() {
+        let mut t = peer.tunn();
+        let buf = sink.reserve(256);
+        if let TunnResult::WriteToNetwork(out) = t.update_timers(buf) {
+            let len = out.len();
+            sink.commit(len, slot.endpoint);
+        }
+        peer.refresh(&t);
+    }
+}
+
+/// Starts a handshake on `peer` now (if none is in progress).
+pub fn kick(table: &Table, peer: &Peer, sink: &mut dyn Sink) {
+    let Some(slot) = table.slots.iter().find(|s| s.node == peer.node) else {
+        return;
+    };
+    let mut t = peer.tunn();
+    let buf = sink.reserve(256);
+    if let TunnResult::WriteToNetwork(out) = t.format_handshake_initiation(buf, false) {
+        let len = out.len();
+        sink.commit(len, slot.endpoint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A_EP: &str = "198.18.0.1:51820";
+    const B_EP: &str = "198.18.0.2:51820";
+
+    struct Node {
+        shared: Shared,
+        key: KeyPair,
+        next: u32,
+    }
+
+    impl Node {
+        fn new(seed: u8) -> Self {
+            Self {
+                shared: Shared {
+                    table: RwLock::new(Arc::new(Table::default())),
+                    counters: Counters::default(),
+                },
+                key: KeyPair::from_secret([seed; 32]),
+                next: seed as u32 * 1000,
+            }
+        }
+        fn set_peers(&mut self, peers: &[DesiredPeer]) {
+            let old = self.shared.table();
+            let mut n = self.next;
+            let (t, _) = Table::rebuild(
+                &old,
+                &self.key,
+                peers,
+                &mut || {
+                    n += 1;
+                    n
+                },
+                Instant::now(),
+            );
+            self.next = n;
+            *self.shared.table.write().unwrap() = Arc::new(t);
+        }
+    }
+
+    fn desired(name: &str, key: &KeyPair, cidr: &str, ep: &str) -> DesiredPeer {
+        DesiredPeer {
+            node: name.into(),
+            key: key.public_bytes(),
+            endpoint: ep.parse().unwrap(),
+            allowed: vec![cidr.parse().unwrap()],
+        }
+    }
+
+    fn ip_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Delivers every datagram in `from_sink` to `to`, returning plain packets.
+    fn deliver(
+        to: &Node,
+        from_ep: &str,
+        from_sink: &mut VecSink,
+        back: &mut VecSink,
+    ) -> Vec<Vec<u8>> {
+        let mut plain_out = Vec::new();
+        let table = to.shared.table();
+        for (d, _) in std::mem::take(&mut from_sink.out) {
+            let mut plain = vec![0u8; d.len().max(148) + 64];
+            if let RxVerdict::Deliver(n) = decapsulate(
+                &to.shared,
+                &table,
+                from_ep.parse().unwrap(),
+                &d,
+                &mut plain,
+                back,
+            ) {
+                plain_out.push(plain[..n].to_vec());
+            }
+        }
+        plain_out
+    }
+
+    fn pair() -> (Node, Node) {
+        let mut a = Node::new(1);
+        let mut b = Node::new(2);
+        let bk = b.key.clone();
+        let ak = a.key.clone();
+        a.set_peers(&[desired("b", &bk, "10.244.1.0/24", B_EP)]);
+        b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+        (a, b)
+    }
+
+    /// Runs the handshake by sending `first` from a to b, then ping-pongs.
+    fn exchange(a: &Node, b: &Node, pkt: &[u8]) -> Vec<Vec<u8>> {
+        let mut sa = VecSink::default();
+        let mut sb = VecSink::default();
+        let t = a.shared.table();
+        encapsulate(&a.shared, &t, pkt, &mut sa);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.extend(deliver(b, A_EP, &mut sa, &mut sb));
+            got.extend(deliver(a, B_EP, &mut sb, &mut sa));
+        }
+        got
+    }
+
+    #[test]
+    fn first_packet_waits_for_the_handshake_then_arrives_encrypted() {
+        let (a, b) = pair();
+        let pkt = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"hello pod b");
+        let mut sa = VecSink::default();
+        let t = a.shared.table();
+        assert_eq!(
+            encapsulate(&a.shared, &t, &pkt, &mut sa),
+            TxVerdict::AwaitingSession
+        );
+        // Only a handshake initiation left the node; no plaintext.
+        assert_eq!(sa.out.len(), 1);
+        assert_eq!(sa.out[0].0.len(), 148);
+        assert!(!sa.out[0].0.windows(11).any(|w| w == b"hello pod b"));
+        let mut sb = VecSink::default();
+        assert!(deliver(&b, A_EP, &mut sa, &mut sb).is_empty());
+        // b answered; a completes and flushes the queued packet.
+        let _ = deliver(&a, B_EP, &mut sb, &mut sa);
+        assert!(sa
+            .out
+            .iter()
+            .all(|(d, _)| !d.windows(11).any(|w| w == b"hello pod b")));
+        let got = deliver(&b, A_EP, &mut sa, &mut sb);
+        assert_eq!(got, vec![pkt]);
+    }
+
+    #[test]
+    fn packet_for_no_peer_is_dropped_and_counted() {
+        let (a, _b) = pair();
+        let pkt = ip_packet([10, 244, 0, 2], [10, 244, 9, 2], b"x");
+        let mut sa = VecSink::default();
+        let t = a.shared.table();
+        assert_eq!(encapsulate(&a.shared, &t, &pkt, &mut sa), TxVerdict::NoPeer);
+        assert!(sa.out.is_empty());
+        assert_eq!(a.shared.counters.dropped_no_peer.get(), 1);
+    }
+
+    #[test]
+    fn spoofed_source_outside_allowed_ips_is_dropped() {
+        let (a, b) = pair();
+        let good = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"ok");
+        assert_eq!(exchange(&a, &b, &good), vec![good]);
+        let bad = ip_packet([10, 244, 7, 2], [10, 244, 1, 2], b"spoof");
+        let mut sa = VecSink::default();
+        let t = a.shared.table();
+        assert_eq!(encapsulate(&a.shared, &t, &bad, &mut sa), TxVerdict::Sent);
+        let mut sb = VecSink::default();
+        assert!(deliver(&b, A_EP, &mut sa, &mut sb).is_empty());
+        assert_eq!(b.shared.counters.dropped_bad_source.get(), 1);
+    }
+
+    #[test]
+    fn both_directions_carry_traffic_after_handshake() {
+        let (a, b) = pair();
+        let p1 = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], &[7u8; 1400]);
+        assert_eq!(exchange(&a, &b, &p1), vec![p1.clone()]);
+        let p2 = ip_packet([10, 244, 1, 2], [10, 244, 0, 2], &[9u8; 1000]);
+        assert_eq!(exchange(&b, &a, &p2), vec![p2]);
+        let t = a.shared.table();
+        assert!(t.slots[0].current.established.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn key_rotation_keeps_traffic_flowing_make_before_break() {
+        let (mut a, mut b) = pair();
+        let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"before");
+        assert_eq!(exchange(&a, &b, &p), vec![p]);
+        // a rotates: the old Tunn keeps sending until the new one is up.
+        a.key = KeyPair::from_secret([3; 32]);
+        let bk = b.key.clone();
+        a.set_peers(&[desired("b", &bk, "10.244.1.0/24", B_EP)]);
+        let t = a.shared.table();
+        assert!(t.slots[0].retiring.is_some());
+        assert_eq!(t.keys.len(), 2);
+        let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"during");
+        let mut sa = VecSink::default();
+        assert_eq!(encapsulate(&a.shared, &t, &p, &mut sa), TxVerdict::Sent);
+        let mut sb = VecSink::default();
+        assert_eq!(deliver(&b, A_EP, &mut sa, &mut sb), vec![p]);
+        // b learns a's new key; its new Tunn handshakes with a's new key.
+        let ak = a.key.clone();
+        b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+        let tb = b.shared.table();
+        assert!(tb.slots[0].retiring.is_some());
+        kick(&tb, &tb.slots[0].current, &mut sb);
+        for _ in 0..3 {
+            deliver(&a, B_EP, &mut sb, &mut sa);
+            deliver(&b, A_EP, &mut sa, &mut sb);
+        }
+        let ta = a.shared.table();
+        assert!(ta.slots[0].current.established.load(Ordering::Relaxed));
+        let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"after");
+        assert_eq!(exchange(&a, &b, &p), vec![p]);
+        assert!(Arc::ptr_eq(ta.slots[0].sender(), &ta.slots[0].current));
+    }
+
+    #[test]
+    fn handshake_from_an_unknown_key_is_refused_and_counted() {
+        let (a, _b) = pair();
+        let mut c = Node::new(5);
+        let ak = a.key.clone();
+        c.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+        let pkt = ip_packet([10, 244, 5, 2], [10, 244, 0, 2], b"intruder");
+        let mut sc = VecSink::default();
+        let t = c.shared.table();
+        encapsulate(&c.shared, &t, &pkt, &mut sc);
+        let mut sa = VecSink::default();
+        assert!(deliver(&a, "198.18.0.5:51820", &mut sc, &mut sa).is_empty());
+        assert!(sa.out.is_empty());
+        assert_eq!(a.shared.counters.handshake_failures.get(), 1);
+    }
+}
