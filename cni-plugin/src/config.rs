@@ -40,7 +40,8 @@ pub struct NetConf {
     pub dns: Dns,
     /// The previous plugin's result (chained ADD), or the final ADD result (DEL, CHECK).
     pub prev_result: Option<CniResult>,
-    /// Addresses asked for through the `ips` capability (`runtimeConfig.ips`).
+    /// Addresses asked for through the `ips` capability (`runtimeConfig.ips`)
+    /// or the `args.cni.ips` convention.
     pub runtime_ips: Vec<IpAddr>,
     /// GC: the attachments to keep; `None` when the key is absent.
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -58,6 +59,7 @@ struct Raw {
     dns: Option<serde_json::Map<String, Value>>,
     prev_result: Option<Value>,
     runtime_config: Option<RawRuntime>,
+    args: Option<RawArgs>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
 }
@@ -72,6 +74,12 @@ struct RawIpam {
 struct RawRuntime {
     #[serde(default)]
     ips: Vec<String>,
+}
+
+/// `args` (CONVENTIONS.md): `{"cni": {"ips": [...]}}`; other keys ignored.
+#[derive(Deserialize)]
+struct RawArgs {
+    cni: Option<RawRuntime>,
 }
 
 /// Network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -160,14 +168,27 @@ impl NetConf {
             .transpose()
             .map_err(|e| CniError::config(format!("prevResult.{e}")))?;
         let mut runtime_ips = Vec::new();
-        for s in raw.runtime_config.map(|r| r.ips).unwrap_or_default() {
-            let ip = s
-                .parse::<IpAddr>()
-                .or_else(|_| s.parse::<IpNetwork>().map(|n| n.ip()))
-                .map_err(|_| {
-                    CniError::config(format!("runtimeConfig.ips: {s:?} is not an IP address"))
-                })?;
-            runtime_ips.push(ip);
+        let from_args = raw
+            .args
+            .and_then(|a| a.cni)
+            .map(|c| c.ips)
+            .unwrap_or_default();
+        let from_runtime = raw.runtime_config.map(|r| r.ips).unwrap_or_default();
+        for (field, list) in [
+            ("runtimeConfig.ips", from_runtime),
+            ("args.cni.ips", from_args),
+        ] {
+            for s in list {
+                let ip = s
+                    .parse::<IpAddr>()
+                    .or_else(|_| s.parse::<IpNetwork>().map(|n| n.ip()))
+                    .map_err(|_| {
+                        CniError::config(format!("{field}: {s:?} is not an IP address"))
+                    })?;
+                if !runtime_ips.contains(&ip) {
+                    runtime_ips.push(ip);
+                }
+            }
         }
         Ok(NetConf {
             version,
@@ -238,6 +259,19 @@ mod tests {
             let e = NetConf::parse(input).unwrap_err();
             assert_eq!(e.code(), *code, "{}: {e}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn fixed_ips_also_come_from_args_cni_ips() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"ips":["10.244.0.7"]},"other":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.runtime_ips, vec!["10.244.0.7".parse::<IpAddr>().unwrap()]);
+        let e =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"ips":["x"]}}}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("args.cni.ips"), "{e}");
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl Nl {
         if is_own_netns(&ns) {
             return Err(LinkError::NetnsOpen {
                 path: path.to_string(),
-                source: io::Error::other("it is the plugin's own network namespace, not a container's"),
+                source: io::Error::other(
+                    "it is the plugin's own network namespace, not a container's",
+                ),
             });
         }
         let joined = std::thread::scope(|s| {

@@ -366,12 +366,19 @@ fn del(env: &CniEnv, conf: &NetConf, stdin: &[u8], links: &mut dyn Links) -> Res
     let host = host_ifname(&env.container_id, &env.ifname);
     let mut link_err: Option<CniError> = None;
     // The links first: no traffic for this pod once its address is released.
-    match links.delete_host(&host) {
-        Ok(true) => info!(link = %host, "deleted host veth"),
-        Ok(false) => {}
-        Err(e) => link_err = Some(e.into()),
-    }
-    if let Some(netns) = &env.netns {
+    // Deleting the host end deletes the container end with it.
+    let host_deleted = match links.delete_host(&host) {
+        Ok(true) => {
+            info!(link = %host, "deleted host veth");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            link_err = Some(e.into());
+            false
+        }
+    };
+    if let Some(netns) = env.netns.as_ref().filter(|_| !host_deleted) {
         // Only a veth of that name: never someone else's interface.
         match links.pod_iface(netns, &env.ifname) {
             Ok(Some(st)) if st.veth => {

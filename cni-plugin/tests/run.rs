@@ -25,6 +25,7 @@ struct DaemonState {
     not_ready: bool,
     fail_commit: bool,
     add_error: Option<(u32, String)>,
+    dual_stack: bool,
 }
 
 struct FakeDaemon {
@@ -109,12 +110,22 @@ fn answer(st: &mut DaemonState, req: &Value) -> Value {
                     p["ipam"]["ips"].clone()
                 } else if let Some(first) = p["requested_ips"].as_array().and_then(|a| a.first()) {
                     json!([format!("{}/32", first.as_str().unwrap())])
+                } else if st.dual_stack {
+                    json!([
+                        format!("10.244.1.{}/32", st.next + 1),
+                        format!("fd00:10:244::{:x}/128", st.next + 1)
+                    ])
                 } else {
                     json!([format!("10.244.1.{}/32", st.next + 1)])
                 };
+                let gateways = if st.dual_stack {
+                    json!(["169.254.1.1", "fe80::1"])
+                } else {
+                    json!(["169.254.1.1"])
+                };
                 st.endpoints.insert(
                     k.clone(),
-                    json!({"ips": ips, "gateways": ["169.254.1.1"], "mtu": 1450,
+                    json!({"ips": ips, "gateways": gateways, "mtu": 1450,
                            "host_ifname": p["host_ifname"]}),
                 );
             }
@@ -259,6 +270,38 @@ fn add_answers_in_the_format_of_every_version() {
         assert_eq!(pod.mtu, 1450);
         assert_eq!(pod.addrs, vec!["10.244.1.2/32".parse().unwrap()]);
         assert!(links.host.contains_key(&host));
+    }
+}
+
+#[test]
+fn ipv6_addresses_get_a_host_prefix_and_their_own_gateway() {
+    for v in ["0.4.0", "1.1.0"] {
+        let d = FakeDaemon::start();
+        d.state.lock().unwrap().dual_stack = true;
+        let mut links = FakeLinks::with_namespaces(&[NETNS]);
+        let out = exec(&env("ADD", "c1", "eth0"), &conf(v, &d.socket), &mut links);
+        assert_eq!(out.code, 0, "{}", out.json);
+        let r = &out.json;
+        assert_eq!(r["ips"][1]["address"], "fd00:10:244::2/128", "{r}");
+        assert_eq!(r["ips"][1]["gateway"], "fe80::1");
+        assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
+        if v == "0.4.0" {
+            assert_eq!(r["ips"][1]["version"], "6");
+        }
+        assert!(
+            r["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["dst"] == "::/0" && x["gw"] == "fe80::1"),
+            "{r}"
+        );
+        let pod = &links.pods[&(NETNS.into(), "eth0".into())];
+        assert_eq!(pod.addrs.len(), 2);
+        // CHECK sees both families' routes.
+        let mut c = conf(v, &d.socket);
+        c["prevResult"] = out.json.clone();
+        assert_eq!(exec(&env("CHECK", "c1", "eth0"), &c, &mut links).code, 0);
     }
 }
 

@@ -223,6 +223,7 @@ impl Cni {
             daemon_ipam: true,
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
+            network: req.network.clone(),
             labels,
             state: EndpointState::Pending,
         };
@@ -361,6 +362,10 @@ impl Cni {
         let mut attachments = Vec::new();
         for ep in self.endpoints.list() {
             if keep.contains(&(ep.container_id.clone(), ep.ifname.clone())) {
+                continue;
+            }
+            // Another network's endpoint is not this collection's to release.
+            if !req.network.is_empty() && !ep.network.is_empty() && ep.network != req.network {
                 continue;
             }
             let r = self.del(DelRequest {

@@ -10,7 +10,8 @@
 //! chains, never the rules. [`Program::verdict`] interprets the program;
 //! the differential tests check it against [`crate::eval::evaluate`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Pod};
@@ -22,6 +23,63 @@ use crate::model::{
 use crate::net::Cidr;
 use crate::policyset::PolicySet;
 use crate::selector::LabelSelector;
+
+/// A small, fast, non-cryptographic hasher (the FxHash mix) for the
+/// program's address-keyed tables: lookups are on the per-packet path and
+/// the keys are not attacker-chosen in bulk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ x).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash.rotate_left(26)
+    }
+}
+
+/// Builds [`FxHasher`]s.
+pub type FxBuild = BuildHasherDefault<FxHasher>;
+/// A hash set with [`FxHasher`].
+pub type FxHashSet<T> = HashSet<T, FxBuild>;
+/// A hash map with [`FxHasher`].
+pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
 
 /// Index of a set in [`Program::sets`].
 pub type SetId = u32;
@@ -44,9 +102,9 @@ pub struct IpSet {
     /// Its key.
     pub key: SetKey,
     /// Members of `Pods` and `Nodes` sets.
-    pub addrs: BTreeSet<IpAddr>,
+    pub addrs: FxHashSet<IpAddr>,
     /// Members of `NamedPort` sets.
-    pub ports: BTreeSet<(IpAddr, Protocol, u16)>,
+    pub ports: FxHashSet<(IpAddr, Protocol, u16)>,
 }
 
 /// A compiled peer: fields ANDed.
@@ -90,6 +148,17 @@ pub enum CPort {
 pub struct CRule {
     /// Index in the policy's rule list.
     pub index: usize,
+    /// Prefilter: bit `1 << protocol` for each protocol the rule can match.
+    pub proto_mask: u8,
+    /// Prefilter: every port the rule can match lies in `port_lo..=port_hi`.
+    pub port_lo: u16,
+    /// See `port_lo`.
+    pub port_hi: u16,
+    /// The prefilter is the whole port condition (no ports, or one range).
+    pub ports_exact: bool,
+    /// Set when the peers are exactly one pod set: the peer check is one
+    /// bitmap lookup.
+    pub peer_fast: Option<SetId>,
     /// Action.
     pub action: Action,
     /// Required protocol.
@@ -115,10 +184,10 @@ pub struct CPolicy {
     pub applies_ingress: bool,
     /// Applies for egress.
     pub applies_egress: bool,
-    /// Ingress rules.
-    pub ingress: Vec<CRule>,
-    /// Egress rules.
-    pub egress: Vec<CRule>,
+    /// Ingress rules: `start..end` in [`Program::rules`].
+    pub ingress: (u32, u32),
+    /// Egress rules: `start..end` in [`Program::rules`].
+    pub egress: (u32, u32),
 }
 
 /// A tier of the program.
@@ -140,6 +209,9 @@ pub struct ChainTier {
     pub tier: u32,
     /// Policies in order.
     pub policies: Vec<u32>,
+    /// For each of `policies`, its rules of this chain's direction
+    /// (`start..end` in [`Program::rules`]), so the walk touches only rules.
+    pub rules: Vec<(u32, u32)>,
 }
 
 /// The program of one endpoint.
@@ -164,12 +236,21 @@ pub struct Program {
     pub tiers: Vec<TierInfo>,
     /// Every policy, in global evaluation order (tier, then policy order).
     pub policies: Vec<CPolicy>,
+    /// Every rule, policy by policy (see [`CPolicy::ingress`]).
+    pub rules: Vec<CRule>,
     /// Sets by id (`None`: freed).
     pub sets: Vec<Option<IpSet>>,
     /// Endpoints by address.
-    pub endpoints: HashMap<IpAddr, EndpointProgram>,
+    pub endpoints: FxHashMap<IpAddr, EndpointProgram>,
     /// Node addresses → node name.
-    pub nodes: HashMap<IpAddr, String>,
+    pub nodes: FxHashMap<IpAddr, String>,
+    /// Dense ids of the addresses of pods and nodes (never reused).
+    pub addr_ids: FxHashMap<IpAddr, u32>,
+    /// By address id: the (`NamedPort` set, protocol, port) listening there.
+    pub named_by_addr: Vec<Vec<(SetId, Protocol, u16)>>,
+    /// By set id: membership of `Pods`/`Nodes` sets as a bitmap over
+    /// address ids ([`Program::addr_ids`]), for the interpreter.
+    pub set_bits: Vec<Vec<u64>>,
 }
 
 impl Program {
@@ -181,8 +262,56 @@ impl Program {
         self.endpoints.values().filter(move |e| e.node == node)
     }
 
-    fn set(&self, id: SetId) -> Option<&IpSet> {
-        self.sets.get(id as usize).and_then(|s| s.as_ref())
+    fn addr_id(&mut self, ip: IpAddr) -> u32 {
+        if let Some(&i) = self.addr_ids.get(&ip) {
+            return i;
+        }
+        let i = self.addr_ids.len() as u32;
+        self.addr_ids.insert(ip, i);
+        self.named_by_addr.push(Vec::new());
+        i
+    }
+
+    fn insert_addr(&mut self, set: SetId, ip: IpAddr) {
+        let id = self.addr_id(ip) as usize;
+        if let Some(Some(s)) = self.sets.get_mut(set as usize) {
+            s.addrs.insert(ip);
+            if self.set_bits.len() <= set as usize {
+                self.set_bits.resize(set as usize + 1, Vec::new());
+            }
+            let bits = &mut self.set_bits[set as usize];
+            if bits.len() <= id / 64 {
+                bits.resize(id / 64 + 1, 0);
+            }
+            bits[id / 64] |= 1 << (id % 64);
+        }
+    }
+
+    fn remove_addr(&mut self, set: SetId, ip: IpAddr) {
+        let Some(&id) = self.addr_ids.get(&ip) else {
+            return;
+        };
+        let id = id as usize;
+        if let Some(Some(s)) = self.sets.get_mut(set as usize) {
+            s.addrs.remove(&ip);
+            if let Some(w) = self
+                .set_bits
+                .get_mut(set as usize)
+                .and_then(|b| b.get_mut(id / 64))
+            {
+                *w &= !(1 << (id % 64));
+            }
+        }
+    }
+
+    #[inline]
+    fn in_set(&self, set: SetId, addr: Option<u32>) -> bool {
+        let Some(id) = addr else { return false };
+        let id = id as usize;
+        self.set_bits
+            .get(set as usize)
+            .and_then(|b| b.get(id / 64))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
     /// Interprets the program for a flow.
@@ -202,29 +331,48 @@ impl Program {
                 return Verdict::Allow;
             }
         }
+        let src_id = self.addr_ids.get(&flow.src).copied();
+        let dst_id = self.addr_ids.get(&flow.dst).copied();
         if let Some(s) = src {
-            if !self.chain_allows(&s.egress, Direction::Egress, flow.dst, flow) {
+            let peer = Addr {
+                ip: flow.dst,
+                id: dst_id,
+            };
+            if !self.chain_allows(&s.egress, Direction::Egress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
         }
         if let Some(d) = dst {
-            if !self.chain_allows(&d.ingress, Direction::Ingress, flow.src, flow) {
+            let peer = Addr {
+                ip: flow.src,
+                id: src_id,
+            };
+            if !self.chain_allows(&d.ingress, Direction::Ingress, peer, dst_id, flow) {
                 return Verdict::Deny;
             }
         }
         Verdict::Allow
     }
 
-    fn chain_allows(&self, chain: &[ChainTier], dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+    fn chain_allows(
+        &self,
+        chain: &[ChainTier],
+        dir: Direction,
+        peer: Addr,
+        dst: Option<u32>,
+        flow: &Flow,
+    ) -> bool {
         'tiers: for ct in chain {
-            for &pi in &ct.policies {
-                let p = &self.policies[pi as usize];
-                let rules = match dir {
-                    Direction::Ingress => &p.ingress,
-                    Direction::Egress => &p.egress,
-                };
-                for r in rules {
-                    if !self.rule_matches(r, dir, peer, flow) {
+            let proto_bit = 1u8 << (flow.protocol as u8);
+            for &(start, end) in &ct.rules {
+                for r in &self.rules[start as usize..end as usize] {
+                    if r.proto_mask & proto_bit == 0
+                        || flow.port < r.port_lo
+                        || flow.port > r.port_hi
+                    {
+                        continue;
+                    }
+                    if !self.rule_matches(r, dir, peer, dst, flow) {
                         continue;
                     }
                     match r.action {
@@ -248,11 +396,19 @@ impl Program {
         true
     }
 
-    fn rule_matches(&self, r: &CRule, dir: Direction, peer: IpAddr, flow: &Flow) -> bool {
+    fn rule_matches(
+        &self,
+        r: &CRule,
+        dir: Direction,
+        peer: Addr,
+        dst: Option<u32>,
+        flow: &Flow,
+    ) -> bool {
         if r.protocol.is_some_and(|p| p != flow.protocol) {
             return false;
         }
-        if !r.ports.is_empty()
+        if !r.ports_exact
+            && !r.ports.is_empty()
             && !r.ports.iter().any(|m| match m {
                 CPort::Range { protocol, from, to } => {
                     protocol.map_or(flow.protocol.has_ports(), |p| p == flow.protocol)
@@ -261,22 +417,25 @@ impl Program {
                 }
                 CPort::Named { protocol, set } => {
                     protocol.is_none_or(|p| p == flow.protocol)
-                        && self.set(*set).is_some_and(|s| {
-                            s.ports.contains(&(flow.dst, flow.protocol, flow.port))
+                        && dst.is_some_and(|d| {
+                            self.named_by_addr[d as usize].iter().any(|&(s, pr, po)| {
+                                s == *set && pr == flow.protocol && po == flow.port
+                            })
                         })
                 }
             })
         {
             return false;
         }
+        if let Some(s) = r.peer_fast {
+            return self.in_set(s, peer.id);
+        }
         r.peers.is_empty()
             || r.peers.iter().any(|p| {
-                p.pods
-                    .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
-                    && p.nodes
-                        .is_none_or(|s| self.set(s).is_some_and(|s| s.addrs.contains(&peer)))
-                    && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer)))
-                    && !p.not_nets.iter().any(|n| n.contains(peer))
+                p.pods.is_none_or(|s| self.in_set(s, peer.id))
+                    && p.nodes.is_none_or(|s| self.in_set(s, peer.id))
+                    && (p.nets.is_empty() || p.nets.iter().any(|n| n.contains(peer.ip)))
+                    && !p.not_nets.iter().any(|n| n.contains(peer.ip))
                     && (p.domains.is_empty()
                         || (dir == Direction::Egress
                             && flow
@@ -355,16 +514,22 @@ impl Compiled {
         let mut ids: Vec<SetId> = self.sets_by_ns.get(&ns).cloned().unwrap_or_default();
         ids.extend(self.sets_global.iter().copied());
         for id in ids {
-            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
-                continue;
+            let selected = match (pod, self.program.sets.get(id as usize)) {
+                (
+                    Some(p),
+                    Some(Some(IpSet {
+                        key: SetKey::Pods(sel),
+                        ..
+                    })),
+                ) => cluster.selects(sel, p),
+                (_, Some(Some(_))) => false,
+                _ => continue,
             };
             if let Some(ip) = old_ip {
-                set.addrs.remove(&ip);
+                self.program.remove_addr(id, ip);
             }
-            if let (Some(p), SetKey::Pods(sel)) = (pod, &set.key) {
-                if cluster.selects(sel, p) {
-                    set.addrs.insert(p.ip);
-                }
+            if let (Some(p), true) = (pod, selected) {
+                self.program.insert_addr(id, p.ip);
             }
         }
         // Named ports at the old and new addresses.
@@ -402,17 +567,23 @@ impl Compiled {
             .filter(|p| p.namespace == namespace)
             .collect();
         for &id in &self.sets_global {
-            let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
+            let Some(Some(IpSet {
+                key: SetKey::Pods(sel),
+                ..
+            })) = self.program.sets.get(id as usize)
+            else {
                 continue;
             };
-            let SetKey::Pods(sel) = &set.key else {
-                continue;
-            };
-            for p in &pods {
-                if cluster.selects(sel, p) {
-                    set.addrs.insert(p.ip);
-                } else if !p.host_network {
-                    set.addrs.remove(&p.ip);
+            let decisions: Vec<(IpAddr, bool)> = pods
+                .iter()
+                .filter(|p| !p.host_network)
+                .map(|p| (p.ip, cluster.selects(sel, p)))
+                .collect();
+            for (ip, selected) in decisions {
+                if selected {
+                    self.program.insert_addr(id, ip);
+                } else {
+                    self.program.remove_addr(id, ip);
                 }
             }
         }
@@ -420,6 +591,38 @@ impl Compiled {
             if !p.host_network {
                 let ep = self.endpoint_program(cluster, p);
                 self.program.endpoints.insert(p.ip, ep);
+            }
+        }
+    }
+
+    /// Nodes changed (labels, addresses, added or removed): recomputes the
+    /// node sets and the node address table.
+    pub fn update_nodes(&mut self, cluster: &Cluster) {
+        self.program.nodes = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.address, n.name.clone()))
+            .collect();
+        let node_sets: Vec<(SetId, LabelSelector)> = self
+            .set_index
+            .iter()
+            .filter_map(|(k, id)| match k {
+                SetKey::Nodes(sel) => Some((*id, sel.clone())),
+                _ => None,
+            })
+            .collect();
+        for (id, sel) in node_sets {
+            let old: Vec<IpAddr> = match self.program.sets.get(id as usize) {
+                Some(Some(s)) => s.addrs.iter().copied().collect(),
+                _ => continue,
+            };
+            for ip in old {
+                self.program.remove_addr(id, ip);
+            }
+            for n in &cluster.nodes {
+                if sel.matches(&n.labels) {
+                    self.program.insert_addr(id, n.address);
+                }
             }
         }
     }
@@ -439,6 +642,10 @@ impl Compiled {
             .values()
             .filter(|p| addrs.contains(&p.ip))
             .collect();
+        for ip in addrs {
+            let id = self.program.addr_id(*ip) as usize;
+            self.program.named_by_addr[id].clear();
+        }
         for id in named {
             let Some(Some(set)) = self.program.sets.get_mut(id as usize) else {
                 continue;
@@ -447,12 +654,18 @@ impl Compiled {
                 continue;
             };
             set.ports.retain(|(ip, _, _)| !addrs.contains(ip));
+            let mut added = Vec::new();
             for p in &at {
                 for pp in &p.ports {
                     if pp.name.as_deref() == Some(name.as_str()) {
                         set.ports.insert((p.ip, pp.protocol, pp.port));
+                        added.push((p.ip, pp.protocol, pp.port));
                     }
                 }
+            }
+            for (ip, proto, port) in added {
+                let a = self.program.addr_id(ip) as usize;
+                self.program.named_by_addr[a].push((id, proto, port));
             }
         }
     }
@@ -468,36 +681,11 @@ impl Compiled {
             used.insert(id);
             return id;
         }
-        let mut set = IpSet {
+        let set = IpSet {
             key: key.clone(),
-            addrs: BTreeSet::new(),
-            ports: BTreeSet::new(),
+            addrs: FxHashSet::default(),
+            ports: FxHashSet::default(),
         };
-        match &key {
-            SetKey::Pods(sel) => {
-                for p in idx.candidates(cluster, &sel.namespaces) {
-                    if cluster.selects(sel, p) {
-                        set.addrs.insert(p.ip);
-                    }
-                }
-            }
-            SetKey::Nodes(sel) => {
-                for n in &cluster.nodes {
-                    if sel.matches(&n.labels) {
-                        set.addrs.insert(n.address);
-                    }
-                }
-            }
-            SetKey::NamedPort(name) => {
-                for p in cluster.pods.values() {
-                    for pp in &p.ports {
-                        if pp.name.as_deref() == Some(name.as_str()) {
-                            set.ports.insert((p.ip, pp.protocol, pp.port));
-                        }
-                    }
-                }
-            }
-        }
         let id = match self.program.sets.iter().position(|s| s.is_none()) {
             Some(free) => {
                 self.program.sets[free] = Some(set);
@@ -508,10 +696,41 @@ impl Compiled {
                 (self.program.sets.len() - 1) as SetId
             }
         };
-        if let SetKey::Pods(sel) = &key {
-            match &sel.namespaces {
-                NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
-                NsScope::Selector(_) => self.sets_global.push(id),
+        match &key {
+            SetKey::Pods(sel) => {
+                for p in idx.candidates(cluster, &sel.namespaces) {
+                    if cluster.selects(sel, p) {
+                        self.program.insert_addr(id, p.ip);
+                    }
+                }
+                match &sel.namespaces {
+                    NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
+                    NsScope::Selector(_) => self.sets_global.push(id),
+                }
+            }
+            SetKey::Nodes(sel) => {
+                for n in &cluster.nodes {
+                    if sel.matches(&n.labels) {
+                        self.program.insert_addr(id, n.address);
+                    }
+                }
+            }
+            SetKey::NamedPort(name) => {
+                let mut members = Vec::new();
+                for p in cluster.pods.values() {
+                    for pp in &p.ports {
+                        if pp.name.as_deref() == Some(name.as_str()) {
+                            members.push((p.ip, pp.protocol, pp.port));
+                        }
+                    }
+                }
+                for (ip, proto, port) in members {
+                    let a = self.program.addr_id(ip) as usize;
+                    self.program.named_by_addr[a].push((id, proto, port));
+                    if let Some(Some(s)) = self.program.sets.get_mut(id as usize) {
+                        s.ports.insert((ip, proto, port));
+                    }
+                }
             }
         }
         self.set_index.insert(key, id);
@@ -527,7 +746,7 @@ impl Compiled {
         r: &Rule,
         used: &mut HashSet<SetId>,
     ) -> CRule {
-        let peers = r
+        let peers: Vec<CPeer> = r
             .peers
             .iter()
             .map(|p| CPeer {
@@ -559,8 +778,51 @@ impl Compiled {
                 },
             })
             .collect();
+        let all_ports =
+            (1u8 << Protocol::Tcp as u8) | (1 << Protocol::Udp as u8) | (1 << Protocol::Sctp as u8);
+        let mut proto_mask = match r.protocol {
+            Some(p) => 1u8 << (p as u8),
+            None => all_ports | (1 << Protocol::Icmp as u8),
+        };
+        let (mut port_lo, mut port_hi) = (0u16, u16::MAX);
+        if !r.ports.is_empty() {
+            // Ports exclude ICMP; the hull of the ranges bounds the port.
+            proto_mask &= all_ports;
+            let mut lo = u16::MAX;
+            let mut hi = 0u16;
+            let mut mask = 0u8;
+            for m in &r.ports {
+                let (p, a, b) = match m {
+                    PortMatch::Range { protocol, from, to } => (*protocol, *from, *to),
+                    PortMatch::Named { protocol, .. } => (*protocol, 1, u16::MAX),
+                };
+                mask |= p.map_or(all_ports, |p| 1 << (p as u8));
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+            proto_mask &= mask;
+            port_lo = lo;
+            port_hi = hi;
+        }
+        let ports_exact = r.ports.is_empty()
+            || (r.ports.len() == 1 && matches!(r.ports[0], PortMatch::Range { .. }));
+        let peer_fast = match peers.as_slice() {
+            [CPeer {
+                pods: Some(s),
+                nodes: None,
+                nets,
+                not_nets,
+                domains,
+            }] if nets.is_empty() && not_nets.is_empty() && domains.is_empty() => Some(*s),
+            _ => None,
+        };
         CRule {
             index,
+            proto_mask,
+            port_lo,
+            port_hi,
+            ports_exact,
+            peer_fast,
             action: r.action,
             protocol: r.protocol,
             peers,
@@ -588,19 +850,19 @@ impl Compiled {
         });
         let mut used = HashSet::new();
         let mut out = Vec::with_capacity(ordered.len());
+        let mut arena: Vec<CRule> = Vec::new();
         for p in ordered {
-            let ingress = p
-                .ingress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
-                .collect();
-            let egress = p
-                .egress
-                .iter()
-                .enumerate()
-                .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut used))
-                .collect();
+            let start = arena.len() as u32;
+            for (i, r) in p.ingress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let ingress = (start, arena.len() as u32);
+            for (i, r) in p.egress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let egress = (ingress.1, arena.len() as u32);
             out.push(CPolicy {
                 key: p.key.clone(),
                 tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
@@ -619,8 +881,16 @@ impl Compiled {
             .map(|(k, id)| (k.clone(), *id))
             .collect();
         for (k, id) in stale {
+            if matches!(k, SetKey::NamedPort(_)) {
+                for l in &mut self.program.named_by_addr {
+                    l.retain(|e| e.0 != id);
+                }
+            }
             self.set_index.remove(&k);
             self.program.sets[id as usize] = None;
+            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
+                b.clear();
+            }
             self.sets_global.retain(|x| *x != id);
             for v in self.sets_by_ns.values_mut() {
                 v.retain(|x| *x != id);
@@ -647,6 +917,7 @@ impl Compiled {
             }
         }
         self.program.policies = out;
+        self.program.rules = arena;
     }
 
     fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
@@ -663,7 +934,8 @@ impl Compiled {
                 }
             }
         }
-        let mut endpoints = HashMap::with_capacity(cluster.pods.len());
+        let mut endpoints = FxHashMap::default();
+        endpoints.reserve(cluster.pods.len());
         for p in cluster.pods.values().filter(|p| !p.host_network) {
             let mut pols = per_pod.remove(&p.ip).unwrap_or_default();
             pols.sort_unstable();
@@ -692,18 +964,22 @@ impl Compiled {
         let mut egress: Vec<ChainTier> = Vec::new();
         for &i in pols {
             let cp = &self.program.policies[i as usize];
-            for (applies, chain) in [
-                (cp.applies_ingress, &mut ingress),
-                (cp.applies_egress, &mut egress),
+            for (applies, chain, range) in [
+                (cp.applies_ingress, &mut ingress, cp.ingress),
+                (cp.applies_egress, &mut egress, cp.egress),
             ] {
                 if !applies {
                     continue;
                 }
                 match chain.last_mut() {
-                    Some(ct) if ct.tier == cp.tier => ct.policies.push(i),
+                    Some(ct) if ct.tier == cp.tier => {
+                        ct.policies.push(i);
+                        ct.rules.push(range);
+                    }
                     _ => chain.push(ChainTier {
                         tier: cp.tier,
                         policies: vec![i],
+                        rules: vec![range],
                     }),
                 }
             }
@@ -716,6 +992,13 @@ impl Compiled {
             egress,
         }
     }
+}
+
+/// An address and its dense id, if it has one.
+#[derive(Debug, Clone, Copy)]
+struct Addr {
+    ip: IpAddr,
+    id: Option<u32>,
 }
 
 /// Pods by namespace, to evaluate selectors only where they can match.

@@ -487,6 +487,7 @@ pub struct Object {
 
 /// The spec of an [`Object`], by kind.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // few objects, never in hot paths
 pub enum ObjectBody {
     /// A Tier (already validated).
     Tier(Tier),

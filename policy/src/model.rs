@@ -184,13 +184,13 @@ impl HttpMatch {
     pub fn matches(&self, req: &HttpRequest) -> bool {
         let path = req.path.split('?').next().unwrap_or("");
         let host = strip_port(&req.host).to_ascii_lowercase();
-        (self.methods.is_empty() || self.methods.iter().any(|m| *m == req.method))
+        (self.methods.is_empty() || self.methods.contains(&req.method))
             && (self.paths.is_empty()
                 || self.paths.iter().any(|p| match p {
                     PathMatch::Exact(e) => path == e,
                     PathMatch::Prefix(x) => path.starts_with(x.as_str()),
                 }))
-            && (self.hosts.is_empty() || self.hosts.iter().any(|h| *h == host))
+            && (self.hosts.is_empty() || self.hosts.contains(&host))
     }
 }
 

@@ -8,6 +8,18 @@
 //! addresses and pod CIDRs, pod placement and IPs, the `kube-system`
 //! namespace and `kube-dns` pod. The result is what both executions use:
 //! [`run`] (in memory, here) and the lab (real traffic).
+//!
+//! For the lab: [`Scenario::parse`] the file; build [`Scenario::nodes`]
+//! (address, pod CIDR, labels), [`Scenario::namespaces`],
+//! [`Scenario::pods`] (node, IP, hostNetwork, ports; `is_dns` marks the DNS
+//! server, implicit or not) and [`Scenario::external`]; apply
+//! [`Scenario::policies`] (the manifests as written are kept next to the
+//! parsed objects); then for each of [`Scenario::steps`] apply its `apply`,
+//! `delete` and `labels` in that order and send its probes. A [`Probe`] says
+//! exactly what to send: destination address and port, protocol, the HTTP
+//! request (or none for UDP/SCTP echo), whether it is a DNS query, and for
+//! [`ProbeTarget::Name`] that the name must be resolved through the cluster
+//! DNS first.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -435,10 +447,14 @@ impl Scenario {
         )
         .map_err(|e| {
             let p = e.path().to_string();
-            inv(
-                if p == "." { "(file)".into() } else { p },
-                e.into_inner().to_string(),
-            )
+            let p = if p == "." { "(file)".to_string() } else { p };
+            let msg = e.into_inner().to_string();
+            // serde_yaml may already prefix the path.
+            let msg = msg
+                .strip_prefix(&format!("{p}: "))
+                .map(str::to_string)
+                .unwrap_or(msg);
+            inv(p, msg)
         })?;
         let name = raw.name.clone().unwrap_or_default();
         if name.is_empty() {
@@ -840,7 +856,7 @@ impl Scenario {
             (Some(_), Some(_)) => return Err(inv("steps", "use either probes or steps, not both")),
             (None, None) => return Err(inv("probes", "a scenario needs probes or steps")),
             (Some(p), None) => vec![(
-                "probes".to_string(),
+                String::new(),
                 RawStep {
                     apply: Vec::new(),
                     delete: Vec::new(),
@@ -931,11 +947,19 @@ impl Scenario {
             state
                 .apply_changes(&step)
                 .map_err(|error| ScenarioError::Policy {
-                    field: sf.clone(),
+                    field: if sf.is_empty() {
+                        "policies".into()
+                    } else {
+                        sf.clone()
+                    },
                     error,
                 })?;
             for (i, p) in rs.probes.iter().enumerate() {
-                let f = format!("{sf}.probes[{i}]");
+                let f = if sf.is_empty() {
+                    format!("probes[{i}]")
+                } else {
+                    format!("{sf}.probes[{i}]")
+                };
                 step.probes
                     .push(sc.resolve_probe(&f, p, &mut resolved_names)?);
             }

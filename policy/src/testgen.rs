@@ -532,6 +532,12 @@ pub fn check(data: &[u8]) -> Result<(), String> {
         &flows,
     )?;
 
+    let n = b.below(cluster.nodes.len());
+    let pool = b.pick(&["a", "b"]);
+    cluster.nodes[n].labels.insert("pool".into(), pool.into());
+    compiled.update_nodes(&cluster);
+    compare("after node relabel", &cluster, &policies, &compiled, &flows)?;
+
     if b.chance(50) {
         let k = b.pick(&keys);
         cluster.pods.remove(&k);

@@ -89,3 +89,29 @@ fn repository_scenarios_pass() {
     );
     assert!(probes > 0);
 }
+
+#[test]
+fn repository_invalid_scenarios_are_rejected() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/invalid");
+    if !dir.is_dir() {
+        eprintln!("skipping: {} not present", dir.display());
+        return;
+    }
+    let all = files(&dir);
+    let mut accepted = Vec::new();
+    for f in &all {
+        let text = std::fs::read_to_string(f).expect("readable scenario");
+        let rejected = match Scenario::parse(&text) {
+            Err(_) => true,
+            Ok(sc) => run(&sc).is_err(),
+        };
+        if !rejected {
+            accepted.push(f.display().to_string());
+        }
+    }
+    assert!(!all.is_empty());
+    assert!(
+        accepted.is_empty(),
+        "invalid scenarios accepted: {accepted:?}"
+    );
+}

@@ -295,18 +295,22 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// The `veil*` links in the node's namespace.
+    /// The pods' host veths (`veil` + 11 hex digits) in the node's namespace.
     pub fn veil_links(&self) -> Vec<String> {
         self.netns
             .links()
             .into_iter()
-            // Host veths are `veil` + hex; `veil-wg` is the WireGuard device.
-            .filter(|l| l.starts_with("veil") && l != "veil-wg")
+            .filter(|l| {
+                l.len() == 15
+                    && l.starts_with("veil")
+                    && l[4..].chars().all(|c| c.is_ascii_hexdigit())
+            })
             .collect()
     }
 
-    /// Routes to pods (10.244.0.0/16) in the node's namespace, but those through
-    /// the WireGuard device (remote pod CIDRs), which the CNI plugin does not own.
+    /// Host routes (/32) in the node's namespace to addresses in 10.244.0.0/16
+    /// through the pods' veths (the daemon's wider routes and those through
+    /// `veil-wg` to remote pod CIDRs are not the plugin's).
     pub fn pod_routes(&self) -> Vec<String> {
         self.netns
             .ip_json(&["-4", "route", "show"])
@@ -315,7 +319,7 @@ impl Node {
                 a.iter()
                     .filter(|r| r["dev"].as_str() != Some("veil-wg"))
                     .filter_map(|r| r["dst"].as_str().map(str::to_string))
-                    .filter(|d| d.starts_with("10.244."))
+                    .filter(|d| d.starts_with("10.244.") && !d.contains('/'))
                     .collect()
             })
             .unwrap_or_default()

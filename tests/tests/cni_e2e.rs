@@ -517,3 +517,27 @@ fn fifty_concurrent_adds_get_fifty_addresses() {
     assert!(node.veil_links().is_empty());
     assert!(node.endpoints().is_empty());
 }
+
+#[test]
+fn logs_go_to_the_log_file_never_to_stdout() {
+    require_root();
+    let p = unique_prefix();
+    let node = Node::start(&p, "10.244.20.0/24");
+    let pod = Netns::new(&format!("{p}-pod"));
+    let dir = veil_tests::TempDir::new(&p, "log");
+    let log = dir.path().join("veil.log");
+    let mut conf = node.conf("1.0.0");
+    conf["logFile"] = json!(log.display().to_string());
+    let cid = format!("{p}c");
+    let path = pod.path();
+    let vars = veil_tests::pod_vars(&cid, &path, "");
+    let add = node.cni("ADD", &vars, &conf);
+    assert!(add.stderr.is_empty(), "{}", add.stderr);
+    let r = add.ok();
+    assert_eq!(r["cniVersion"], "1.0.0");
+    let del = node.cni("DEL", &vars, &conf);
+    assert!(del.stdout.is_empty(), "{}", del.stdout);
+    del.ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("pod added") && text.contains(&cid), "{text}");
+}

@@ -165,6 +165,11 @@ fn test(a: TestArgs) -> i32 {
             } else {
                 String::new()
             };
+            let verdict = if o.compiled == o.reference {
+                o.reference.to_string()
+            } else {
+                format!("{} (compiled program: {})", o.reference, o.compiled)
+            };
             println!(
                 "{} {}{} #{}: {}: {} (expected {})",
                 if ok { "PASS" } else { "FAIL" },
@@ -172,7 +177,7 @@ fn test(a: TestArgs) -> i32 {
                 step,
                 o.index,
                 describe(&o.probe),
-                o.reference,
+                verdict,
                 o.probe.expect
             );
             if !ok || a.verbose {
@@ -262,5 +267,87 @@ fn trace(a: TraceArgs) -> i32 {
     }
     match o.reference {
         Verdict::Allow | Verdict::Deny => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn examples() -> Option<PathBuf> {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/scenarios/examples");
+        d.is_dir().then_some(d)
+    }
+
+    fn test_args(paths: Vec<PathBuf>) -> TestArgs {
+        TestArgs {
+            paths,
+            verbose: false,
+        }
+    }
+
+    #[test]
+    fn examples_pass_with_exit_0() {
+        let Some(d) = examples() else { return };
+        assert_eq!(test(test_args(vec![d])), 0);
+    }
+
+    #[test]
+    fn a_wrong_expectation_exits_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("s.yaml");
+        std::fs::write(
+            &f,
+            "name: s\nnamespaces: [{name: a}]\npods:\n  - {name: a/x, ports: [{port: 80}]}\n  - {name: a/y, ports: [{port: 80}]}\nprobes:\n  - {from: a/x, to: a/y, port: 80, expect: deny}\n",
+        )
+        .expect("write");
+        assert_eq!(test(test_args(vec![f])), 1);
+    }
+
+    #[test]
+    fn an_invalid_or_missing_file_exits_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("bad.yaml");
+        std::fs::write(&f, "name: bad\nprobes: []\nbogus: 1\n").expect("write");
+        assert_eq!(test(test_args(vec![f])), 2);
+        assert_eq!(test(test_args(vec![dir.path().join("missing.yaml")])), 2);
+    }
+
+    #[test]
+    fn duplicate_names_in_a_folder_are_invalid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = "name: same\nnamespaces: [{name: a}]\npods: [{name: a/x, ports: [{port: 80}]}]\nprobes: [{from: a/x, to: a/x, port: 80, expect: allow}]\n";
+        std::fs::write(dir.path().join("one.yaml"), body).expect("write");
+        std::fs::write(dir.path().join("two.yaml"), body).expect("write");
+        assert_eq!(test(test_args(vec![dir.path().to_path_buf()])), 2);
+    }
+
+    #[test]
+    fn trace_runs_on_an_example() {
+        let Some(d) = examples() else { return };
+        let code = trace(TraceArgs {
+            scenario: d.join("l7-path-rule.yaml"),
+            from: "books/web".into(),
+            to: "books/api".into(),
+            port: "http".into(),
+            protocol: None,
+            http_method: Some("GET".into()),
+            http_path: Some("/catalog/1".into()),
+            http_host: None,
+            step: 0,
+        });
+        assert_eq!(code, 0);
+        let bad = trace(TraceArgs {
+            scenario: d.join("l7-path-rule.yaml"),
+            from: "books/nope".into(),
+            to: "books/api".into(),
+            port: "80".into(),
+            protocol: None,
+            http_method: None,
+            http_path: None,
+            http_host: None,
+            step: 0,
+        });
+        assert_eq!(bad, 2);
     }
 }

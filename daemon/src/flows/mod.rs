@@ -698,6 +698,7 @@ mod tests {
             daemon_ipam: true,
             pod_namespace: Some(ns.into()),
             pod_name: Some(name.into()),
+            network: String::new(),
             labels: Default::default(),
             state: EndpointState::Ready,
         }
