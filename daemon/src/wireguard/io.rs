@@ -36,15 +36,15 @@ impl BatchSink {
 
 impl Sink for BatchSink {
     fn reserve(&mut self, room: usize) -> &mut [u8] {
-        self.batch.data.truncate(self.end);
         self.start = self.end;
-        self.batch.data.resize(self.start + room, 0);
-        &mut self.batch.data[self.start..]
+        if self.batch.data.len() < self.start + room {
+            self.batch.data.resize(self.start + room, 0);
+        }
+        &mut self.batch.data[self.start..self.start + room]
     }
     fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.batch.data.truncate(self.start + len);
         self.end = self.start + len;
-        self.batch.push_coalesce(self.start, to, self.gso);
+        self.batch.push_coalesce(self.start, len, to, self.gso);
     }
 }
 
@@ -56,11 +56,9 @@ impl BatchSink {
 
     /// Sends what is queued; returns the number of datagrams dropped.
     pub fn flush(&mut self, fd: std::os::fd::RawFd) -> usize {
-        self.batch.data.truncate(self.end);
         self.end = 0;
         self.start = 0;
         if self.batch.is_empty() {
-            self.batch.data.clear();
             return 0;
         }
         self.batch.flush(fd)
@@ -172,7 +170,7 @@ pub fn rx_loop(w: WorkerIo) {
             continue;
         }
         let table = w.shared.table();
-        arena.clear();
+        let mut used = 0usize;
         ranges.clear();
         for i in 0..got {
             let r = rb.got[i];
@@ -180,22 +178,25 @@ pub fn rx_loop(w: WorkerIo) {
             let data = rb.buf(i);
             let seg = r.segment.unwrap_or(data.len()).max(1);
             for d in data.chunks(seg) {
-                let off = arena.len();
-                arena.resize(off + d.len().max(148), 0);
+                let off = used;
+                let room = d.len().max(148);
+                if arena.len() < off + room {
+                    arena.resize(off + room, 0);
+                }
                 let verdict = datapath::decapsulate(
                     &w.shared,
                     &table,
                     from,
                     d,
-                    &mut arena[off..],
+                    &mut arena[off..off + room],
                     &mut replies,
                 );
                 match verdict {
                     RxVerdict::Deliver(len) => {
-                        arena.truncate(off + len);
+                        used = off + len;
                         ranges.push((off, len));
                     }
-                    RxVerdict::Handled | RxVerdict::Dropped => arena.truncate(off),
+                    RxVerdict::Handled | RxVerdict::Dropped => {}
                 }
             }
         }
