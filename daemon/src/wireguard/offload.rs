@@ -306,14 +306,13 @@ fn parse_tcp(pkt: &[u8]) -> Option<Parsed> {
         return None;
     }
     let mut addrs = [0u8; 32];
-    let mut ip_fields = [0u8; 4];
-    if v6 {
+    let ip_fields = if v6 {
         addrs.copy_from_slice(&pkt[8..40]);
-        ip_fields = [pkt[0] & 0x0f, pkt[1] & 0xf0, pkt[7], 0];
+        [pkt[0] & 0x0f, pkt[1] & 0xf0, pkt[7], 0]
     } else {
         addrs[..8].copy_from_slice(&pkt[12..20]);
-        ip_fields = [pkt[1], pkt[8], pkt[6], 0];
-    }
+        [pkt[1], pkt[8], pkt[6], 0]
+    };
     let t = &pkt[l4..];
     Some(Parsed {
         key: FlowKey {
