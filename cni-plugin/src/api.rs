@@ -186,6 +186,11 @@ pub struct Attachment {
 pub struct GcRequest {
     /// The attachments to keep.
     pub valid: Vec<Attachment>,
+    /// The network being collected (the CNI config's `name`): when not empty,
+    /// only endpoints added with this network name are candidates, so that two
+    /// networks using Veil on one node do not collect each other's endpoints.
+    #[serde(default)]
+    pub network: String,
 }
 
 /// Answer to `cni.gc`.
@@ -193,6 +198,10 @@ pub struct GcRequest {
 pub struct GcReply {
     /// Host veths of the released endpoints (the plugin removes those still present).
     pub removed_host_ifnames: Vec<String>,
+    /// The released attachments (the plugin releases their delegated IPAM
+    /// allocations with the IPAM plugin's DEL when that plugin has no GC).
+    #[serde(default)]
+    pub removed: Vec<Attachment>,
 }
 
 /// Why a call to the daemon failed.

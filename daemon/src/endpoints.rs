@@ -43,6 +43,9 @@ pub struct Endpoint {
     pub pod_namespace: Option<String>,
     /// Pod name.
     pub pod_name: Option<String>,
+    /// The CNI network name it was added for (empty when unknown).
+    #[serde(default)]
+    pub network: String,
     /// Pod labels known when the endpoint was added or last refreshed.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -405,6 +408,7 @@ mod tests {
             daemon_ipam: true,
             pod_namespace: Some("x".into()),
             pod_name: Some(id.into()),
+            network: "veil".into(),
             labels: BTreeMap::new(),
             state: EndpointState::Pending,
         }

@@ -52,6 +52,7 @@ table inet {TABLE} {{\n\
 \tchain forward {{\n\
 \t\ttype filter hook forward priority filter; policy accept;\n\
 \t\toifname \"{under}\" {ip} daddr {cluster} counter name fail_closed drop comment \"pod traffic between nodes only through veil-wg\"\n\
+\t\tiifname \"{under}\" ct direction reply ct status snat accept comment \"replies to pods' masqueraded connections\"\n\
 \t\tiifname \"{under}\" {ip} daddr {cluster} counter name fail_closed drop comment \"no clear pod traffic from the underlay\"\n\
 \t}}\n\
 \n\

@@ -223,6 +223,7 @@ impl Cni {
             daemon_ipam: true,
             pod_namespace: req.pod_namespace.clone(),
             pod_name: req.pod_name.clone(),
+            network: req.network.clone(),
             labels,
             state: EndpointState::Pending,
         };
@@ -358,8 +359,13 @@ impl Cni {
             .map(|a| (a.container_id, a.ifname))
             .collect();
         let mut removed = Vec::new();
+        let mut attachments = Vec::new();
         for ep in self.endpoints.list() {
             if keep.contains(&(ep.container_id.clone(), ep.ifname.clone())) {
+                continue;
+            }
+            // Another network's endpoint is not this collection's to release.
+            if !req.network.is_empty() && !ep.network.is_empty() && ep.network != req.network {
                 continue;
             }
             let r = self.del(DelRequest {
@@ -369,9 +375,14 @@ impl Cni {
             if let Some(h) = r.host_ifname {
                 removed.push(h);
             }
+            attachments.push(veil_cni::api::Attachment {
+                container_id: ep.container_id.clone(),
+                ifname: ep.ifname.clone(),
+            });
         }
         Ok(GcReply {
             removed_host_ifnames: removed,
+            removed: attachments,
         })
     }
 
@@ -565,6 +576,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             part: "wireguard",
             reason: e.to_string(),
         })?;
+    if let Err(e) = crate::flows::start(&ctx) {
+        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
+    }
 
     tokio::spawn(resync(ctx.clone()));
 

@@ -134,12 +134,16 @@ fn veil_call(sock: &Path, method: &str, params: Value) -> Result<Value, String> 
 }
 
 fn add(dir: &Path, id: &str) -> String {
+    add_in(dir, id, "veil")
+}
+
+fn add_in(dir: &Path, id: &str, network: &str) -> String {
     let r = call(
         dir,
         "cni.add",
         json!({"container_id": id, "netns": format!("/var/run/netns/{id}"), "ifname": "eth0",
                "host_ifname": format!("veil{id}"), "pod_namespace": "x", "pod_name": id,
-               "ipam": {"kind": "daemon"}}),
+               "network": network, "ipam": {"kind": "daemon"}}),
     )
     .expect("cni.add");
     call(
@@ -198,5 +202,35 @@ fn endpoints_and_allocations_survive_sigkill() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("fail_closed"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gc_releases_only_the_collected_networks_endpoints() {
+    require_root();
+    let ns = Netns::new("gc");
+    let dir = std::env::temp_dir().join(format!("veil-gc-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _d = start(&ns, &dir);
+    add_in(&dir, "keep1", "net-a");
+    add_in(&dir, "stale1", "net-a");
+    add_in(&dir, "other1", "net-b");
+    let r = call(
+        &dir,
+        "cni.gc",
+        json!({"valid": [{"containerID": "keep1", "ifname": "eth0"}], "network": "net-a"}),
+    )
+    .unwrap();
+    assert_eq!(r["removed_host_ifnames"], json!(["veilstale1"]), "{r}");
+    let status = call(&dir, "node.status", Value::Null).unwrap();
+    let mut pods: Vec<String> = status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pod"].as_str().unwrap().to_string())
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["x/keep1", "x/other1"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,11 +1,140 @@
-//! `veilctl flows` (not yet implemented).
+//! `veilctl flows`: recent and live flows, like `hubble observe`, from every
+//! node daemon of a lab (`--lab`) or one daemon (`--socket`), filtered by
+//! namespace, source, destination and verdict; `--follow` keeps polling with
+//! each daemon's cursor.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use veil_graph::{FlowEntry, FlowFilter, FlowPage, Verdict};
+
+use super::target::Target;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One line per flow.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Arguments of `veilctl flows`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Which daemons.
+    #[command(flatten)]
+    pub target: Target,
+    /// Keep printing new flows.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only flows with either end in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only flows from this workload id (`ns/workload`), workload, pod, `ns/pod` or address.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only flows to this workload id, workload, pod, `ns/pod` or address.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only flows with this verdict (allowed, denied).
+    #[arg(long)]
+    pub verdict: Option<Verdict>,
+    /// At most this many recent flows per node before following (0: all kept).
+    #[arg(long, default_value_t = 100)]
+    pub last: usize,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+fn line(e: &FlowEntry) -> String {
+    let end = |x: &veil_graph::FlowEnd| match &x.pod {
+        Some(p) => format!("{}/{} ({}:{})", x.namespace, p, x.ip, x.port),
+        None => format!("{} ({}:{})", x.id, x.ip, x.port),
+    };
+    let secs = e.time / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!(
+        "{h:02}:{m:02}:{s:02}.{:03} {:<8} {} -> {} {} {:?} {} {}B/{}B",
+        e.time % 1000,
+        e.node,
+        end(&e.source),
+        end(&e.destination),
+        e.protocol,
+        e.event,
+        e.verdict,
+        e.counters.bytes_sent,
+        e.counters.bytes_received,
+    )
+}
+
+fn query(socket: &PathBuf, f: &FlowFilter) -> Result<FlowPage, String> {
+    veil_cni::api::call::<_, FlowPage>(socket, "flows.list", f, Duration::from_secs(10))
+        .map_err(|e| e.to_string())
+}
 
 /// Runs the command; returns the exit code.
-pub fn run(_args: Args) -> i32 {
-    eprintln!("veilctl flows: not implemented yet");
-    2
+pub fn run(args: Args) -> i32 {
+    let sockets = match args.target.sockets() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("veilctl flows: {e}");
+            return 1;
+        }
+    };
+    let base = FlowFilter {
+        after: 0,
+        namespace: args.namespace.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        verdict: args.verdict,
+        limit: args.last,
+    };
+    let mut cursors = vec![0u64; sockets.len()];
+    let mut first = true;
+    loop {
+        let mut batch = Vec::new();
+        let mut ok = 0;
+        for (i, (node, socket)) in sockets.iter().enumerate() {
+            let f = FlowFilter {
+                after: cursors[i],
+                limit: if first { args.last } else { 0 },
+                ..base.clone()
+            };
+            match query(socket, &f) {
+                Ok(p) => {
+                    ok += 1;
+                    if p.missed > 0 {
+                        eprintln!(
+                            "veilctl flows: {} flows of node {node} dropped before they were read",
+                            p.missed
+                        );
+                    }
+                    cursors[i] = p.cursor;
+                    batch.extend(p.flows);
+                }
+                Err(e) if first => eprintln!("veilctl flows: node {node}: {e}"),
+                Err(_) => {}
+            }
+        }
+        if first && ok == 0 {
+            return 1;
+        }
+        batch.sort_by_key(|e| (e.time, e.seq));
+        for e in &batch {
+            match args.output {
+                Output::Text => println!("{}", line(e)),
+                Output::Json => match serde_json::to_string(e) {
+                    Ok(s) => println!("{s}"),
+                    Err(err) => eprintln!("veilctl flows: cannot encode: {err}"),
+                },
+            }
+        }
+        if !args.follow {
+            return 0;
+        }
+        first = false;
+        std::thread::sleep(Duration::from_millis(1000));
+    }
 }

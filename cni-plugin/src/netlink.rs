@@ -1,0 +1,661 @@
+//! [`Links`] on Linux, over raw rtnetlink sockets (no async runtime: the plugin
+//! is a short-lived, single-purpose process).
+//!
+//! Namespaces: a netlink socket stays bound to the namespace it was created in.
+//! To talk to a container's namespace the plugin spawns a short-lived thread that
+//! `setns`es into it, opens the socket and exits; the socket is then used from
+//! the main thread, which never leaves the node's namespace. The veth's container
+//! end is created directly in the container's namespace (`IFLA_NET_NS_FD` in the
+//! peer's attributes) under its final name, so it never exists in the node's
+//! namespace where its name could clash.
+
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sched::{setns, CloneFlags};
+
+use crate::links::{IfaceState, LinkError, Links, PodLinkSpec, RouteState, Wired};
+
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const DUMP_RETRIES: usize = 10;
+
+/// A synchronous rtnetlink socket in one namespace.
+struct Nl {
+    sock: Socket,
+    seq: u32,
+}
+
+fn family(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn host_len(ip: &IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn mac_string(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn errno_of(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+impl Nl {
+    /// Opens a socket in the calling thread's namespace.
+    fn open() -> io::Result<Nl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Nl { sock, seq: 0 })
+    }
+
+    /// Opens a socket in the namespace at `path`, from a short-lived thread.
+    /// The plugin's own namespace is refused: a container end created there
+    /// would land in the node's namespace.
+    fn open_in(path: &str) -> Result<Nl, LinkError> {
+        let ns = File::open(path).map_err(|source| LinkError::NetnsOpen {
+            path: path.to_string(),
+            source,
+        })?;
+        if is_own_netns(&ns) {
+            return Err(LinkError::NetnsOpen {
+                path: path.to_string(),
+                source: io::Error::other(
+                    "it is the plugin's own network namespace, not a container's",
+                ),
+            });
+        }
+        let joined = std::thread::scope(|s| {
+            s.spawn(|| -> io::Result<Nl> {
+                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Nl::open()
+            })
+            .join()
+        });
+        match joined {
+            Ok(Ok(nl)) => Ok(nl),
+            Ok(Err(source)) => Err(LinkError::NetnsOpen {
+                path: path.to_string(),
+                source,
+            }),
+            Err(_) => Err(LinkError::NetnsOpen {
+                path: path.to_string(),
+                source: io::Error::other("the namespace thread panicked"),
+            }),
+        }
+    }
+
+    /// Sends `msg` and collects the answers: for dumps every message up to
+    /// NLMSG_DONE (retried when the kernel flags the dump as interrupted), for
+    /// other requests the answer (if any) and the acknowledgement.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.seq = self.seq.wrapping_add(1);
+            let seq = self.seq;
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+            header.sequence_number = seq;
+            let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg.clone()));
+            nl.finalize();
+            let mut buf = vec![0u8; nl.buffer_len()];
+            nl.serialize(&mut buf);
+            self.sock.send(&buf, 0)?;
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            'recv: loop {
+                let (data, _) = self.sock.recv_from_full()?;
+                let mut off = 0;
+                while off < data.len() {
+                    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    let len = m.header.length as usize;
+                    if len == 0 {
+                        break;
+                    }
+                    off += (len + 3) & !3;
+                    if m.header.sequence_number != seq {
+                        continue;
+                    }
+                    if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                        interrupted = true;
+                    }
+                    match m.payload {
+                        NetlinkPayload::Error(e) => match e.code {
+                            None => break 'recv,
+                            Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
+                        },
+                        NetlinkPayload::Done(_) => break 'recv,
+                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                        _ => {}
+                    }
+                }
+            }
+            if interrupted && attempt < DUMP_RETRIES {
+                continue;
+            }
+            return Ok(out);
+        }
+    }
+
+    /// Sends a modifying request (REQUEST|ACK plus `extra_flags`, e.g.
+    /// CREATE|EXCL) and waits for the kernel's acknowledgement.
+    fn change(&mut self, msg: RouteNetlinkMessage, extra_flags: u16) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = m.payload {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The link called `name`, `None` when absent.
+    fn link_by_name(&mut self, name: &str) -> io::Result<Option<LinkMessage>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), false) {
+            Ok(v) => Ok(v.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_link(&mut self, index: u32) -> io::Result<bool> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.change(RouteNetlinkMessage::DelLink(m), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.change(RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    fn add_address(&mut self, index: u32, addr: &IpNetwork) -> io::Result<()> {
+        let ip = addr.ip();
+        let mut m = AddressMessage::default();
+        m.header.family = family(&ip);
+        m.header.prefix_len = addr.prefix();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        if ip.is_ipv6() {
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        self.change(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    fn add_permanent_neighbour(&mut self, index: u32, ip: &IpAddr, mac: &[u8]) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family(ip);
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(*v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(*v6),
+        }));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+        )
+    }
+
+    fn add_route(
+        &mut self,
+        index: u32,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
+        scope: RouteScope,
+    ) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(&dst.ip());
+        m.header.destination_prefix_length = dst.prefix();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Static;
+        m.header.scope = scope;
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(dst.ip())));
+        }
+        if let Some(gw) = gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        m.attributes.push(RouteAttribute::Oif(index));
+        self.change(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Addresses on link `index`.
+    fn addresses(&mut self, index: u32) -> io::Result<Vec<IpNetwork>> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            true,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            let ip = a
+                .attributes
+                .iter()
+                .find_map(|x| match x {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                })
+                .or_else(|| {
+                    a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                });
+            if let Some(ip) = ip {
+                if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Main-table routes through link `index`, both families.
+    fn routes(&mut self, index: u32) -> io::Result<Vec<RouteState>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = fam;
+            for m in self.request(RouteNetlinkMessage::GetRoute(q), true)? {
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    continue;
+                };
+                let table = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(r.header.table));
+                if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                    continue;
+                }
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                if oif != Some(index) {
+                    continue;
+                }
+                let addr = |a: &RouteAddress| match a {
+                    RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                    RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                };
+                let dst_ip = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Destination(d) => addr(d),
+                        _ => None,
+                    })
+                    .unwrap_or(if fam == AddressFamily::Inet {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u8; 16])
+                    });
+                let gw = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(g) => addr(g),
+                    _ => None,
+                });
+                let Ok(dst) = IpNetwork::new(dst_ip, r.header.destination_prefix_length) else {
+                    continue;
+                };
+                out.push(RouteState {
+                    dst,
+                    gw,
+                    scope: u8::from(r.header.scope),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything [`IfaceState`] holds about the link `name`.
+    fn iface(&mut self, name: &str) -> io::Result<Option<IfaceState>> {
+        let Some(link) = self.link_by_name(name)? else {
+            return Ok(None);
+        };
+        let index = link.header.index;
+        let mut st = IfaceState {
+            name: name.to_string(),
+            mac: String::new(),
+            mtu: 0,
+            up: link.header.flags.contains(LinkFlags::Up),
+            veth: false,
+            addrs: vec![],
+            routes: vec![],
+        };
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Address(mac) => st.mac = mac_string(mac),
+                LinkAttribute::Mtu(m) => st.mtu = *m,
+                LinkAttribute::LinkInfo(infos) => {
+                    st.veth = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
+                _ => {}
+            }
+        }
+        st.addrs = self.addresses(index)?;
+        st.routes = self.routes(index)?;
+        Ok(Some(st))
+    }
+}
+
+/// Whether `ns` is the namespace this process runs in.
+fn is_own_netns(ns: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (ns.metadata(), std::fs::metadata("/proc/self/ns/net")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn link_mac(link: &LinkMessage) -> Vec<u8> {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// [`Links`] on the running kernel; host-side operations happen in the
+/// namespace the plugin runs in.
+#[derive(Default)]
+pub struct LinuxLinks {
+    host: Option<Nl>,
+}
+
+impl LinuxLinks {
+    /// A new instance (sockets are opened on first use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn host(&mut self) -> Result<&mut Nl, LinkError> {
+        if self.host.is_none() {
+            let nl = Nl::open().map_err(|source| LinkError::Netlink {
+                op: "open rtnetlink socket".into(),
+                source,
+            })?;
+            self.host = Some(nl);
+        }
+        Ok(self.host.as_mut().expect("just opened"))
+    }
+
+    fn wire_inner(
+        &mut self,
+        spec: &PodLinkSpec,
+        ns: &File,
+        pod: &mut Nl,
+    ) -> Result<Wired, LinkError> {
+        let host_name = spec.host_ifname.clone();
+        let nl_err = |op: String| move |source| LinkError::Netlink { op, source };
+        // The pair, the container end created directly in its namespace.
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.ifname.clone()));
+        peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(host_name.clone()));
+        m.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        let host = self.host()?;
+        host.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(nl_err(format!(
+                "create veth {host_name} with peer {} in {}",
+                spec.ifname, spec.netns
+            )))?;
+        // From here on the caller deletes the pair on failure.
+        let host_link = host
+            .link_by_name(&host_name)
+            .map_err(nl_err(format!("look up {host_name}")))?
+            .ok_or_else(|| LinkError::Netlink {
+                op: format!("look up {host_name}"),
+                source: io::Error::from_raw_os_error(ENODEV),
+            })?;
+        let host_index = host_link.header.index;
+        let host_mac = link_mac(&host_link);
+        if spec.addrs.iter().any(|a| a.is_ipv4()) {
+            let path = format!("/proc/sys/net/ipv4/conf/{host_name}/proxy_arp");
+            std::fs::write(&path, b"1").map_err(|source| LinkError::Sysctl { path, source })?;
+        }
+        host.set_up(host_index)
+            .map_err(nl_err(format!("set {host_name} up")))?;
+
+        // The container end.
+        let pod_link = pod
+            .link_by_name(&spec.ifname)
+            .map_err(nl_err(format!("look up {} in {}", spec.ifname, spec.netns)))?
+            .ok_or_else(|| LinkError::Netlink {
+                op: format!("look up {} in {}", spec.ifname, spec.netns),
+                source: io::Error::from_raw_os_error(ENODEV),
+            })?;
+        let pod_index = pod_link.header.index;
+        let pod_mac = link_mac(&pod_link);
+        for a in &spec.addrs {
+            pod.add_address(pod_index, a).map_err(nl_err(format!(
+                "add address {a} to {} in {}",
+                spec.ifname, spec.netns
+            )))?;
+        }
+        pod.set_up(pod_index)
+            .map_err(nl_err(format!("set {} up in {}", spec.ifname, spec.netns)))?;
+        for gw in &spec.gateways {
+            pod.add_permanent_neighbour(pod_index, gw, &host_mac)
+                .map_err(nl_err(format!(
+                    "add neighbour {gw} on {} in {}",
+                    spec.ifname, spec.netns
+                )))?;
+            let gw_net = IpNetwork::new(*gw, host_len(gw)).expect("host prefix");
+            pod.add_route(pod_index, gw_net, None, RouteScope::Link)
+                .map_err(|source| {
+                    let hint = if errno_of(&source) == Some(EEXIST) {
+                        " (the pod already routes to the gateway through another interface: Veil gives a pod one interface per address family)"
+                    } else {
+                        ""
+                    };
+                    LinkError::Netlink {
+                        op: format!("add route {gw_net} dev {} in {}{hint}", spec.ifname, spec.netns),
+                        source,
+                    }
+                })?;
+            let any = IpNetwork::new(
+                if gw.is_ipv4() {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u8; 16])
+                },
+                0,
+            )
+            .expect("default");
+            pod.add_route(pod_index, any, Some(*gw), RouteScope::Universe)
+                .map_err(nl_err(format!(
+                    "add default route via {gw} in {}",
+                    spec.netns
+                )))?;
+        }
+
+        // The node's route to the pod.
+        let host = self.host()?;
+        for a in &spec.addrs {
+            let dst = IpNetwork::new(a.ip(), host_len(&a.ip())).expect("host prefix");
+            host.add_route(host_index, dst, None, RouteScope::Link)
+                .map_err(nl_err(format!("add route {dst} dev {host_name}")))?;
+        }
+        Ok(Wired {
+            host_mac: mac_string(&host_mac),
+            pod_mac: mac_string(&pod_mac),
+        })
+    }
+}
+
+impl Links for LinuxLinks {
+    fn pod_iface(&mut self, netns: &str, ifname: &str) -> Result<Option<IfaceState>, LinkError> {
+        let mut pod = Nl::open_in(netns)?;
+        pod.iface(ifname).map_err(|source| LinkError::Netlink {
+            op: format!("inspect {ifname} in {netns}"),
+            source,
+        })
+    }
+
+    fn host_iface(&mut self, name: &str) -> Result<Option<IfaceState>, LinkError> {
+        self.host()?
+            .iface(name)
+            .map_err(|source| LinkError::Netlink {
+                op: format!("inspect {name}"),
+                source,
+            })
+    }
+
+    fn wire(&mut self, spec: &PodLinkSpec) -> Result<Wired, LinkError> {
+        let mut pod = Nl::open_in(&spec.netns)?;
+        let ns = File::open(&spec.netns).map_err(|source| LinkError::NetnsOpen {
+            path: spec.netns.clone(),
+            source,
+        })?;
+        let mut result = self.wire_inner(spec, &ns, &mut pod);
+        if let Err(LinkError::Netlink { source, .. }) = &result {
+            // A stale pair of this very attachment (an ADD that was killed before it
+            // could roll back): the name is derived from the attachment, so it is
+            // ours to replace. Remove it and try once more.
+            if errno_of(source) == Some(EEXIST)
+                && self.delete_host(&spec.host_ifname).unwrap_or(false)
+            {
+                result = self.wire_inner(spec, &ns, &mut pod);
+            }
+        }
+        if result.is_err() {
+            let _ = self.delete_host(&spec.host_ifname);
+        }
+        result
+    }
+
+    fn delete_host(&mut self, name: &str) -> Result<bool, LinkError> {
+        let host = self.host()?;
+        let op = |source| LinkError::Netlink {
+            op: format!("delete {name}"),
+            source,
+        };
+        match host.link_by_name(name).map_err(op)? {
+            None => Ok(false),
+            Some(l) => host.delete_link(l.header.index).map_err(op),
+        }
+    }
+
+    fn delete_pod(&mut self, netns: &str, ifname: &str) -> Result<bool, LinkError> {
+        let mut pod = match Nl::open_in(netns) {
+            Ok(p) => p,
+            Err(LinkError::NetnsOpen { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let op = |source| LinkError::Netlink {
+            op: format!("delete {ifname} in {netns}"),
+            source,
+        };
+        match pod.link_by_name(ifname).map_err(op)? {
+            None => Ok(false),
+            Some(l) => pod.delete_link(l.header.index).map_err(op),
+        }
+    }
+}

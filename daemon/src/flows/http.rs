@@ -1,0 +1,258 @@
+//! HTTP surfaces of the flows: `/api/v1/graph` (JSON, the cluster's graph by
+//! default, merged from every node's `?scope=node` view; `?scope=node` for
+//! this node only), `/api/v1/flows` (the flow log), the Grafana Node Graph API
+//! data source endpoints (`/api/graph/fields`, `/api/graph/data`,
+//! `/api/health`), and the live page `/ui` with its vendored cytoscape.js.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::watch;
+use veil_graph::{FlowFilter, GraphView, Verdict};
+
+use super::{now_ms, Flows};
+use crate::context::NodeContext;
+use crate::datastore::Snapshot;
+
+const INDEX_HTML: &str = include_str!("../../ui/index.html");
+const CYTOSCAPE_JS: &str = include_str!("../../ui/vendor/cytoscape.min.js");
+const CYTOSCAPE_LICENSE: &str = include_str!("../../ui/vendor/cytoscape.LICENSE");
+
+/// The other nodes' HTTP servers, from the datastore.
+#[derive(Clone)]
+pub(super) struct Peers {
+    node: String,
+    port: u16,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl Peers {
+    pub(super) fn from_context(ctx: &NodeContext) -> Self {
+        Peers {
+            node: ctx.config.node_name.clone(),
+            port: ctx.config.http_listen.port(),
+            snapshots: ctx.snapshots.clone(),
+        }
+    }
+
+    fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.snapshots
+            .borrow()
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node)
+            .map(|n| (n.name.clone(), SocketAddr::new(n.address, self.port)))
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    flows: Arc<Flows>,
+    peers: Peers,
+}
+
+/// Fetches `path` from `addr` over plain HTTP/1.0 (peers are in the cluster).
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let mut buf = Vec::new();
+    s.take(64 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("{addr}: HTTP status {status}"));
+    }
+    Ok(buf[split + 4..].to_vec())
+}
+
+/// This node's view merged with every peer's; the errors name unreachable peers.
+async fn cluster_view(st: &AppState) -> (GraphView, Vec<String>) {
+    let mine = st.flows.view(now_ms());
+    let peers = st.peers.addresses();
+    if peers.is_empty() {
+        return (mine, Vec::new());
+    }
+    let fetched = tokio::task::spawn_blocking(move || {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .map(|(name, addr)| {
+                std::thread::spawn(move || {
+                    let r = http_get(addr, "/api/v1/graph?scope=node", Duration::from_secs(2))
+                        .and_then(|b| {
+                            serde_json::from_slice::<GraphView>(&b)
+                                .map_err(|e| format!("{addr}: {e}"))
+                        });
+                    (name, r)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut views = vec![mine];
+    let mut errors = Vec::new();
+    for (name, r) in fetched {
+        match r {
+            Ok(v) => views.push(v),
+            Err(e) => errors.push(format!("node {name}: {e}")),
+        }
+    }
+    (GraphView::merge(views), errors)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GraphQuery {
+    /// `node` or `cluster` (default).
+    scope: Option<String>,
+}
+
+async fn graph(State(st): State<AppState>, Query(q): Query<GraphQuery>) -> Response {
+    let (view, errors, scope) = match q.scope.as_deref() {
+        Some("node") => (st.flows.view(now_ms()), Vec::new(), "node"),
+        None | Some("cluster") => {
+            let (v, e) = cluster_view(&st).await;
+            (v, e, "cluster")
+        }
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("scope {other:?}: expected node or cluster\n"),
+            )
+                .into_response()
+        }
+    };
+    let mut j = serde_json::to_value(&view).unwrap_or_default();
+    if let Some(o) = j.as_object_mut() {
+        o.insert("node".into(), st.flows.node().into());
+        o.insert("scope".into(), scope.into());
+        if !errors.is_empty() {
+            o.insert("errors".into(), errors.into());
+        }
+    }
+    Json(j).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FlowsQuery {
+    #[serde(default)]
+    after: u64,
+    namespace: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    verdict: Option<String>,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn flows(State(st): State<AppState>, Query(q): Query<FlowsQuery>) -> Response {
+    let verdict = match q.verdict.as_deref().map(str::parse::<Verdict>).transpose() {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let f = FlowFilter {
+        after: q.after,
+        namespace: q.namespace,
+        from: q.from,
+        to: q.to,
+        verdict,
+        limit: q.limit,
+    };
+    Json(st.flows.flows(&f)).into_response()
+}
+
+async fn grafana_data(State(st): State<AppState>) -> Response {
+    let (v, _) = cluster_view(&st).await;
+    Json(v.grafana_data()).into_response()
+}
+
+async fn grafana_fields() -> Response {
+    Json(GraphView::grafana_fields()).into_response()
+}
+
+async fn ui() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+async fn cytoscape() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        CYTOSCAPE_JS,
+    )
+        .into_response()
+}
+
+async fn cytoscape_license() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        CYTOSCAPE_LICENSE,
+    )
+        .into_response()
+}
+
+/// The routes, ready to merge into the daemon's server.
+pub(super) fn routes(flows: Arc<Flows>, peers: Peers) -> Router {
+    Router::new()
+        .route("/api/v1/graph", get(graph))
+        .route("/api/v1/flows", get(flows_handler))
+        .route("/api/graph/fields", get(grafana_fields))
+        .route("/api/graph/data", get(grafana_data))
+        .route("/api/health", get(|| async { "OK" }))
+        .route("/ui", get(ui))
+        .route("/ui/", get(ui))
+        .route("/ui/vendor/cytoscape.min.js", get(cytoscape))
+        .route("/ui/vendor/cytoscape.LICENSE", get(cytoscape_license))
+        .with_state(AppState { flows, peers })
+}
+
+async fn flows_handler(st: State<AppState>, q: Query<FlowsQuery>) -> Response {
+    flows(st, q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_the_vendored_library_and_the_graph() {
+        assert!(INDEX_HTML.contains("/ui/vendor/cytoscape.min.js"));
+        assert!(INDEX_HTML.contains("/api/v1/graph"));
+        assert!(CYTOSCAPE_JS.len() > 100_000);
+        assert!(
+            CYTOSCAPE_LICENSE.contains("MIT")
+                || CYTOSCAPE_LICENSE.contains("Permission is hereby granted")
+        );
+    }
+}

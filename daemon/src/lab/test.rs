@@ -1,0 +1,317 @@
+//! `veilctl lab test`: runs a scenario as real traffic. Builds the scenario's
+//! cluster in a lab of its own, writes its policies into the lab's datastore
+//! (where every node's `veild` reads them), then for each step applies its
+//! changes (policies created, replaced or deleted; pod and namespace labels),
+//! lets the daemons catch up, and sends each probe from its source pod
+//! ([`super::probe`]). The lab is removed at the end unless kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veil_policy::eval::Verdict;
+use veil_policy::model::ObjectKey;
+use veil_policy::scenario::{LabelChange, Probe, ProbeTarget, Scenario, NS_NAME_LABEL};
+
+use super::plan::Plan;
+use super::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};
+use super::state::LabState;
+use super::up::{pod_record, Binaries, UpOptions};
+use super::LabError;
+use crate::datastore::local::LocalDatastore;
+use crate::datastore::{Datastore, NamespaceRecord};
+
+/// How one probe went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Step number (0-based).
+    pub step: usize,
+    /// Probe number within the step (0-based).
+    pub index: usize,
+    /// The probe.
+    pub probe: Probe,
+    /// What the traffic did.
+    pub result: ProbeResult,
+}
+
+impl Outcome {
+    /// The verdict the traffic got.
+    pub fn verdict(&self) -> Verdict {
+        if self.result.allowed() {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+
+    /// Whether it is the expected one.
+    pub fn passed(&self) -> bool {
+        self.verdict() == self.probe.expect
+    }
+}
+
+/// Options of one scenario run.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Lab name.
+    pub lab: String,
+    /// Programs.
+    pub binaries: Binaries,
+    /// How long the daemons get to apply a change before probes run.
+    pub settle: Duration,
+    /// Keep the lab afterwards.
+    pub keep: bool,
+}
+
+/// The policy files of a lab's datastore, one per object.
+struct PolicyFiles {
+    dir: PathBuf,
+    files: BTreeMap<String, PathBuf>,
+    next: usize,
+}
+
+fn key_string(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
+    format!("{group}/{kind}/{}/{name}", namespace.unwrap_or(""))
+}
+
+fn object_key(k: &ObjectKey) -> String {
+    key_string(
+        k.kind.group(),
+        k.kind.name(),
+        k.namespace.as_deref(),
+        &k.name,
+    )
+}
+
+fn file_stem(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl PolicyFiles {
+    fn new(datastore: &Path) -> Result<Self, LabError> {
+        let dir = datastore.join("policies").join("lab-test");
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        Ok(PolicyFiles {
+            dir,
+            files: BTreeMap::new(),
+            next: 0,
+        })
+    }
+
+    /// Creates or replaces the object `key` with `manifest`.
+    fn apply(&mut self, key: String, manifest: &serde_yaml::Value) -> Result<(), LabError> {
+        let path = match self.files.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self
+                    .dir
+                    .join(format!("{:04}-{}.yaml", self.next, file_stem(&key)));
+                self.next += 1;
+                self.files.insert(key, p.clone());
+                p
+            }
+        };
+        let text = serde_yaml::to_string(manifest).map_err(|e| {
+            LabError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        super::state::write_atomic(&path, text.as_bytes())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), LabError> {
+        if let Some(p) = self.files.remove(key) {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LabError::io(&p, e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The probe the lab sends for a scenario probe.
+pub fn probe_spec(state: &LabState, probe: &Probe) -> ProbeSpec {
+    let dns_server = state
+        .pods
+        .iter()
+        .find(|p| p.namespace == "kube-system" && p.name == "kube-dns")
+        .and_then(|p| p.ip);
+    let target = match &probe.to {
+        ProbeTarget::Pod(_) => Target::Ip(probe.dst),
+        ProbeTarget::Name(n) => Target::Name(n.clone()),
+        ProbeTarget::Ip(ip) => Target::Ip(*ip),
+    };
+    ProbeSpec {
+        target,
+        port: probe.port,
+        protocol: probe.protocol.to_string(),
+        http: probe.http.as_ref().map(|h| HttpRequest {
+            method: h.method.clone(),
+            path: h.path.clone(),
+        }),
+        host: probe.http.as_ref().map(|h| h.host.clone()),
+        dns_query: probe
+            .dns_query
+            .then(|| "kube-dns.kube-system.svc.cluster.local".to_string()),
+        dns_server,
+        timeout_ms: None,
+    }
+}
+
+/// Runs scenario `sc` in a new lab; `report` gets each outcome as it comes.
+pub fn run(
+    sc: &Scenario,
+    scenario_path: &Path,
+    opts: &TestOptions,
+    report: &mut dyn FnMut(&Outcome),
+) -> Result<Vec<Outcome>, LabError> {
+    let plan = Plan::from_scenario(&opts.lab, sc)?;
+    let up = UpOptions {
+        plan: plan.clone(),
+        binaries: opts.binaries.clone(),
+        scenario: Some(scenario_path.to_path_buf()),
+        keep_on_error: opts.keep,
+    };
+    let state = super::up::up(&up, &mut |w| eprintln!("warning: {w}"))?;
+    let result = run_steps(sc, &plan, &state, opts, report);
+    if !opts.keep {
+        super::down::down(&opts.lab)?;
+    }
+    result
+}
+
+fn run_steps(
+    sc: &Scenario,
+    plan: &Plan,
+    state: &LabState,
+    opts: &TestOptions,
+    report: &mut dyn FnMut(&Outcome),
+) -> Result<Vec<Outcome>, LabError> {
+    let store = LocalDatastore::open(state.datastore_dir())?;
+    let mut files = PolicyFiles::new(&state.datastore_dir())?;
+    for (manifest, object) in &sc.policies {
+        files.apply(object_key(&object.key), manifest)?;
+    }
+    let mut pods: BTreeMap<String, crate::datastore::PodRecord> = plan
+        .pods
+        .iter()
+        .map(|p| (p.full_name(), pod_record(p)))
+        .collect();
+    let mut outcomes = Vec::new();
+    for (si, step) in sc.steps.iter().enumerate() {
+        let changed =
+            si == 0 || !step.apply.is_empty() || !step.delete.is_empty() || !step.labels.is_empty();
+        for (manifest, object) in &step.apply {
+            files.apply(object_key(&object.key), manifest)?;
+        }
+        for key in &step.delete {
+            files.delete(&object_key(key))?;
+        }
+        for change in &step.labels {
+            match change {
+                LabelChange::Pod { pod, labels } => {
+                    if let Some(rec) = pods.get_mut(pod) {
+                        rec.labels = labels.clone();
+                        store.put_pod(rec)?;
+                    }
+                }
+                LabelChange::Namespace { namespace, labels } => {
+                    let mut labels = labels.clone();
+                    labels.remove(NS_NAME_LABEL);
+                    store.put_namespace(&NamespaceRecord {
+                        name: namespace.clone(),
+                        labels,
+                    })?;
+                }
+            }
+        }
+        if changed {
+            std::thread::sleep(opts.settle);
+        }
+        for (pi, probe) in step.probes.iter().enumerate() {
+            let from = state.pod(&probe.from).ok_or_else(|| LabError::NoSuch {
+                lab: state.name.clone(),
+                what: "pod",
+                name: probe.from.clone(),
+            })?;
+            let spec = probe_spec(state, probe);
+            let result =
+                super::probe::run_in(&from.netns, &opts.binaries.veilctl, &spec, &probe.from)?;
+            let o = Outcome {
+                step: si,
+                index: pi,
+                probe: probe.clone(),
+                result,
+            };
+            report(&o);
+            outcomes.push(o);
+        }
+    }
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_are_replaced_by_key_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = PolicyFiles::new(dir.path()).unwrap();
+        let a: serde_yaml::Value =
+            serde_yaml::from_str("kind: Tier\nmetadata: {name: a}\nspec: {order: 1}").unwrap();
+        let b: serde_yaml::Value =
+            serde_yaml::from_str("kind: Tier\nmetadata: {name: a}\nspec: {order: 2}").unwrap();
+        let key = key_string("veil.dev", "Tier", None, "a");
+        f.apply(key.clone(), &a).unwrap();
+        f.apply(key.clone(), &b).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("policies/lab-test"))
+            .unwrap()
+            .collect();
+        assert_eq!(entries.len(), 1, "one file per object");
+        let path = f.files[&key].clone();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("order: 2"));
+        f.delete(&key).unwrap();
+        assert!(!path.exists());
+        f.delete(&key).unwrap();
+    }
+
+    #[test]
+    fn file_names_are_safe() {
+        assert_eq!(
+            file_stem("networking.k8s.io/NetworkPolicy/x/deny-all"),
+            "networking.k8s.io_NetworkPolicy_x_deny-all"
+        );
+        assert!(!file_stem("../../etc/passwd").contains('/'));
+    }
+
+    #[test]
+    fn probes_to_pods_go_to_their_address_with_the_scenario_host() {
+        let sc = Scenario::parse(
+            "name: s\nnamespaces: [{name: x}]\npods:\n  - {name: x/a, ports: [{port: 80}]}\n  - {name: x/b, ports: [{port: 80}]}\nprobes:\n  - {from: x/a, to: x/b, port: 80, expect: allow}\n  - {from: x/a, to: kube-system/kube-dns, port: 53, protocol: UDP, expect: allow}\n",
+        )
+        .unwrap();
+        let state = LabState::new("t");
+        let p = &sc.steps[0].probes[0];
+        let spec = probe_spec(&state, p);
+        assert_eq!(spec.target, Target::Ip(p.dst));
+        assert_eq!(spec.protocol, "TCP");
+        assert_eq!(spec.host.as_deref(), Some("b.x"));
+        assert_eq!(spec.http.as_ref().unwrap().method, "GET");
+        let dns = probe_spec(&state, &sc.steps[0].probes[1]);
+        assert!(dns.dns_query.is_some());
+        assert_eq!(dns.protocol, "UDP");
+    }
+}

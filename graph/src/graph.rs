@@ -1,0 +1,649 @@
+//! The service graph: a petgraph of identities (vertices, one per workload,
+//! node, external name or `world`) and edges keyed by (source vertex,
+//! destination vertex, destination port, protocol), fed with flow records.
+//!
+//! Invariants:
+//! - A connection is counted once: once per [`ConnKey`] (5-tuple + kernel id)
+//!   in this graph, and once in the cluster by the [`Locality::counts`] rule.
+//! - Byte and packet totals only grow: each record adds the growth of the
+//!   connection's counters since the previous record of that connection.
+//! - Memory is bounded: at most `max_edges` edges and `max_connections`
+//!   tracked connections; beyond, the stalest (least recently seen) eighth is
+//!   evicted at once and counted in [`GraphCounters`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableDiGraph};
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+
+use crate::hash::SeededState;
+use crate::identity::Identity;
+use crate::record::{
+    ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Millis, Protocol, Verdict,
+};
+use crate::window::{FifteenMinutes, OneMinute};
+
+/// Limits of a [`ServiceGraph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphLimits {
+    /// Most edges kept.
+    pub max_edges: usize,
+    /// Most live connections tracked (for byte deltas and active counts).
+    pub max_connections: usize,
+    /// Seed of the maps' hash; pick it at random where tuples come from the
+    /// network (see [`crate::hash`]).
+    pub hash_seed: u64,
+}
+
+impl Default for GraphLimits {
+    fn default() -> Self {
+        GraphLimits {
+            max_edges: 20_000,
+            max_connections: 262_144,
+            hash_seed: 0,
+        }
+    }
+}
+
+/// Health counters of a graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GraphCounters {
+    /// Records received.
+    pub records: u64,
+    /// Records ignored because another node counts them (see [`crate::Locality::counts`]).
+    pub not_counted_here: u64,
+    /// Edges evicted to stay under the edge cap.
+    pub evicted_edges: u64,
+    /// Tracked connections evicted to stay under the connection cap.
+    pub evicted_connections: u64,
+}
+
+/// A vertex: an identity aggregated to its workload.
+#[derive(Debug, Clone)]
+pub struct Vertex {
+    /// The identity that first created the vertex (its id, kind, namespace and
+    /// workload are those of every identity mapped to it).
+    pub identity: Arc<Identity>,
+    /// Last time a record touched the vertex.
+    pub last_seen: Millis,
+}
+
+/// What an edge carries.
+#[derive(Debug, Clone)]
+pub struct EdgeStats {
+    /// Destination port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Connections seen (allowed).
+    pub connections: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Denied attempts.
+    pub denied: u64,
+    /// Bytes and packets each way.
+    pub counters: Counters,
+    /// First record.
+    pub first_seen: Millis,
+    /// Latest record.
+    pub last_seen: Millis,
+    /// The policy (and rule) that decided the latest record, when known.
+    pub policy: Option<Arc<str>>,
+    /// The last minute.
+    pub minute: OneMinute,
+    /// The last 15 minutes.
+    pub quarter: FifteenMinutes,
+}
+
+type EdgeKey = (NodeIndex, NodeIndex, u16, Protocol);
+
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    edge: EdgeKey,
+    counters: Counters,
+    last_seen: Millis,
+}
+
+/// The service dependency graph of one observer (a node).
+#[derive(Debug)]
+pub struct ServiceGraph {
+    limits: GraphLimits,
+    graph: StableDiGraph<Vertex, EdgeStats>,
+    vertices: HashMap<String, NodeIndex, SeededState>,
+    edges: HashMap<EdgeKey, EdgeIndex, SeededState>,
+    conns: HashMap<ConnKey, Tracked, SeededState>,
+    counters: GraphCounters,
+}
+
+impl Default for ServiceGraph {
+    fn default() -> Self {
+        ServiceGraph::new(GraphLimits::default())
+    }
+}
+
+impl ServiceGraph {
+    /// An empty graph with these limits (each at least 1).
+    pub fn new(limits: GraphLimits) -> Self {
+        ServiceGraph {
+            limits: GraphLimits {
+                max_edges: limits.max_edges.max(1),
+                max_connections: limits.max_connections.max(1),
+                hash_seed: limits.hash_seed,
+            },
+            graph: StableDiGraph::default(),
+            vertices: HashMap::with_hasher(SeededState(limits.hash_seed)),
+            edges: HashMap::with_hasher(SeededState(limits.hash_seed ^ 1)),
+            conns: HashMap::with_hasher(SeededState(limits.hash_seed ^ 2)),
+            counters: GraphCounters::default(),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> GraphLimits {
+        self.limits
+    }
+
+    /// Health counters.
+    pub fn counters(&self) -> GraphCounters {
+        self.counters
+    }
+
+    /// Number of vertices.
+    pub fn vertex_count(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// Number of edges.
+    pub fn edge_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    /// Connections tracked now.
+    pub fn tracked_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The underlying petgraph (read-only).
+    pub fn petgraph(&self) -> &StableDiGraph<Vertex, EdgeStats> {
+        &self.graph
+    }
+
+    /// Every edge as (source vertex, destination vertex, stats).
+    pub fn edges(&self) -> impl Iterator<Item = (&Vertex, &Vertex, &EdgeStats)> {
+        self.graph
+            .edge_references()
+            .map(|e| (&self.graph[e.source()], &self.graph[e.target()], e.weight()))
+    }
+
+    fn vertex(&mut self, id: &Arc<Identity>, now: Millis) -> NodeIndex {
+        if let Some(&ix) = self.vertices.get(id.id()) {
+            let v = &mut self.graph[ix];
+            v.last_seen = v.last_seen.max(now);
+            return ix;
+        }
+        let ix = self.graph.add_node(Vertex {
+            identity: id.clone(),
+            last_seen: now,
+        });
+        self.vertices.insert(id.id().to_string(), ix);
+        ix
+    }
+
+    fn edge(&mut self, key: EdgeKey, now: Millis) -> EdgeIndex {
+        if let Some(&ix) = self.edges.get(&key) {
+            return ix;
+        }
+        if self.edges.len() >= self.limits.max_edges {
+            self.evict_edges();
+        }
+        let ix = self.graph.add_edge(
+            key.0,
+            key.1,
+            EdgeStats {
+                port: key.2,
+                protocol: key.3,
+                connections: 0,
+                active: 0,
+                denied: 0,
+                counters: Counters::default(),
+                first_seen: now,
+                last_seen: now,
+                policy: None,
+                minute: OneMinute::default(),
+                quarter: FifteenMinutes::default(),
+            },
+        );
+        self.edges.insert(key, ix);
+        ix
+    }
+
+    /// Removes the stalest eighth of the edges (at least one). Vertices are
+    /// kept (they are few and cheap), so indices held by the caller stay valid.
+    fn evict_edges(&mut self) {
+        let mut by_age: Vec<(Millis, EdgeKey)> = self
+            .edges
+            .iter()
+            .map(|(k, &ix)| (self.graph[ix].last_seen, *k))
+            .collect();
+        let n = (by_age.len() / 8).max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable_by_key(n - 1, |e| e.0);
+        for (_, key) in &by_age[..n] {
+            if let Some(ix) = self.edges.remove(key) {
+                self.graph.remove_edge(ix);
+                self.counters.evicted_edges += 1;
+            }
+        }
+        // Tracked connections of evicted edges stay: their next record
+        // re-creates the edge (without counting the connection again).
+    }
+
+    fn evict_connections(&mut self) {
+        let mut by_age: Vec<(Millis, ConnKey)> =
+            self.conns.iter().map(|(k, t)| (t.last_seen, *k)).collect();
+        let n = (by_age.len() / 8).max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable_by_key(n - 1, |e| e.0);
+        for (_, key) in &by_age[..n] {
+            if let Some(t) = self.conns.remove(key) {
+                self.counters.evicted_connections += 1;
+                if let Some(&ix) = self.edges.get(&t.edge) {
+                    let e = &mut self.graph[ix];
+                    e.active = e.active.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Forgets vertices that have had no edge and no record since `before`,
+    /// and edges not seen since `before`. Returns how many edges went.
+    pub fn expire(&mut self, before: Millis) -> usize {
+        let stale: Vec<EdgeKey> = self
+            .edges
+            .iter()
+            .filter(|(_, &ix)| {
+                let e = &self.graph[ix];
+                e.last_seen < before && e.active == 0
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &stale {
+            if let Some(ix) = self.edges.remove(k) {
+                self.graph.remove_edge(ix);
+            }
+        }
+        let lonely: Vec<NodeIndex> = self
+            .graph
+            .node_indices()
+            .filter(|&ix| {
+                self.graph[ix].last_seen < before
+                    && self
+                        .graph
+                        .edges_directed(ix, petgraph::Direction::Outgoing)
+                        .next()
+                        .is_none()
+                    && self
+                        .graph
+                        .edges_directed(ix, petgraph::Direction::Incoming)
+                        .next()
+                        .is_none()
+            })
+            .collect();
+        for ix in lonely {
+            if let Some(v) = self.graph.remove_node(ix) {
+                self.vertices.remove(v.identity.id());
+            }
+        }
+        // Tracked connections whose edge went are dropped too.
+        let edges = &self.edges;
+        self.conns
+            .retain(|_, t| edges.contains_key(&t.edge) || t.last_seen >= before);
+        stale.len()
+    }
+
+    /// Ingests one record (see [`FlowSink`]).
+    pub fn ingest(&mut self, r: &FlowRecord) {
+        self.counters.records += 1;
+        if !r.locality.counts(&r.source) {
+            self.counters.not_counted_here += 1;
+            return;
+        }
+        let now = r.time;
+        let src = self.vertex(&r.source, now);
+        let dst = self.vertex(&r.destination, now);
+        let key: EdgeKey = (src, dst, r.conn.dst_port, r.conn.protocol);
+        let eix = self.edge(key, now);
+        if r.verdict == Verdict::Denied {
+            let e = &mut self.graph[eix];
+            e.denied += 1;
+            e.last_seen = e.last_seen.max(now);
+            if r.policy.is_some() {
+                e.policy = r.policy.clone();
+            }
+            return;
+        }
+
+        // Connection bookkeeping: how much is new since the last record of
+        // this connection, whether it is a new connection, whether it ended.
+        // A tracked connection whose identities changed (an address reused by
+        // another pod, a late identity resolution) moves its active count to
+        // the new edge.
+        let mut moved_from: Option<EdgeKey> = None;
+        let (delta, new_conn, active_change): (Counters, bool, i8) =
+            match (r.event, self.conns.get_mut(&r.conn)) {
+                (FlowEvent::Destroy, Some(t)) => {
+                    let d = r.counters.since(&t.counters);
+                    let change = if t.edge == key {
+                        -1
+                    } else {
+                        moved_from = Some(t.edge);
+                        0
+                    };
+                    self.conns.remove(&r.conn);
+                    (d, false, change)
+                }
+                (FlowEvent::Destroy, None) => (r.counters, true, 0),
+                (_, Some(t)) => {
+                    let d = r.counters.since(&t.counters);
+                    t.counters = t.counters.max(&r.counters);
+                    t.last_seen = now;
+                    let change = if t.edge == key {
+                        0
+                    } else {
+                        moved_from = Some(t.edge);
+                        t.edge = key;
+                        1
+                    };
+                    (d, false, change)
+                }
+                (_, None) => {
+                    if self.conns.len() >= self.limits.max_connections {
+                        self.evict_connections();
+                    }
+                    self.conns.insert(
+                        r.conn,
+                        Tracked {
+                            edge: key,
+                            counters: r.counters,
+                            last_seen: now,
+                        },
+                    );
+                    (r.counters, true, 1)
+                }
+            };
+        if let Some(old) = moved_from {
+            if let Some(&ix) = self.edges.get(&old) {
+                let e = &mut self.graph[ix];
+                e.active = e.active.saturating_sub(1);
+            }
+        }
+        // Connection eviction never removes edges: `eix` is still valid.
+        let e = &mut self.graph[eix];
+        e.counters.accumulate(&delta);
+        if new_conn {
+            e.connections += 1;
+        }
+        match active_change {
+            1 => e.active += 1,
+            -1 => e.active = e.active.saturating_sub(1),
+            _ => {}
+        }
+        e.last_seen = e.last_seen.max(now);
+        if r.policy.is_some() {
+            e.policy = r.policy.clone();
+        }
+        let bytes = delta.bytes();
+        let c = u32::from(new_conn);
+        if c > 0 || bytes > 0 {
+            e.minute.add(now, c, bytes);
+            e.quarter.add(now, c, bytes);
+        }
+    }
+}
+
+impl FlowSink for ServiceGraph {
+    fn record(&mut self, record: &FlowRecord) {
+        self.ingest(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Locality;
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn pod(ns: &str, w: &str) -> Arc<Identity> {
+        Arc::new(Identity::pod(ns, format!("{w}-0"), w, BTreeMap::new()))
+    }
+
+    fn rec(
+        t: Millis,
+        event: FlowEvent,
+        sport: u16,
+        src: &Arc<Identity>,
+        dst: &Arc<Identity>,
+        bytes: u64,
+    ) -> FlowRecord {
+        FlowRecord {
+            time: t,
+            event,
+            conn: ConnKey {
+                protocol: Protocol::Tcp,
+                src: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 2)),
+                src_port: sport,
+                dst: IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)),
+                dst_port: 8080,
+                id: u32::from(sport),
+            },
+            source: src.clone(),
+            destination: dst.clone(),
+            counters: Counters {
+                bytes_sent: bytes,
+                packets_sent: 1,
+                bytes_received: bytes * 2,
+                packets_received: 1,
+            },
+            verdict: Verdict::Allowed,
+            policy: None,
+            locality: Locality {
+                source_local: true,
+                destination_local: false,
+            },
+        }
+    }
+
+    #[test]
+    fn new_update_destroy_count_one_connection_and_byte_growth() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1_000, FlowEvent::New, 40000, &f, &b, 0));
+        g.ingest(&rec(2_000, FlowEvent::Update, 40000, &f, &b, 100));
+        assert_eq!(g.edges().next().unwrap().2.active, 1);
+        g.ingest(&rec(3_000, FlowEvent::Destroy, 40000, &f, &b, 150));
+        let (s, d, e) = g.edges().next().unwrap();
+        assert_eq!(
+            (s.identity.id(), d.identity.id()),
+            ("d/frontend", "d/backend")
+        );
+        assert_eq!(e.connections, 1);
+        assert_eq!(e.active, 0);
+        assert_eq!(e.counters.bytes_sent, 150);
+        assert_eq!(e.counters.bytes_received, 300);
+        assert_eq!((e.first_seen, e.last_seen), (1_000, 3_000));
+        assert_eq!(g.tracked_connections(), 0);
+    }
+
+    #[test]
+    fn a_repeated_new_event_is_not_a_second_connection() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1_000, FlowEvent::New, 1, &f, &b, 10));
+        g.ingest(&rec(1_000, FlowEvent::New, 1, &f, &b, 10));
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 1, 10));
+    }
+
+    #[test]
+    fn a_destroy_without_new_counts_the_whole_connection() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1_000, FlowEvent::Destroy, 1, &f, &b, 10));
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.active, e.counters.bytes_sent), (1, 0, 10));
+    }
+
+    #[test]
+    fn pods_of_one_workload_share_a_vertex_and_ports_split_edges() {
+        let b = pod("d", "backend");
+        let f1 = Arc::new(Identity::pod(
+            "d",
+            "frontend-x2x9z",
+            "frontend",
+            BTreeMap::new(),
+        ));
+        let f2 = Arc::new(Identity::pod(
+            "d",
+            "frontend-b2b4z",
+            "frontend",
+            BTreeMap::new(),
+        ));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1, FlowEvent::New, 1, &f1, &b, 1));
+        g.ingest(&rec(1, FlowEvent::New, 2, &f2, &b, 1));
+        let mut r = rec(1, FlowEvent::New, 3, &f2, &b, 1);
+        r.conn.dst_port = 9090;
+        g.ingest(&r);
+        assert_eq!(g.vertex_count(), 2);
+        assert_eq!(g.edge_count(), 2);
+        let e8080 = g.edges().find(|e| e.2.port == 8080).unwrap().2;
+        assert_eq!(e8080.connections, 2);
+    }
+
+    #[test]
+    fn records_another_node_counts_are_ignored() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        let mut r = rec(1, FlowEvent::New, 1, &f, &b, 1);
+        r.locality = Locality {
+            source_local: false,
+            destination_local: true,
+        };
+        g.ingest(&r);
+        assert_eq!(g.edge_count(), 0);
+        assert_eq!(g.counters().not_counted_here, 1);
+    }
+
+    #[test]
+    fn denied_attempts_are_counted_apart_with_their_policy() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "db"));
+        let mut g = ServiceGraph::default();
+        let mut r = rec(1, FlowEvent::New, 1, &f, &b, 0);
+        r.verdict = Verdict::Denied;
+        r.policy = Some(Arc::from("d/deny-db#0"));
+        g.ingest(&r);
+        let e = g.edges().next().unwrap().2;
+        assert_eq!((e.connections, e.denied), (0, 1));
+        assert_eq!(e.policy.as_deref(), Some("d/deny-db#0"));
+        assert_eq!(g.tracked_connections(), 0);
+    }
+
+    #[test]
+    fn the_edge_cap_evicts_the_stalest_and_counts_it() {
+        let f = pod("d", "frontend");
+        let mut g = ServiceGraph::new(GraphLimits {
+            max_edges: 8,
+            max_connections: 1000,
+            hash_seed: 7,
+        });
+        for i in 0..20u16 {
+            let b = pod("d", &format!("b{i}"));
+            g.ingest(&rec(u64::from(i), FlowEvent::Destroy, i, &f, &b, 1));
+        }
+        assert!(g.edge_count() <= 8);
+        assert!(g.counters().evicted_edges >= 12);
+        // The newest edge survives.
+        assert!(g.edges().any(|e| e.1.identity.id() == "d/b19"));
+        assert!(!g.edges().any(|e| e.1.identity.id() == "d/b0"));
+    }
+
+    #[test]
+    fn the_connection_cap_evicts_the_stalest_and_fixes_active() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::new(GraphLimits {
+            max_edges: 10,
+            max_connections: 16,
+            hash_seed: 7,
+        });
+        for i in 0..100u16 {
+            g.ingest(&rec(u64::from(i), FlowEvent::New, i, &f, &b, 1));
+        }
+        assert!(g.tracked_connections() <= 16);
+        let e = g.edges().next().unwrap().2;
+        assert_eq!(e.connections, 100);
+        assert_eq!(e.active as usize, g.tracked_connections());
+        assert_eq!(
+            g.counters().evicted_connections as usize + g.tracked_connections(),
+            100
+        );
+    }
+
+    #[test]
+    fn a_connection_whose_identity_changes_moves_its_active_count() {
+        let (f, b, c) = (pod("d", "frontend"), pod("d", "backend"), pod("d", "other"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1, FlowEvent::New, 1, &f, &b, 1));
+        g.ingest(&rec(2, FlowEvent::Update, 1, &f, &c, 2));
+        let active: Vec<(String, u64)> = g
+            .edges()
+            .map(|e| (e.1.identity.id().to_string(), e.2.active))
+            .collect();
+        assert!(active.contains(&("d/backend".to_string(), 0)));
+        assert!(active.contains(&("d/other".to_string(), 1)));
+        g.ingest(&rec(3, FlowEvent::Destroy, 1, &f, &b, 3));
+        assert_eq!(g.edges().map(|e| e.2.active).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn expire_forgets_idle_edges_and_vertices() {
+        let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+        let mut g = ServiceGraph::default();
+        g.ingest(&rec(1_000, FlowEvent::Destroy, 1, &f, &b, 1));
+        assert_eq!(g.expire(500), 0);
+        assert_eq!(g.expire(5_000), 1);
+        assert_eq!((g.edge_count(), g.vertex_count()), (0, 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever order and repetition the events of a set of connections
+        /// arrive in, each connection is counted once, active never exceeds
+        /// the tracked connections, and bytes never exceed the final counters.
+        #[test]
+        fn each_connection_counts_once(events in proptest::collection::vec((0u16..20, 0u8..3, 0u64..1000), 1..200)) {
+            let (f, b) = (pod("d", "frontend"), pod("d", "backend"));
+            let mut g = ServiceGraph::default();
+            let mut seen = std::collections::HashSet::new();
+            let mut destroyed = std::collections::HashSet::new();
+            let mut max_bytes = std::collections::HashMap::new();
+            for (t, (conn, ev, bytes)) in events.iter().enumerate() {
+                if destroyed.contains(conn) { continue; }
+                let ev = match ev { 0 => FlowEvent::New, 1 => FlowEvent::Update, _ => FlowEvent::Destroy };
+                if ev == FlowEvent::Destroy { destroyed.insert(*conn); }
+                seen.insert(*conn);
+                let m: &mut u64 = max_bytes.entry(*conn).or_default();
+                *m = (*m).max(*bytes);
+                g.ingest(&rec(t as u64, ev, *conn, &f, &b, *bytes));
+            }
+            let e = g.edges().next().unwrap().2;
+            proptest::prop_assert_eq!(e.connections as usize, seen.len());
+            proptest::prop_assert_eq!(e.active as usize, seen.len() - destroyed.len());
+            proptest::prop_assert!(e.counters.bytes_sent <= max_bytes.values().sum::<u64>());
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The flow log: the most recent flow records of one node, in a bounded ring,
+//! each with a sequence number so a reader can follow it (`veilctl flows
+//! --follow` asks for everything after the last number it saw). Unlike the
+//! graph's metrics, the log shows pod names and addresses.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Identity, IdentityKind};
+use crate::record::{Counters, FlowEvent, FlowRecord, FlowSink, Millis, Protocol, Verdict};
+
+/// One end of a logged flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEnd {
+    /// Vertex id (`namespace/workload`, `node:NAME`, ...).
+    pub id: String,
+    /// Kind.
+    pub kind: IdentityKind,
+    /// Namespace (pods).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Workload, node name, external name or `world`.
+    pub workload: String,
+    /// Pod name (pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+impl FlowEnd {
+    fn new(i: &Identity, ip: IpAddr, port: u16) -> Self {
+        FlowEnd {
+            id: i.id().to_string(),
+            kind: i.kind(),
+            namespace: i.namespace().to_string(),
+            workload: i.workload().to_string(),
+            pod: i.pod_name().map(str::to_string),
+            ip,
+            port,
+        }
+    }
+
+    /// Whether `pattern` names this end: its id, workload, pod name,
+    /// `namespace/pod`, or address.
+    pub fn matches(&self, pattern: &str) -> bool {
+        self.id == pattern
+            || self.workload == pattern
+            || self.pod.as_deref() == Some(pattern)
+            || self.pod.as_deref().is_some_and(|p| {
+                pattern
+                    .strip_prefix(self.namespace.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                    == Some(p)
+            })
+            || self.ip.to_string() == pattern
+    }
+}
+
+/// One logged flow record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowEntry {
+    /// Sequence number in this node's log (starts at 1, never reused).
+    pub seq: u64,
+    /// When (ms since the epoch).
+    pub time: Millis,
+    /// What happened.
+    pub event: FlowEvent,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Initiator.
+    pub source: FlowEnd,
+    /// Responder.
+    pub destination: FlowEnd,
+    /// Counters so far.
+    pub counters: Counters,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Deciding policy and rule, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The node that logged it, filled in by whoever merges logs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+/// Which entries a reader wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowFilter {
+    /// Only entries after this sequence number.
+    #[serde(default)]
+    pub after: u64,
+    /// Only flows with either end in this namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Only flows whose source matches (see [`FlowEnd::matches`]).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Only flows whose destination matches.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Only flows with this verdict.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// At most this many (the newest); 0 means all that are kept.
+    #[serde(default)]
+    pub limit: usize,
+}
+
+impl FlowFilter {
+    /// Whether `e` passes the filter (the sequence number and limit aside).
+    pub fn accepts(&self, e: &FlowEntry) -> bool {
+        if let Some(ns) = &self.namespace {
+            if &e.source.namespace != ns && &e.destination.namespace != ns {
+                return false;
+            }
+        }
+        if let Some(f) = &self.from {
+            if !e.source.matches(f) {
+                return false;
+            }
+        }
+        if let Some(t) = &self.to {
+            if !e.destination.matches(t) {
+                return false;
+            }
+        }
+        if let Some(v) = self.verdict {
+            if e.verdict != v {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A page of the log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowPage {
+    /// Matching entries, oldest first.
+    pub flows: Vec<FlowEntry>,
+    /// The newest sequence number in the log: pass it as `after` to follow.
+    pub cursor: u64,
+    /// Entries that left the ring before this reader saw them (after `after`).
+    pub missed: u64,
+}
+
+/// The ring of recent flows.
+#[derive(Debug)]
+pub struct FlowLog {
+    capacity: usize,
+    next_seq: u64,
+    entries: VecDeque<FlowEntry>,
+}
+
+impl FlowLog {
+    /// A log keeping the `capacity` newest entries (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        FlowLog {
+            capacity: capacity.max(1),
+            next_seq: 1,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// The newest sequence number (0 when empty).
+    pub fn cursor(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Entries matching `filter`.
+    pub fn query(&self, filter: &FlowFilter) -> FlowPage {
+        let oldest = self.entries.front().map(|e| e.seq).unwrap_or(self.next_seq);
+        let missed = oldest.saturating_sub(filter.after + 1).min(self.cursor());
+        let mut flows: Vec<FlowEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.seq > filter.after && filter.accepts(e))
+            .cloned()
+            .collect();
+        if filter.limit > 0 && flows.len() > filter.limit {
+            flows.drain(..flows.len() - filter.limit);
+        }
+        FlowPage {
+            flows,
+            cursor: self.cursor(),
+            missed: if filter.after == 0 { 0 } else { missed },
+        }
+    }
+}
+
+impl FlowSink for FlowLog {
+    fn record(&mut self, r: &FlowRecord) {
+        if !r.locality.counts(&r.source) {
+            return;
+        }
+        let e = FlowEntry {
+            seq: self.next_seq,
+            time: r.time,
+            event: r.event,
+            protocol: r.conn.protocol,
+            source: FlowEnd::new(&r.source, r.conn.src, r.conn.src_port),
+            destination: FlowEnd::new(&r.destination, r.conn.dst, r.conn.dst_port),
+            counters: r.counters,
+            verdict: r.verdict,
+            policy: r.policy.as_deref().map(str::to_string),
+            node: String::new(),
+        };
+        self.next_seq += 1;
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ConnKey, Locality};
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    fn rec(i: u16, src: &str, dst_ns: &str, verdict: Verdict) -> FlowRecord {
+        FlowRecord {
+            time: u64::from(i),
+            event: FlowEvent::New,
+            conn: ConnKey {
+                protocol: Protocol::Tcp,
+                src: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 2)),
+                src_port: 1000 + i,
+                dst: IpAddr::V4(Ipv4Addr::new(10, 244, 0, 3)),
+                dst_port: 80,
+                id: 0,
+            },
+            source: Arc::new(Identity::pod(
+                "shop",
+                format!("{src}-0"),
+                src,
+                Default::default(),
+            )),
+            destination: Arc::new(Identity::pod(dst_ns, "db-0", "db", Default::default())),
+            counters: Counters::default(),
+            verdict,
+            policy: None,
+            locality: Locality {
+                source_local: true,
+                destination_local: true,
+            },
+        }
+    }
+
+    #[test]
+    fn following_with_the_cursor_returns_only_new_entries() {
+        let mut log = FlowLog::new(100);
+        log.record(&rec(1, "frontend", "shop", Verdict::Allowed));
+        let p = log.query(&FlowFilter::default());
+        assert_eq!((p.flows.len(), p.cursor), (1, 1));
+        log.record(&rec(2, "frontend", "shop", Verdict::Allowed));
+        let p = log.query(&FlowFilter {
+            after: p.cursor,
+            ..Default::default()
+        });
+        assert_eq!(p.flows.len(), 1);
+        assert_eq!(p.flows[0].seq, 2);
+        assert_eq!(p.missed, 0);
+    }
+
+    #[test]
+    fn the_ring_drops_the_oldest_and_reports_what_a_follower_missed() {
+        let mut log = FlowLog::new(3);
+        for i in 0..10 {
+            log.record(&rec(i, "frontend", "shop", Verdict::Allowed));
+        }
+        let p = log.query(&FlowFilter {
+            after: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            p.flows.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
+        assert_eq!(p.missed, 5);
+    }
+
+    #[test]
+    fn filters_by_namespace_ends_and_verdict() {
+        let mut log = FlowLog::new(100);
+        log.record(&rec(1, "frontend", "shop", Verdict::Allowed));
+        log.record(&rec(2, "batch", "other", Verdict::Denied));
+        let q = |f: FlowFilter| log.query(&f).flows.len();
+        assert_eq!(
+            q(FlowFilter {
+                namespace: Some("other".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(FlowFilter {
+                namespace: Some("shop".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(FlowFilter {
+                from: Some("shop/frontend".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(FlowFilter {
+                from: Some("frontend-0".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(FlowFilter {
+                from: Some("shop/frontend-0".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(FlowFilter {
+                to: Some("10.244.0.3".into()),
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            q(FlowFilter {
+                verdict: Some(Verdict::Denied),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            q(FlowFilter {
+                limit: 1,
+                ..Default::default()
+            }),
+            1
+        );
+    }
+}

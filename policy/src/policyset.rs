@@ -1,0 +1,175 @@
+//! The set of objects in force: custom tiers and policies of every kind,
+//! updated by applying and deleting objects, always consistent (every
+//! policy's tier exists, tier orders are unique). An update that would make
+//! it inconsistent is rejected as a whole and changes nothing.
+
+use std::collections::BTreeMap;
+
+use crate::error::PolicyError;
+use crate::kinds::{Object, ObjectBody};
+use crate::model::{Kind, ObjectKey, Policy, Tier};
+
+/// The tiers and policies in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicySet {
+    tiers: BTreeMap<String, Tier>,
+    policies: BTreeMap<ObjectKey, Policy>,
+}
+
+impl PolicySet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates or replaces objects (matched by kind, namespace and name).
+    /// All or nothing: on error the set is unchanged.
+    pub fn apply(&mut self, objects: impl IntoIterator<Item = Object>) -> Result<(), PolicyError> {
+        let mut next = self.clone();
+        for o in objects {
+            match o.body {
+                ObjectBody::Tier(t) => {
+                    next.tiers.insert(t.name.clone(), t);
+                }
+                ObjectBody::Policy(p) => {
+                    next.policies.insert(o.key, p);
+                }
+            }
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Deletes objects. All or nothing: on error the set is unchanged.
+    pub fn delete(&mut self, keys: &[ObjectKey]) -> Result<(), PolicyError> {
+        let mut next = self.clone();
+        for k in keys {
+            let found = if k.kind == Kind::Tier {
+                next.tiers.remove(&k.name).is_some()
+            } else {
+                next.policies.remove(k).is_some()
+            };
+            if !found {
+                return Err(PolicyError::invalid(
+                    k.to_string(),
+                    "metadata.name",
+                    "no such object to delete",
+                ));
+            }
+        }
+        for k in keys.iter().filter(|k| k.kind == Kind::Tier) {
+            if let Some(p) = next.policies.values().find(|p| p.tier == k.name) {
+                return Err(PolicyError::invalid(
+                    k.to_string(),
+                    "metadata.name",
+                    format!("cannot delete: tier is still named by {}", p.key),
+                ));
+            }
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let mut orders: BTreeMap<u32, &str> = BTreeMap::new();
+        for t in self.tiers.values() {
+            if let Some(other) = orders.insert(t.order, &t.name) {
+                return Err(PolicyError::invalid(
+                    format!("tier {}", t.name),
+                    "spec.order",
+                    format!("order {} is already used by tier {other}", t.order),
+                ));
+            }
+        }
+        for p in self.policies.values() {
+            let builtin = Tier::builtins().iter().any(|t| t.name == p.tier);
+            if !builtin && !self.tiers.contains_key(&p.tier) {
+                return Err(PolicyError::invalid(
+                    p.key.to_string(),
+                    "spec.tier",
+                    format!("tier {:?} does not exist", p.tier),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tier, built-in ones included, in ascending order.
+    pub fn tiers(&self) -> Vec<Tier> {
+        let mut v: Vec<Tier> = Tier::builtins().into_iter().collect();
+        v.extend(self.tiers.values().cloned());
+        v.sort_by_key(|t| t.order);
+        v
+    }
+
+    /// The custom tiers by name.
+    pub fn custom_tiers(&self) -> &BTreeMap<String, Tier> {
+        &self.tiers
+    }
+
+    /// The policies, by key.
+    pub fn policies(&self) -> &BTreeMap<ObjectKey, Policy> {
+        &self.policies
+    }
+
+    /// The policies of one tier, in evaluation order.
+    pub fn tier_policies(&self, tier: &str) -> Vec<&Policy> {
+        let mut v: Vec<&Policy> = self.policies.values().filter(|p| p.tier == tier).collect();
+        v.sort_by(|a, b| a.sort_key.cmp(&b.sort_key));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(y: &str) -> Object {
+        Object::from_yaml(y).unwrap()
+    }
+
+    #[test]
+    fn policy_naming_missing_tier_is_rejected_and_set_unchanged() {
+        let mut s = PolicySet::new();
+        let e = s
+            .apply([obj("apiVersion: veil.dev/v1alpha1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {tier: nope}\n")])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("tier \"nope\" does not exist"),
+            "{e}"
+        );
+        assert!(s.policies().is_empty());
+    }
+
+    #[test]
+    fn duplicate_tier_order_is_rejected() {
+        let mut s = PolicySet::new();
+        let e = s
+            .apply([
+                obj("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: a}\nspec: {order: 5}\n"),
+                obj("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: b}\nspec: {order: 5}\n"),
+            ])
+            .unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
+    }
+
+    #[test]
+    fn deleting_a_tier_in_use_is_rejected() {
+        let mut s = PolicySet::new();
+        s.apply([
+            obj("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {name: a}\nspec: {order: 5}\n"),
+            obj("apiVersion: veil.dev/v1alpha1\nkind: GlobalNetworkPolicy\nmetadata: {name: p}\nspec: {tier: a}\n"),
+        ])
+        .unwrap();
+        let key = ObjectKey {
+            kind: Kind::Tier,
+            namespace: None,
+            name: "a".into(),
+        };
+        let e = s.delete(&[key]).unwrap_err();
+        assert!(e.to_string().contains("still named"), "{e}");
+        assert_eq!(s.custom_tiers().len(), 1);
+    }
+}
