@@ -85,10 +85,13 @@ pub fn run(args: Args) -> i32 {
                 );
             }
             if let Some(w) = w {
-                println!(
-                    "  wireguard: {}",
-                    serde_json::to_string(w).unwrap_or_default()
-                );
+                match serde_json::from_value::<crate::wireguard::Status>(w.clone()) {
+                    Ok(s) => print!("{}", super::wireguard::format_status(&s)),
+                    Err(_) => println!(
+                        "  wireguard: {}",
+                        serde_json::to_string(w).unwrap_or_default()
+                    ),
+                }
             }
             for err in &n.datastore_errors {
                 println!("  datastore error: {err}");

@@ -36,15 +36,15 @@ impl BatchSink {
 
 impl Sink for BatchSink {
     fn reserve(&mut self, room: usize) -> &mut [u8] {
-        self.batch.data.truncate(self.end);
         self.start = self.end;
-        self.batch.data.resize(self.start + room, 0);
-        &mut self.batch.data[self.start..]
+        if self.batch.data.len() < self.start + room {
+            self.batch.data.resize(self.start + room, 0);
+        }
+        &mut self.batch.data[self.start..self.start + room]
     }
     fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.batch.data.truncate(self.start + len);
         self.end = self.start + len;
-        self.batch.push_coalesce(self.start, to, self.gso);
+        self.batch.push_coalesce(self.start, len, to, self.gso);
     }
 }
 
@@ -56,11 +56,9 @@ impl BatchSink {
 
     /// Sends what is queued; returns the number of datagrams dropped.
     pub fn flush(&mut self, fd: std::os::fd::RawFd) -> usize {
-        self.batch.data.truncate(self.end);
         self.end = 0;
         self.start = 0;
         if self.batch.is_empty() {
-            self.batch.data.clear();
             return 0;
         }
         self.batch.flush(fd)
@@ -81,6 +79,8 @@ pub struct WorkerIo {
     pub gso: bool,
     /// UDP GRO enabled.
     pub gro: bool,
+    /// Merge TCP segments into GSO writes to the TUN (needs TUN offloads).
+    pub coalesce: bool,
 }
 
 const MAX_TX_READS: usize = 64;
@@ -151,9 +151,11 @@ pub fn rx_loop(w: WorkerIo) {
     let ufd = w.udp.as_raw_fd();
     let (n, size) = if w.gro { (16, 65536) } else { (64, 2048) };
     let mut rb = RecvBatch::new(n, size);
-    let mut plain = vec![0u8; 65536 + VNET_HDR_LEN];
+    // Decrypted packets of one batch, back to back, then merged per flow.
+    let mut arena: Vec<u8> = Vec::with_capacity(2 << 20);
+    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(1024);
+    let mut coalescer = offload::Coalescer::default();
     let mut replies = BatchSink::new(false);
-    let hdr = VnetHdr::default().encode();
     while !w.stop.load(Ordering::Relaxed) {
         let got = match rb.recv(ufd) {
             Ok(n) => n,
@@ -168,23 +170,52 @@ pub fn rx_loop(w: WorkerIo) {
             continue;
         }
         let table = w.shared.table();
+        let mut used = 0usize;
+        ranges.clear();
         for i in 0..got {
             let r = rb.got[i];
             let Some(from) = r.from else { continue };
             let data = rb.buf(i);
             let seg = r.segment.unwrap_or(data.len()).max(1);
             for d in data.chunks(seg) {
-                let out = &mut plain[..];
-                match datapath::decapsulate(&w.shared, &table, from, d, out, &mut replies) {
+                let off = used;
+                let room = d.len().max(148);
+                if arena.len() < off + room {
+                    arena.resize(off + room, 0);
+                }
+                let verdict = datapath::decapsulate(
+                    &w.shared,
+                    &table,
+                    from,
+                    d,
+                    &mut arena[off..off + room],
+                    &mut replies,
+                );
+                match verdict {
                     RxVerdict::Deliver(len) => {
-                        if let Err(e) = sys::write2(fd, &hdr, &plain[..len]) {
-                            if e.kind() != std::io::ErrorKind::Interrupted {
-                                w.shared.counters.io_drops.inc();
-                            }
-                        }
+                        used = off + len;
+                        ranges.push((off, len));
                     }
                     RxVerdict::Handled | RxVerdict::Dropped => {}
                 }
+            }
+        }
+        let counters = &w.shared.counters;
+        let mut write = |h: &VnetHdr, p: &[u8]| {
+            if let Err(e) = sys::write2(fd, &h.encode(), p) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    counters.io_drops.inc();
+                }
+            }
+        };
+        if w.coalesce {
+            for &(off, len) in &ranges {
+                coalescer.push(&arena[off..off + len], &mut write);
+            }
+            coalescer.flush(&mut write);
+        } else {
+            for &(off, len) in &ranges {
+                write(&VnetHdr::default(), &arena[off..off + len]);
             }
         }
         replies.flush(ufd);

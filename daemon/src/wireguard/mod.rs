@@ -217,9 +217,15 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
     }
     sys::tun_set_persist(tuns[0].as_raw_fd(), true).map_err(WireguardError::Tun)?;
     let offload = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6;
-    let offloads_on = tuns
-        .iter()
-        .all(|t| sys::tun_set_offload(t.as_raw_fd(), offload).is_ok());
+    let offloads_on = std::env::var_os("VEIL_WG_NO_OFFLOAD").is_none()
+        && tuns
+            .iter()
+            .all(|t| sys::tun_set_offload(t.as_raw_fd(), offload).is_ok());
+    if !offloads_on {
+        for t in &tuns {
+            let _ = sys::tun_set_offload(t.as_raw_fd(), 0);
+        }
+    }
     let (link_index, _) = netlink::link(&nl, WG_DEVICE)
         .await?
         .ok_or_else(|| WireguardError::Tun(std::io::Error::other("device vanished")))?;
@@ -238,8 +244,12 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         })?;
         udps.push(Arc::new(s));
     }
-    let gso = sys::udp_gso_supported(udps[0].as_raw_fd());
-    let gro = udps.iter().all(|u| sys::udp_enable_gro(u.as_raw_fd()));
+    // VEIL_WG_NO_GSO / VEIL_WG_NO_GRO / VEIL_WG_NO_OFFLOAD / VEIL_WG_NO_COALESCE
+    // turn single optimisations off (benchmarks, kernels that misbehave).
+    let gso =
+        std::env::var_os("VEIL_WG_NO_GSO").is_none() && sys::udp_gso_supported(udps[0].as_raw_fd());
+    let gro = std::env::var_os("VEIL_WG_NO_GRO").is_none()
+        && udps.iter().all(|u| sys::udp_enable_gro(u.as_raw_fd()));
     tracing::info!(
         device = WG_DEVICE,
         mtu,
@@ -286,6 +296,7 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
             stop: stop.clone(),
             gso,
             gro,
+            coalesce: offloads_on && std::env::var_os("VEIL_WG_NO_COALESCE").is_none(),
         };
         let (a, b) = (w(), w());
         threads.push(

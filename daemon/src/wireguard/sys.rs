@@ -349,7 +349,8 @@ struct Outgoing {
 
 /// Reusable state for `sendmmsg`: packets are appended to one buffer.
 pub struct SendBatch {
-    /// Packet bytes, back to back.
+    /// Packet bytes, back to back (its length is a high-water mark; what is
+    /// queued is described by the pushed ranges).
     pub data: Vec<u8>,
     out: Vec<Outgoing>,
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
@@ -390,10 +391,9 @@ impl SendBatch {
         self.out.is_empty()
     }
 
-    /// Queues `data[start..]` (already appended by the caller) as one datagram
+    /// Queues `data[start..start + len]` (written by the caller) as one datagram
     /// to `to`, or as a GSO train of `segment`-byte datagrams when `segment` > 0.
-    pub fn push(&mut self, start: usize, to: SocketAddr, segment: u16) {
-        let len = self.data.len() - start;
+    pub fn push(&mut self, start: usize, len: usize, to: SocketAddr, segment: u16) {
         self.out.push(Outgoing {
             start,
             len,
@@ -402,12 +402,11 @@ impl SendBatch {
         });
     }
 
-    /// Queues `data[start..]` to `to`, appending it to the previous message as
+    /// Queues `data[start..start + len]` to `to`, appending it to the previous message as
     /// one more GSO segment when `gso` and the previous message goes to the
     /// same place with segments of this size or larger (the kernel then sends
     /// them as separate datagrams from one `sendmmsg` entry).
-    pub fn push_coalesce(&mut self, start: usize, to: SocketAddr, gso: bool) {
-        let len = self.data.len() - start;
+    pub fn push_coalesce(&mut self, start: usize, len: usize, to: SocketAddr, gso: bool) {
         if gso && len > 0 {
             if let Some(last) = self.out.last_mut() {
                 let seg = if last.segment == 0 {
@@ -429,7 +428,7 @@ impl SendBatch {
                 }
             }
         }
-        self.push(start, to, 0);
+        self.push(start, len, to, 0);
     }
 
     /// Sends everything queued with `sendmmsg`, then clears the batch.
@@ -505,8 +504,8 @@ impl SendBatch {
                 sent += r as usize;
             }
         }
+        // `data` keeps its length: reused without zeroing again.
         self.out.clear();
-        self.data.clear();
         dropped
     }
 }
