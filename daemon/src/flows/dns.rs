@@ -223,9 +223,9 @@ pub fn run(flows: std::sync::Arc<super::Flows>, stop: impl Fn() -> bool) {
 mod tests {
     use super::*;
     use hickory_proto::op::{OpCode, Query};
-    use std::net::Ipv4Addr;
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, Record, RecordType};
+    use std::net::Ipv4Addr;
 
     fn response(name: &str, ip: Ipv4Addr) -> Vec<u8> {
         let n = Name::from_ascii(name).unwrap();
