@@ -46,13 +46,13 @@ fn edges(graph: &Value) -> Vec<Edge> {
 #[test]
 fn collector_shows_exactly_the_edges_of_real_traffic() {
     require_root();
-    let prefix = format!("vtg{}", std::process::id() % 100_000);
-    let dir = tempfile_dir(&prefix);
-    let node = Netns::new(&prefix, "node");
-    let ext = Netns::new(&prefix, "ext");
-    let fe = Netns::new(&prefix, "fe");
-    let ba = Netns::new(&prefix, "ba");
-    let bb = Netns::new(&prefix, "bb");
+    let prefix = unique_prefix();
+    let dir = TempDir::new(&prefix, "graph");
+    let node = Netns::new(&format!("{prefix}-node"));
+    let ext = Netns::new(&format!("{prefix}-ext"));
+    let fe = Netns::new(&format!("{prefix}-fe"));
+    let ba = Netns::new(&format!("{prefix}-ba"));
+    let bb = Netns::new(&format!("{prefix}-bb"));
 
     // Underlay: node eth0 198.18.0.1 (nothing behind it here). The external
     // host 203.0.113.10 sits behind a second link, ext0, routed without
@@ -64,7 +64,7 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     node.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth0"]);
     node.ip(&["link", "set", "eth0", "up"]);
     node.ip(&[
-        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.0,
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
     ]);
     node.ip(&["addr", "add", "198.19.0.1/30", "dev", "ext0"]);
     node.ip(&["link", "set", "ext0", "up"]);
@@ -104,38 +104,35 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
 
     let sock = dir.join("veild.sock");
     let daemon = Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", &node.0])
-            .arg(bin("veild"))
-            .args(["--node-name", "n1", "--node-address", "198.18.0.1"])
-            .args([
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--underlay-interface",
-                "eth0",
-            ])
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--datastore-dir")
-            .arg(&ds)
-            .args(["--http-listen", "127.0.0.1:9590"])
-            .env("VEIL_EXTERNAL_NETWORKS", "api=203.0.113.0/24")
-            .env("VEIL_FLOW_DUMP_SECONDS", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("veild.log")).unwrap())
-            .spawn()
-            .expect("spawn veild"),
+        VeildArgs {
+            netns: &node.name,
+            node_name: "n1",
+            node_address: "198.18.0.1",
+            pod_cidr: "10.244.1.0/24",
+            underlay: "eth0",
+            socket: &sock,
+            state_dir: &dir.join("state"),
+            datastore_dir: &ds,
+            http_listen: "127.0.0.1:9590",
+        }
+        .command()
+        .env("VEIL_EXTERNAL_NETWORKS", "api=203.0.113.0/24")
+        .env("VEIL_FLOW_DUMP_SECONDS", "1")
+        .stderr(std::fs::File::create(dir.join("veild.log")).unwrap())
+        .spawn()
+        .expect("spawn veild"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while call(&sock, "flows.health", Value::Null).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "veild did not serve flows.health: {}",
+    if let Err(e) = veil_tests::wait_for_daemon(
+        &sock,
+        "flows.health",
+        Duration::from_secs(30),
+        None,
+        |_| true,
+    ) {
+        panic!(
+            "veild {e}: {}",
             std::fs::read_to_string(dir.join("veild.log")).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     // Let the collector read the datastore (address book refresh: 2 s).
     std::thread::sleep(Duration::from_millis(2500));
@@ -169,14 +166,7 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             }
         }
     });
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let follow = KillOnDrop(follow);
+    let follow = Daemon(follow);
     std::thread::sleep(Duration::from_millis(1500));
 
     let servers = [
@@ -454,5 +444,4 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         );
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
