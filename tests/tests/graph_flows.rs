@@ -122,13 +122,11 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         .spawn()
         .expect("spawn veild"),
     );
-    if let Err(e) = veil_tests::wait_for_daemon(
-        &sock,
-        "flows.health",
-        Duration::from_secs(30),
-        None,
-        |_| true,
-    ) {
+    if let Err(e) =
+        veil_tests::wait_for_daemon(&sock, "flows.health", Duration::from_secs(30), None, |_| {
+            true
+        })
+    {
         panic!(
             "veild {e}: {}",
             std::fs::read_to_string(dir.join("veild.log")).unwrap_or_default()

@@ -293,7 +293,14 @@ impl Lab {
             "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && wg show veil-wg dump",
             n.wg_dir().display()
         );
-        run_ok(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
+        run_ok(Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]))
     }
 }
 
@@ -308,7 +315,17 @@ impl Capture {
         let file = lab.dir.join(format!("{name}.pcap"));
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", &lab.ul.name, "tcpdump", "-i", "br0", "-n", "-U", "-s", "0", "-w",
+                "netns",
+                "exec",
+                &lab.ul.name,
+                "tcpdump",
+                "-i",
+                "br0",
+                "-n",
+                "-U",
+                "-s",
+                "0",
+                "-w",
             ])
             .arg(&file)
             .stdout(Stdio::null())
@@ -687,9 +704,11 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     let pstop = Arc::new(AtomicBool::new(false));
     let p = probe(&lab.pods[a], b_ip.clone(), pstop.clone());
     std::thread::sleep(Duration::from_secs(1));
-    let out = run_ok(Command::new(bin("veilctl"))
-        .args(["wireguard", "rotate-key", "--socket"])
-        .arg(lab.nodes[0].sock()));
+    let out = run_ok(
+        Command::new(bin("veilctl"))
+            .args(["wireguard", "rotate-key", "--socket"])
+            .arg(lab.nodes[0].sock()),
+    );
     assert!(out.contains("rotated"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
