@@ -84,6 +84,34 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether `program --version` runs: an optional tool (chromium,
+/// prometheus) is installed.
+pub fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The command line of a headless Chromium with a throw-away profile in
+/// `profile`, followed by `extra` (e.g. `--dump-dom <url>`).
+pub fn headless_chromium(profile: &Path, extra: &[&str]) -> Vec<String> {
+    [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .chain(extra.iter().map(|a| a.to_string()))
+    .collect()
+}
+
 /// Waits until `f` holds, checking every 100 ms, up to `timeout`; whether it
 /// did.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

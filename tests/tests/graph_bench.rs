@@ -121,14 +121,7 @@ fn collection_benchmark() {
     wire_pod(&node, &cl, "vcl", "10.244.1.2");
     wire_pod(&node, &sv, "vsv", "10.244.1.3");
     for (pod, ip) in [("client-0", "10.244.1.2"), ("server-0", "10.244.1.3")] {
-        write(
-            dir.join(format!("ds/pods/bench/{pod}.yaml")),
-            &format!("namespace: bench\nname: {pod}\nnode: n1\n"),
-        );
-        write(
-            dir.join(format!("ds/endpoints/n1/{pod}_eth0.yaml")),
-            &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: bench\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
-        );
+        publish_pod(&dir.join("ds"), "bench", pod, ip, None);
     }
     let sock = dir.join("veild.sock");
 

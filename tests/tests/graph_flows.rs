@@ -92,14 +92,7 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             "  app: backend-b\n",
         ),
     ] {
-        write(
-            ds.join(format!("pods/shop/{pod}.yaml")),
-            &format!("namespace: shop\nname: {pod}\nnode: n1\nlabels:\n{labels}"),
-        );
-        write(
-            ds.join(format!("endpoints/n1/{pod}_eth0.yaml")),
-            &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: shop\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
-        );
+        publish_pod(&ds, "shop", pod, ip, Some(labels));
     }
 
     let sock = dir.join("veild.sock");
@@ -387,25 +380,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
 
     // The page as a browser runs it: when Chromium is installed, its DOM after
     // the scripts ran lists the three edges.
-    let chromium = Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if chromium {
-        let profile = dir.join("chromium-dom");
-        let o = node.exec(&[
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            "--virtual-time-budget=4000",
-            "--dump-dom",
-            "http://127.0.0.1:9590/ui",
-        ]);
+    if veil_tests::installed("chromium") {
+        let args = veil_tests::headless_chromium(
+            &dir.join("chromium-dom"),
+            &[
+                "--virtual-time-budget=4000",
+                "--dump-dom",
+                "http://127.0.0.1:9590/ui",
+            ],
+        );
+        let o = node.exec(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let dom = String::from_utf8_lossy(&o.stdout);
         for edge in [
             "shop/frontend → shop/backend-a :8080/TCP",
@@ -420,21 +404,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     }
 
     if let Ok(shot) = std::env::var("VEIL_TEST_SCREENSHOT") {
-        let profile = dir.join("chromium");
-        let o = node.exec(&[
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            "--window-size=1200,700",
-            "--virtual-time-budget=4000",
-            &format!("--screenshot={shot}"),
-            "http://127.0.0.1:9590/ui",
-        ]);
+        let args = veil_tests::headless_chromium(
+            &dir.join("chromium"),
+            &[
+                "--window-size=1200,700",
+                "--virtual-time-budget=4000",
+                &format!("--screenshot={shot}"),
+                "http://127.0.0.1:9590/ui",
+            ],
+        );
+        let o = node.exec(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(
             Path::new(&shot).exists(),
             "no screenshot: {}",

@@ -113,3 +113,24 @@ pub fn write(path: PathBuf, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
 }
+
+/// Publishes pod `namespace/pod` on node `n1` with address `ip` in the
+/// datastore directory `ds`, as the CNI path does: the pod (with `labels:`
+/// followed by `labels` when given) and its endpoint.
+pub fn publish_pod(
+    ds: &std::path::Path,
+    namespace: &str,
+    pod: &str,
+    ip: &str,
+    labels: Option<&str>,
+) {
+    let labels = labels.map(|l| format!("labels:\n{l}")).unwrap_or_default();
+    write(
+        ds.join(format!("pods/{namespace}/{pod}.yaml")),
+        &format!("namespace: {namespace}\nname: {pod}\nnode: n1\n{labels}"),
+    );
+    write(
+        ds.join(format!("endpoints/n1/{pod}_eth0.yaml")),
+        &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: {namespace}\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
+    );
+}
