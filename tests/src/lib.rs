@@ -176,6 +176,15 @@ impl Netns {
             .expect("run ip netns exec")
     }
 
+    /// Adds an underlay interface `ifname` with address `cidr`, up: one end
+    /// of a veth pair whose other end, `peer`, stays down in the namespace
+    /// (the underlay has no other side here).
+    pub fn add_underlay(&self, ifname: &str, peer: &str, cidr: &str) {
+        self.ip(&["link", "add", ifname, "type", "veth", "peer", "name", peer]);
+        self.ip(&["addr", "add", cidr, "dev", ifname]);
+        self.ip(&["link", "set", ifname, "up"]);
+    }
+
     /// Sets a sysctl (`key=value`) inside the namespace, asserting success.
     pub fn sysctl(&self, kv: &str) {
         let out = self.exec(&["sysctl", "-qw", kv]);
@@ -357,9 +366,7 @@ impl Node {
     /// `cni.status` says ready.
     pub fn start(prefix: &str, pod_cidr: &str) -> Node {
         let netns = Netns::new(&format!("{prefix}-node"));
-        netns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        netns.ip(&["addr", "add", "198.18.0.10/15", "dev", "ul0"]);
-        netns.ip(&["link", "set", "ul0", "up"]);
+        netns.add_underlay("ul0", "ul1", "198.18.0.10/15");
         let dir = TempDir::new(prefix, "node");
         let mut node = Node {
             socket: dir.path().join("veild.sock"),

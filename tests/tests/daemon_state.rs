@@ -12,11 +12,7 @@ use veil_tests::{require_root, unique_prefix, Daemon, Netns, TempDir, VeildArgs}
 /// A node namespace with its underlay interface (`eth0`, 198.18.0.10/15).
 fn node_netns(prefix: &str, tag: &str) -> Netns {
     let n = Netns::new(&format!("{prefix}-{tag}"));
-    n.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    n.ip(&["addr", "add", "198.18.0.10/15", "dev", "eth0"]);
-    n.ip(&["link", "set", "eth0", "up"]);
+    n.add_underlay("eth0", "eth1", "198.18.0.10/15");
     n
 }
 

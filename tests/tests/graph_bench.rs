@@ -113,11 +113,7 @@ fn collection_benchmark() {
     let node = Netns::new(&format!("{prefix}-node"));
     let cl = Netns::new(&format!("{prefix}-cl"));
     let sv = Netns::new(&format!("{prefix}-sv"));
-    node.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    node.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
+    node.add_underlay("eth0", "eth0p", "198.18.0.1/15");
     wire_pod(&node, &cl, "vcl", "10.244.1.2");
     wire_pod(&node, &sv, "vsv", "10.244.1.3");
     for (pod, ip) in [("client-0", "10.244.1.2"), ("server-0", "10.244.1.3")] {

@@ -58,11 +58,7 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     // host 203.0.113.10 sits behind a second link, ext0, routed without
     // masquerade: through the underlay, the base filter (inet veil, forward)
     // drops the de-masqueraded replies (`iifname eth0 ip daddr <cluster>`).
-    node.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    node.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
+    node.add_underlay("eth0", "eth0p", "198.18.0.1/15");
     node.ip(&[
         "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
     ]);
