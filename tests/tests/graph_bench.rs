@@ -28,22 +28,11 @@ fn start_veild(node: &Netns, dir: &std::path::Path, flows: bool) -> Daemon {
     let sock = dir.join("veild.sock");
     let _ = std::fs::remove_file(&sock);
     let d = Daemon(
-        VeildArgs {
-            netns: &node.name,
-            node_name: "n1",
-            node_address: "198.18.0.1",
-            pod_cidr: "10.244.1.0/24",
-            underlay: "eth0",
-            socket: &sock,
-            state_dir: &dir.join("state"),
-            datastore_dir: &dir.join("ds"),
-            http_listen: "127.0.0.1:9590",
-        }
-        .command()
-        .env("VEIL_FLOWS", if flows { "on" } else { "off" })
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn veild"),
+        veild_n1(node, dir)
+            .env("VEIL_FLOWS", if flows { "on" } else { "off" })
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn veild"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while call(&sock, "cni.status", Value::Null).is_err() {

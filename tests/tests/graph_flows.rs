@@ -93,23 +93,12 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
 
     let sock = dir.join("veild.sock");
     let daemon = Daemon(
-        VeildArgs {
-            netns: &node.name,
-            node_name: "n1",
-            node_address: "198.18.0.1",
-            pod_cidr: "10.244.1.0/24",
-            underlay: "eth0",
-            socket: &sock,
-            state_dir: &dir.join("state"),
-            datastore_dir: &ds,
-            http_listen: "127.0.0.1:9590",
-        }
-        .command()
-        .env("VEIL_EXTERNAL_NETWORKS", "api=203.0.113.0/24")
-        .env("VEIL_FLOW_DUMP_SECONDS", "1")
-        .stderr(std::fs::File::create(dir.join("veild.log")).unwrap())
-        .spawn()
-        .expect("spawn veild"),
+        veild_n1(&node, &dir)
+            .env("VEIL_EXTERNAL_NETWORKS", "api=203.0.113.0/24")
+            .env("VEIL_FLOW_DUMP_SECONDS", "1")
+            .stderr(std::fs::File::create(dir.join("veild.log")).unwrap())
+            .spawn()
+            .expect("spawn veild"),
     );
     if let Err(e) =
         veil_tests::wait_for_daemon(&sock, "flows.health", Duration::from_secs(30), None, |_| {

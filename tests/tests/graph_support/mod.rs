@@ -134,3 +134,21 @@ pub fn publish_pod(
         &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: {namespace}\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
     );
 }
+
+/// `veild` of node `n1` (198.18.0.1, pods 10.244.1.0/24, underlay `eth0`,
+/// HTTP on 127.0.0.1:9590) in namespace `node`, with its socket
+/// (`veild.sock`), state (`state/`) and datastore (`ds/`) in `dir`.
+pub fn veild_n1(node: &Netns, dir: &std::path::Path) -> std::process::Command {
+    VeildArgs {
+        netns: &node.name,
+        node_name: "n1",
+        node_address: "198.18.0.1",
+        pod_cidr: "10.244.1.0/24",
+        underlay: "eth0",
+        socket: &dir.join("veild.sock"),
+        state_dir: &dir.join("state"),
+        datastore_dir: &dir.join("ds"),
+        http_listen: "127.0.0.1:9590",
+    }
+    .command()
+}
