@@ -12,6 +12,8 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
+use std::num::NonZeroI32;
+use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 
 use ipnetwork::IpNetwork;
@@ -66,6 +68,15 @@ fn mac_string(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The kernel's answer in an error message: no code is the acknowledgement
+/// (stop reading), a code is the failure.
+fn acknowledged(code: Option<NonZeroI32>) -> io::Result<ControlFlow<()>> {
+    match code {
+        None => Ok(ControlFlow::Break(())),
+        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+    }
 }
 
 fn errno_of(e: &io::Error) -> Option<i32> {
@@ -128,46 +139,24 @@ impl Nl {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.seq = self.seq.wrapping_add(1);
-            let seq = self.seq;
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-            header.sequence_number = seq;
-            let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg.clone()));
-            nl.finalize();
-            let mut buf = vec![0u8; nl.buffer_len()];
-            nl.serialize(&mut buf);
-            self.sock.send(&buf, 0)?;
+            let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+            let seq = self.send(msg.clone(), flags)?;
             let mut out = Vec::new();
             let mut interrupted = false;
-            'recv: loop {
-                let (data, _) = self.sock.recv_from_full()?;
-                let mut off = 0;
-                while off < data.len() {
-                    let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                    let len = m.header.length as usize;
-                    if len == 0 {
-                        break;
-                    }
-                    off += (len + 3) & !3;
-                    if m.header.sequence_number != seq {
-                        continue;
-                    }
-                    if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                        interrupted = true;
-                    }
-                    match m.payload {
-                        NetlinkPayload::Error(e) => match e.code {
-                            None => break 'recv,
-                            Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
-                        },
-                        NetlinkPayload::Done(_) => break 'recv,
-                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                        _ => {}
-                    }
+            self.receive(seq, |m| {
+                if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
                 }
-            }
+                match m.payload {
+                    NetlinkPayload::Error(e) => acknowledged(e.code),
+                    NetlinkPayload::Done(_) => Ok(ControlFlow::Break(())),
+                    NetlinkPayload::InnerMessage(inner) => {
+                        out.push(inner);
+                        Ok(ControlFlow::Continue(()))
+                    }
+                    _ => Ok(ControlFlow::Continue(())),
+                }
+            })?;
             if interrupted && attempt < DUMP_RETRIES {
                 continue;
             }
@@ -178,16 +167,36 @@ impl Nl {
     /// Sends a modifying request (REQUEST|ACK plus `extra_flags`, e.g.
     /// CREATE|EXCL) and waits for the kernel's acknowledgement.
     fn change(&mut self, msg: RouteNetlinkMessage, extra_flags: u16) -> io::Result<()> {
+        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK | extra_flags)?;
+        self.receive(seq, |m| match m.payload {
+            NetlinkPayload::Error(e) => acknowledged(e.code),
+            _ => Ok(ControlFlow::Continue(())),
+        })
+    }
+
+    /// Sends `msg` with header `flags` under a fresh sequence number, which
+    /// it returns.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
-        header.sequence_number = seq;
+        header.flags = flags;
+        header.sequence_number = self.seq;
         let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         nl.finalize();
         let mut buf = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
+        Ok(self.seq)
+    }
+
+    /// Reads the kernel's messages, skipping those of other sequence numbers,
+    /// and hands each answer to request `seq` to `f` until it breaks (or
+    /// fails).
+    fn receive(
+        &mut self,
+        seq: u32,
+        mut f: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> io::Result<ControlFlow<()>>,
+    ) -> io::Result<()> {
         loop {
             let (data, _) = self.sock.recv_from_full()?;
             let mut off = 0;
@@ -202,11 +211,8 @@ impl Nl {
                 if m.header.sequence_number != seq {
                     continue;
                 }
-                if let NetlinkPayload::Error(e) = m.payload {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                    };
+                if f(m)?.is_break() {
+                    return Ok(());
                 }
             }
         }

@@ -135,9 +135,9 @@ impl ServiceGraph {
                 hash_seed: limits.hash_seed,
             },
             graph: StableDiGraph::default(),
-            vertices: HashMap::with_hasher(SeededState(limits.hash_seed)),
-            edges: HashMap::with_hasher(SeededState(limits.hash_seed ^ 1)),
-            conns: HashMap::with_hasher(SeededState(limits.hash_seed ^ 2)),
+            vertices: HashMap::with_hasher(SeededState::with_seed(limits.hash_seed as usize)),
+            edges: HashMap::with_hasher(SeededState::with_seed((limits.hash_seed ^ 1) as usize)),
+            conns: HashMap::with_hasher(SeededState::with_seed((limits.hash_seed ^ 2) as usize)),
             counters: GraphCounters::default(),
         }
     }

@@ -11,7 +11,6 @@
 //! the differential tests check it against [`crate::eval::evaluate`].
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Pod};
@@ -24,62 +23,10 @@ use crate::net::Cidr;
 use crate::policyset::PolicySet;
 use crate::selector::LabelSelector;
 
-/// A small, fast, non-cryptographic hasher (the FxHash mix) for the
-/// program's address-keyed tables: lookups are on the per-packet path and
-/// the keys are not attacker-chosen in bulk.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, x: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ x).wrapping_mul(0xf135_7aea_2e62_a9c5);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash.rotate_left(26)
-    }
-}
-
-/// Builds [`FxHasher`]s.
-pub type FxBuild = BuildHasherDefault<FxHasher>;
-/// A hash set with [`FxHasher`].
-pub type FxHashSet<T> = HashSet<T, FxBuild>;
-/// A hash map with [`FxHasher`].
-pub type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+/// The program's address-keyed tables hash with the Fx hash of
+/// `rustc-hash` (small, fast, non-cryptographic): lookups are on the
+/// per-packet path and the keys are not attacker-chosen in bulk.
+pub use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 /// Index of a set in [`Program::sets`].
 pub type SetId = u32;

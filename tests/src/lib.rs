@@ -42,9 +42,9 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A short run-unique prefix, `vt` + 6 hex digits, for namespaces,
-/// directories and processes of one test.
-pub fn unique_prefix() -> String {
+/// A run-unique number: a hash of the time, this process's id and a
+/// per-process counter (so two calls, two tests or two runs differ).
+pub fn unique_id() -> u64 {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -60,7 +60,71 @@ pub fn unique_prefix() -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("vt{:06x}", h & 0xff_ffff)
+    h
+}
+
+/// A short run-unique prefix, `vt` + 6 hex digits, for namespaces,
+/// directories and processes of one test.
+pub fn unique_prefix() -> String {
+    format!("vt{:06x}", unique_id() & 0xff_ffff)
+}
+
+/// Runs `cmd`, asserting success (the message shows the command and its
+/// output); returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `program --version` runs: an optional tool (chromium,
+/// prometheus) is installed.
+pub fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The command line of a headless Chromium with a throw-away profile in
+/// `profile`, followed by `extra` (e.g. `--dump-dom <url>`).
+pub fn headless_chromium(profile: &Path, extra: &[&str]) -> Vec<String> {
+    [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .chain(extra.iter().map(|a| a.to_string()))
+    .collect()
+}
+
+/// Waits until `f` holds, checking every 100 ms, up to `timeout`; whether it
+/// did.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A network namespace, deleted when dropped.
@@ -74,15 +138,7 @@ impl Netns {
     /// Creates namespace `name` (which should carry a [`unique_prefix`]) with
     /// its loopback up.
     pub fn new(name: &str) -> Netns {
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new("ip").args(["netns", "add", name]));
         let ns = Netns {
             name: name.to_string(),
         };
@@ -97,20 +153,7 @@ impl Netns {
 
     /// Runs `ip -n <ns> args...`, asserting success; returns stdout.
     pub fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip -n {} {}: {}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
     /// `ip -j -n <ns> args...` as JSON.
@@ -131,6 +174,35 @@ impl Netns {
             .args(args)
             .output()
             .expect("run ip netns exec")
+    }
+
+    /// Adds an underlay interface `ifname` with address `cidr`, up: one end
+    /// of a veth pair whose other end, `peer`, stays down in the namespace
+    /// (the underlay has no other side here).
+    pub fn add_underlay(&self, ifname: &str, peer: &str, cidr: &str) {
+        self.ip(&["link", "add", ifname, "type", "veth", "peer", "name", peer]);
+        self.ip(&["addr", "add", cidr, "dev", ifname]);
+        self.ip(&["link", "set", ifname, "up"]);
+    }
+
+    /// Sets a sysctl (`key=value`) inside the namespace, asserting success.
+    pub fn sysctl(&self, kv: &str) {
+        let out = self.exec(&["sysctl", "-qw", kv]);
+        assert!(out.status.success(), "sysctl {kv} in {}", self.name);
+    }
+
+    /// Runs `f` on a thread that entered this namespace (sockets made there
+    /// stay there).
+    pub fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
     }
 
     /// Names of the links in the namespace.
@@ -173,10 +245,102 @@ impl TempDir {
     }
 }
 
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A child process (a `veild`), killed by PID and reaped when dropped.
+#[derive(Debug)]
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The arguments every test gives a `veild` it starts inside a namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct VeildArgs<'a> {
+    /// The namespace it runs in.
+    pub netns: &'a str,
+    /// `--node-name`.
+    pub node_name: &'a str,
+    /// `--node-address`.
+    pub node_address: &'a str,
+    /// `--pod-cidr`.
+    pub pod_cidr: &'a str,
+    /// `--underlay-interface`.
+    pub underlay: &'a str,
+    /// `--socket`.
+    pub socket: &'a Path,
+    /// `--state-dir`.
+    pub state_dir: &'a Path,
+    /// `--datastore-dir`.
+    pub datastore_dir: &'a Path,
+    /// `--http-listen` (inside the namespace).
+    pub http_listen: &'a str,
+}
+
+impl VeildArgs<'_> {
+    /// `ip netns exec <netns> veild <these arguments>`, stdin and stdout
+    /// null; the caller adds stderr, further arguments and environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.netns])
+            .arg(bin("veild"))
+            .args(["--node-name", self.node_name])
+            .args(["--node-address", self.node_address])
+            .args(["--pod-cidr", self.pod_cidr])
+            .args(["--underlay-interface", self.underlay])
+            .arg("--socket")
+            .arg(self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir)
+            .arg("--datastore-dir")
+            .arg(self.datastore_dir)
+            .args(["--http-listen", self.http_listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+}
+
+/// Polls `method` on the daemon at `socket` every 50 ms until its answer
+/// satisfies `accept`. Fails when `timeout` passes first (or, given the
+/// daemon's `child`, when it exits first), saying which.
+pub fn wait_for_daemon(
+    socket: &Path,
+    method: &str,
+    timeout: Duration,
+    mut child: Option<&mut Child>,
+    accept: impl Fn(&Value) -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(v) = call(socket, method, Value::Null) {
+            if accept(&v) {
+                return Ok(());
+            }
+        }
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("exited with {status}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("did not answer {method} within {timeout:?}"))
 }
 
 /// A `veild` running in a node namespace of its own, killed (by PID) and its
@@ -202,9 +366,7 @@ impl Node {
     /// `cni.status` says ready.
     pub fn start(prefix: &str, pod_cidr: &str) -> Node {
         let netns = Netns::new(&format!("{prefix}-node"));
-        netns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        netns.ip(&["addr", "add", "198.18.0.10/15", "dev", "ul0"]);
-        netns.ip(&["link", "set", "ul0", "up"]);
+        netns.add_underlay("ul0", "ul1", "198.18.0.10/15");
         let dir = TempDir::new(prefix, "node");
         let mut node = Node {
             socket: dir.path().join("veild.sock"),
@@ -231,45 +393,32 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("veild.log"))
             .expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns.name])
-            .arg(bin("veild"))
-            .args(["--node-name", &self.netns.name])
-            .args(["--node-address", "198.18.0.10"])
-            .args(["--pod-cidr", &self.pod_cidr])
-            .args(["--underlay-interface", "ul0"])
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--datastore-dir")
-            .arg(self.dir.path().join("datastore"))
-            .args(["--http-listen", "127.0.0.1:19590"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn veild");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(v) = call(&self.socket, "cni.status", Value::Null) {
-                if v["ready"] == true {
-                    return;
-                }
-            }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("veild exited with {status}: {}", self.log());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let datastore = self.dir.path().join("datastore");
+        let child = VeildArgs {
+            netns: &self.netns.name,
+            node_name: &self.netns.name,
+            node_address: "198.18.0.10",
+            pod_cidr: &self.pod_cidr,
+            underlay: "ul0",
+            socket: &self.socket,
+            state_dir: &self.state_dir,
+            datastore_dir: &datastore,
+            http_listen: "127.0.0.1:19590",
         }
-        panic!("veild did not become ready within 30s: {}", self.log());
+        .command()
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn veild");
+        self.child = Some(child);
+        if let Err(e) = wait_for_daemon(
+            &self.socket,
+            "cni.status",
+            Duration::from_secs(30),
+            self.child.as_mut(),
+            |v| v["ready"] == true,
+        ) {
+            panic!("veild {e}: {}", self.log());
+        }
     }
 
     /// The daemon's log so far.

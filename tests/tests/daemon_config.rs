@@ -1,25 +1,13 @@
 //! `veild` refuses bad configuration with exit code 64 and a message naming the
 //! field, before touching anything (no namespace needed: it exits first).
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn veild() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/veild
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("veild");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
-        p.display()
-    );
-    p
-}
+use veil_tests::{bin, unique_prefix, TempDir};
 
 fn run(args: &[&str], file: Option<&str>) -> (i32, String) {
-    let dir = tempfile_dir();
-    let mut cmd = Command::new(veild());
+    let dir = TempDir::new(&unique_prefix(), "config");
+    let mut cmd = Command::new(bin("veild"));
     cmd.args(args).env_clear();
     if let Some(text) = file {
         let path = dir.join("veild.yaml");
@@ -27,24 +15,10 @@ fn run(args: &[&str], file: Option<&str>) -> (i32, String) {
         cmd.arg("--config").arg(&path);
     }
     let out = cmd.output().expect("run veild");
-    let _ = std::fs::remove_dir_all(&dir);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "veil-config-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -91,7 +65,7 @@ fn pod_cidr_with_host_bits_exits_64() {
 
 #[test]
 fn bad_flag_value_exits_with_an_error_naming_the_flag() {
-    let out = Command::new(veild())
+    let out = Command::new(bin("veild"))
         .args(["--node-address", "not-an-ip"])
         .env_clear()
         .output()

@@ -3,134 +3,51 @@
 //! Runs veild inside a fresh network namespace (it installs its nftables table
 //! and enables forwarding there, never in the machine's own namespace).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use veil_tests::{require_root, unique_prefix, Daemon, Netns, TempDir, VeildArgs};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test creates network namespaces and must run as root"
-    );
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("vtd{}-{tag}", std::process::id() % 100000);
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip netns add {name}");
-        let n = Netns(name);
-        n.ip(&["link", "set", "lo", "up"]);
-        n.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-        ]);
-        n.ip(&["addr", "add", "198.18.0.10/15", "dev", "eth0"]);
-        n.ip(&["link", "set", "eth0", "up"]);
-        n
-    }
-    fn ip(&self, args: &[&str]) {
-        let ok = Command::new("ip")
-            .arg("-n")
-            .arg(&self.0)
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "ip -n {} {:?}", self.0, args);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A node namespace with its underlay interface (`eth0`, 198.18.0.10/15).
+fn node_netns(prefix: &str, tag: &str) -> Netns {
+    let n = Netns::new(&format!("{prefix}-{tag}"));
+    n.add_underlay("eth0", "eth1", "198.18.0.10/15");
+    n
 }
 
 fn start(ns: &Netns, dir: &Path) -> Daemon {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(bin("veild"))
-        .args(["--node-name", "node-a", "--node-address", "198.18.0.10"])
-        .args([
-            "--pod-cidr",
-            "10.244.0.0/24",
-            "--underlay-interface",
-            "eth0",
-        ])
-        .arg("--socket")
-        .arg(dir.join("veild.sock"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--datastore-dir")
-        .arg(dir.join("ds"))
-        .args(["--http-listen", "127.0.0.1:19590"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn veild");
-    let d = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(v) = call(dir, "cni.status", Value::Null) {
-            if v["ready"] == true {
-                return d;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let sock = dir.join("veild.sock");
+    let child = VeildArgs {
+        netns: &ns.name,
+        node_name: "node-a",
+        node_address: "198.18.0.10",
+        pod_cidr: "10.244.0.0/24",
+        underlay: "eth0",
+        socket: &sock,
+        state_dir: &dir.join("state"),
+        datastore_dir: &dir.join("ds"),
+        http_listen: "127.0.0.1:19590",
     }
-    panic!("veild did not become ready");
+    .command()
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("spawn veild");
+    let mut d = Daemon(child);
+    if let Err(e) = veil_tests::wait_for_daemon(
+        &sock,
+        "cni.status",
+        Duration::from_secs(20),
+        Some(&mut d.0),
+        |v| v["ready"] == true,
+    ) {
+        panic!("veild did not become ready: {e}");
+    }
+    d
 }
 
 fn call(dir: &Path, method: &str, params: Value) -> Result<Value, String> {
-    veil_call(&dir.join("veild.sock"), method, params)
-}
-
-fn veil_call(sock: &Path, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::{BufRead, BufReader, Write};
-    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut line = serde_json::to_vec(&json!({"method": method, "params": params})).unwrap();
-    line.push(b'\n');
-    (&s).write_all(&line).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
-    match v.get("ok") {
-        Some(ok) => Ok(ok.clone()),
-        None => Err(v.to_string()),
-    }
+    veil_tests::call(&dir.join("veild.sock"), method, params)
 }
 
 fn add(dir: &Path, id: &str) -> String {
@@ -158,10 +75,9 @@ fn add_in(dir: &Path, id: &str, network: &str) -> String {
 #[test]
 fn endpoints_and_allocations_survive_sigkill() {
     require_root();
-    let ns = Netns::new("state");
-    let dir = std::env::temp_dir().join(format!("veil-state-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = unique_prefix();
+    let ns = node_netns(&prefix, "state");
+    let dir = TempDir::new(&prefix, "state");
     let mut d = start(&ns, &dir);
     let a = add(&dir, "aaa");
     let b = add(&dir, "bbb");
@@ -195,23 +111,16 @@ fn endpoints_and_allocations_survive_sigkill() {
     .unwrap();
     assert_eq!(again["existed"], false);
     // The fail-closed table is in the node's namespace.
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, "nft", "list", "table", "inet", "veil",
-        ])
-        .output()
-        .unwrap();
+    let out = ns.exec(&["nft", "list", "table", "inet", "veil"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("fail_closed"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn gc_releases_only_the_collected_networks_endpoints() {
     require_root();
-    let ns = Netns::new("gc");
-    let dir = std::env::temp_dir().join(format!("veil-gc-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = unique_prefix();
+    let ns = node_netns(&prefix, "gc");
+    let dir = TempDir::new(&prefix, "gc");
     let _d = start(&ns, &dir);
     add_in(&dir, "keep1", "net-a");
     add_in(&dir, "stale1", "net-a");
@@ -232,5 +141,4 @@ fn gc_releases_only_the_collected_networks_endpoints() {
         .collect();
     pods.sort();
     assert_eq!(pods, ["x/keep1", "x/other1"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,7 @@ mod graph_support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,25 +28,8 @@ fn start_veild(node: &Netns, dir: &std::path::Path, flows: bool) -> Daemon {
     let sock = dir.join("veild.sock");
     let _ = std::fs::remove_file(&sock);
     let d = Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", &node.0])
-            .arg(bin("veild"))
-            .args(["--node-name", "n1", "--node-address", "198.18.0.1"])
-            .args([
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--underlay-interface",
-                "eth0",
-            ])
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--datastore-dir")
-            .arg(dir.join("ds"))
-            .args(["--http-listen", "127.0.0.1:9590"])
+        veild_n1(node, dir)
             .env("VEIL_FLOWS", if flows { "on" } else { "off" })
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn veild"),
@@ -69,7 +52,7 @@ fn start_veild(node: &Netns, dir: &std::path::Path, flows: bool) -> Daemon {
 /// Accepts and drops connections until `stop`.
 fn acceptor(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let h = ns.spawn(move || {
+    let h = ns.enter(move || {
         let l = TcpListener::bind(addr).expect("bind");
         l.set_nonblocking(true).unwrap();
         let _ = tx.send(());
@@ -114,27 +97,16 @@ fn collection_benchmark() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60)
         .clamp(1, 60);
-    let prefix = format!("vtb{}", std::process::id() % 100_000);
-    let dir = tempfile_dir(&prefix);
-    let node = Netns::new(&prefix, "node");
-    let cl = Netns::new(&prefix, "cl");
-    let sv = Netns::new(&prefix, "sv");
-    node.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    node.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
+    let prefix = unique_prefix();
+    let dir = TempDir::new(&prefix, "graph");
+    let node = Netns::new(&format!("{prefix}-node"));
+    let cl = Netns::new(&format!("{prefix}-cl"));
+    let sv = Netns::new(&format!("{prefix}-sv"));
+    node.add_underlay("eth0", "eth0p", "198.18.0.1/15");
     wire_pod(&node, &cl, "vcl", "10.244.1.2");
     wire_pod(&node, &sv, "vsv", "10.244.1.3");
     for (pod, ip) in [("client-0", "10.244.1.2"), ("server-0", "10.244.1.3")] {
-        write(
-            dir.join(format!("ds/pods/bench/{pod}.yaml")),
-            &format!("namespace: bench\nname: {pod}\nnode: n1\n"),
-        );
-        write(
-            dir.join(format!("ds/endpoints/n1/{pod}_eth0.yaml")),
-            &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: bench\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
-        );
+        publish_pod(&dir.join("ds"), "bench", pod, ip, None);
     }
     let sock = dir.join("veild.sock");
 
@@ -148,7 +120,7 @@ fn collection_benchmark() {
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let (made, failed) = (made.clone(), failed.clone());
-            cl.spawn(move || {
+            cl.enter(move || {
                 let dst: SocketAddr = "10.244.1.3:8080".parse().unwrap();
                 let end = Instant::now() + Duration::from_secs(secs);
                 while Instant::now() < end {
@@ -220,7 +192,6 @@ fn collection_benchmark() {
         off / 1e6,
         100.0 * on / off.max(1.0)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One TCP transfer from `cl` to `sv` for `secs`: bytes per second.
@@ -228,7 +199,7 @@ fn bulk(cl: &Netns, sv: &Netns, secs: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let server = acceptor(sv, "10.244.1.3:9000".parse().unwrap(), stop.clone());
     let sent = cl
-        .spawn(move || {
+        .enter(move || {
             let mut s = TcpStream::connect_timeout(
                 &"10.244.1.3:9000".parse().unwrap(),
                 Duration::from_secs(5),

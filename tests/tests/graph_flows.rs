@@ -46,25 +46,21 @@ fn edges(graph: &Value) -> Vec<Edge> {
 #[test]
 fn collector_shows_exactly_the_edges_of_real_traffic() {
     require_root();
-    let prefix = format!("vtg{}", std::process::id() % 100_000);
-    let dir = tempfile_dir(&prefix);
-    let node = Netns::new(&prefix, "node");
-    let ext = Netns::new(&prefix, "ext");
-    let fe = Netns::new(&prefix, "fe");
-    let ba = Netns::new(&prefix, "ba");
-    let bb = Netns::new(&prefix, "bb");
+    let prefix = unique_prefix();
+    let dir = TempDir::new(&prefix, "graph");
+    let node = Netns::new(&format!("{prefix}-node"));
+    let ext = Netns::new(&format!("{prefix}-ext"));
+    let fe = Netns::new(&format!("{prefix}-fe"));
+    let ba = Netns::new(&format!("{prefix}-ba"));
+    let bb = Netns::new(&format!("{prefix}-bb"));
 
     // Underlay: node eth0 198.18.0.1 (nothing behind it here). The external
     // host 203.0.113.10 sits behind a second link, ext0, routed without
     // masquerade: through the underlay, the base filter (inet veil, forward)
     // drops the de-masqueraded replies (`iifname eth0 ip daddr <cluster>`).
+    node.add_underlay("eth0", "eth0p", "198.18.0.1/15");
     node.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
-    node.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
-    node.ip(&[
-        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.0,
+        "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
     ]);
     node.ip(&["addr", "add", "198.19.0.1/30", "dev", "ext0"]);
     node.ip(&["link", "set", "ext0", "up"]);
@@ -92,50 +88,27 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             "  app: backend-b\n",
         ),
     ] {
-        write(
-            ds.join(format!("pods/shop/{pod}.yaml")),
-            &format!("namespace: shop\nname: {pod}\nnode: n1\nlabels:\n{labels}"),
-        );
-        write(
-            ds.join(format!("endpoints/n1/{pod}_eth0.yaml")),
-            &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: shop\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
-        );
+        publish_pod(&ds, "shop", pod, ip, Some(labels));
     }
 
     let sock = dir.join("veild.sock");
     let daemon = Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", &node.0])
-            .arg(bin("veild"))
-            .args(["--node-name", "n1", "--node-address", "198.18.0.1"])
-            .args([
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--underlay-interface",
-                "eth0",
-            ])
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--datastore-dir")
-            .arg(&ds)
-            .args(["--http-listen", "127.0.0.1:9590"])
+        veild_n1(&node, &dir)
             .env("VEIL_EXTERNAL_NETWORKS", "api=203.0.113.0/24")
             .env("VEIL_FLOW_DUMP_SECONDS", "1")
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("veild.log")).unwrap())
             .spawn()
             .expect("spawn veild"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while call(&sock, "flows.health", Value::Null).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "veild did not serve flows.health: {}",
+    if let Err(e) =
+        veil_tests::wait_for_daemon(&sock, "flows.health", Duration::from_secs(30), None, |_| {
+            true
+        })
+    {
+        panic!(
+            "veild {e}: {}",
             std::fs::read_to_string(dir.join("veild.log")).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     // Let the collector read the datastore (address book refresh: 2 s).
     std::thread::sleep(Duration::from_millis(2500));
@@ -169,14 +142,7 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             }
         }
     });
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let follow = KillOnDrop(follow);
+    let follow = Daemon(follow);
     std::thread::sleep(Duration::from_millis(1500));
 
     let servers = [
@@ -399,25 +365,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
 
     // The page as a browser runs it: when Chromium is installed, its DOM after
     // the scripts ran lists the three edges.
-    let chromium = Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if chromium {
-        let profile = dir.join("chromium-dom");
-        let o = node.exec(&[
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            "--virtual-time-budget=4000",
-            "--dump-dom",
-            "http://127.0.0.1:9590/ui",
-        ]);
+    if veil_tests::installed("chromium") {
+        let args = veil_tests::headless_chromium(
+            &dir.join("chromium-dom"),
+            &[
+                "--virtual-time-budget=4000",
+                "--dump-dom",
+                "http://127.0.0.1:9590/ui",
+            ],
+        );
+        let o = node.exec(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let dom = String::from_utf8_lossy(&o.stdout);
         for edge in [
             "shop/frontend → shop/backend-a :8080/TCP",
@@ -432,21 +389,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     }
 
     if let Ok(shot) = std::env::var("VEIL_TEST_SCREENSHOT") {
-        let profile = dir.join("chromium");
-        let o = node.exec(&[
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            "--window-size=1200,700",
-            "--virtual-time-budget=4000",
-            &format!("--screenshot={shot}"),
-            "http://127.0.0.1:9590/ui",
-        ]);
+        let args = veil_tests::headless_chromium(
+            &dir.join("chromium"),
+            &[
+                "--window-size=1200,700",
+                "--virtual-time-budget=4000",
+                &format!("--screenshot={shot}"),
+                "http://127.0.0.1:9590/ui",
+            ],
+        );
+        let o = node.exec(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(
             Path::new(&shot).exists(),
             "no screenshot: {}",
@@ -454,5 +406,4 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         );
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -218,39 +218,28 @@ fn lab_graph_shows_exactly_the_calls_made() {
     expect_series.sort();
     assert_eq!(series, expect_series);
 
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if veil_tests::installed("prometheus") {
         prometheus_scrapes(&lab);
     } else {
         eprintln!("prometheus not installed: series checked without it");
     }
 
-    if Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        let dom = on_node(
-            &lab,
-            "node-a",
+    if veil_tests::installed("chromium") {
+        let profile = format!("/tmp/{}-chromium", lab.name);
+        let args = veil_tests::headless_chromium(
+            std::path::Path::new(&profile),
             &[
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                &format!("--user-data-dir=/tmp/{}-chromium", lab.name),
                 "--virtual-time-budget=5000",
                 "--dump-dom",
                 "http://127.0.0.1:9590/ui",
             ],
         );
-        let _ = std::fs::remove_dir_all(format!("/tmp/{}-chromium", lab.name));
+        let dom = on_node(
+            &lab,
+            "node-a",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let _ = std::fs::remove_dir_all(&profile);
         for edge in [
             "shop/frontend → shop/backend-a :8080/TCP",
             "shop/frontend → shop/backend-b :9090/TCP",

@@ -5,20 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn veilctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("veilctl");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
+use veil_tests::{bin, unique_prefix, TempDir};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +15,7 @@ fn repo() -> PathBuf {
 }
 
 fn policy_test(path: &Path) -> (i32, String, String) {
-    let out = Command::new(veilctl())
+    let out = Command::new(bin("veilctl"))
         .args(["policy", "test"])
         .arg(path)
         .output()
@@ -96,8 +83,7 @@ fn every_invalid_file_exits_2_naming_the_file() {
 
 #[test]
 fn a_wrong_expectation_fails_with_exit_1_and_a_trace() {
-    let dir = std::env::temp_dir().join(format!("veil-policy-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&unique_prefix(), "policy-cli");
     let src = std::fs::read_to_string(
         repo().join("../shared/scenarios/examples/default-deny-namespace.yaml"),
     )
@@ -107,7 +93,7 @@ fn a_wrong_expectation_fails_with_exit_1_and_a_trace() {
     let f = dir.join("flipped.yaml");
     std::fs::write(&f, flipped).unwrap();
     let (code, out, _) = policy_test(&f);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     assert_eq!(code, 1, "{out}");
     let (_, failed) = summary(&out);
     assert_eq!(failed, 1, "{out}");

@@ -10,102 +10,24 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use veil_tests::{bin, call, require_root, run_ok, unique_prefix, Netns, VeildArgs};
 
 const WG_PORT: u16 = 51820;
 const MARKER: &[u8] = b"VEIL-CLEAR-PAYLOAD-MARKER-7f3a";
 
 /// Tests share two cores: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test creates network namespaces and must run as root"
-    );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace removed on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(name: String) -> Self {
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let n = Ns(name);
-        n.ip(&["link", "set", "lo", "up"]);
-        n
-    }
-    fn ip(&self, args: &[&str]) -> String {
-        run(Command::new("ip").arg("-n").arg(&self.0).args(args))
-    }
-    fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("spawn")
-    }
-    fn sysctl(&self, kv: &str) {
-        let out = self.exec(&["sysctl", "-qw", kv]);
-        assert!(out.status.success(), "sysctl {kv} in {}", self.0);
-    }
-    /// Runs `f` on a thread inside this namespace (sockets made there stay there).
-    fn enter<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let f_ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(f_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 struct Node {
     i: u8,
-    ns: Ns,
+    ns: Netns,
     dir: PathBuf,
     daemon: Option<Child>,
 }
@@ -123,7 +45,7 @@ impl Node {
 }
 
 struct Pod {
-    ns: Ns,
+    ns: Netns,
     ip: String,
 }
 
@@ -131,7 +53,7 @@ struct Pod {
 struct Lab {
     prefix: String,
     dir: PathBuf,
-    ul: Ns,
+    ul: Netns,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
 }
@@ -152,12 +74,11 @@ impl Drop for Lab {
 
 impl Lab {
     fn new(nodes: u8) -> Self {
-        let k = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("vw{}{k}", std::process::id() % 100000);
+        let prefix = unique_prefix();
         let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("ds")).unwrap();
-        let ul = Ns::new(format!("{prefix}-ul"));
+        let ul = Netns::new(&format!("{prefix}-ul"));
         ul.ip(&["link", "add", "br0", "type", "bridge"]);
         ul.ip(&["link", "set", "br0", "up"]);
         let mut lab = Lab {
@@ -174,10 +95,10 @@ impl Lab {
     }
 
     fn add_node(&mut self, i: u8) {
-        let ns = Ns::new(format!("{}-n{i}", self.prefix));
+        let ns = Netns::new(&format!("{}-n{i}", self.prefix));
         let peer = format!("n{i}");
         self.ul.ip(&[
-            "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+            "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
         self.ul.ip(&["link", "set", &peer, "master", "br0", "up"]);
         ns.sysctl("net.ipv6.conf.all.disable_ipv6=1");
@@ -212,40 +133,35 @@ impl Lab {
             .append(true)
             .open(n.dir.join("veild.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &n.ns.0])
-            .arg(bin("veild"))
-            .args(["--node-name", &format!("node-{i}")])
-            .args(["--node-address", &n.addr()])
-            .args(["--pod-cidr", &format!("10.244.{i}.0/24")])
-            .args(["--underlay-interface", "eth0"])
-            .arg("--socket")
-            .arg(n.sock())
-            .arg("--state-dir")
-            .arg(n.dir.join("state"))
-            .arg("--datastore-dir")
-            .arg(&ds)
-            .arg("--wireguard-socket-dir")
-            .arg(n.wg_dir())
-            .args(["--http-listen", "127.0.0.1:9590"])
-            .env("VEIL_LOG", "info,veil_daemon::wireguard=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn veild");
-        n.daemon = Some(child);
         let sock = n.sock();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if call(&sock, "wireguard.status", Value::Null).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = n.daemon.as_mut().map(|c| c.try_wait()) {
-                panic!("veild on node {i} exited: {st}\n{}", self.log(i));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let child = VeildArgs {
+            netns: &n.ns.name,
+            node_name: &format!("node-{i}"),
+            node_address: &n.addr(),
+            pod_cidr: &format!("10.244.{i}.0/24"),
+            underlay: "eth0",
+            socket: &sock,
+            state_dir: &n.dir.join("state"),
+            datastore_dir: &ds,
+            http_listen: "127.0.0.1:9590",
         }
-        panic!("veild on node {i} did not start\n{}", self.log(i));
+        .command()
+        .arg("--wireguard-socket-dir")
+        .arg(n.wg_dir())
+        .env("VEIL_LOG", "info,veil_daemon::wireguard=debug")
+        .stderr(log)
+        .spawn()
+        .expect("spawn veild");
+        n.daemon = Some(child);
+        if let Err(e) = veil_tests::wait_for_daemon(
+            &sock,
+            "wireguard.status",
+            Duration::from_secs(30),
+            n.daemon.as_mut(),
+            |_| true,
+        ) {
+            panic!("veild on node {i} {e}\n{}", self.log(i));
+        }
     }
 
     fn log(&self, i: u8) -> String {
@@ -278,12 +194,12 @@ impl Lab {
             .count()
             + 2;
         let ip = format!("10.244.{i}.{j}");
-        let ns = Ns::new(format!("{}-p{i}{j}", self.prefix));
+        let ns = Netns::new(&format!("{}-p{i}{j}", self.prefix));
         let host = format!("vp{i}{j}");
         let node = &self.nodes.iter().find(|n| n.i == i).unwrap().ns;
         node.ip(&[
             "link", "add", &host, "mtu", "1420", "type", "veth", "peer", "name", "eth0", "mtu",
-            "1420", "netns", &ns.0,
+            "1420", "netns", &ns.name,
         ]);
         node.ip(&["link", "set", &host, "up"]);
         node.sysctl(&format!("net.ipv4.conf.{host}.proxy_arp=1"));
@@ -377,24 +293,14 @@ impl Lab {
             "mount -t tmpfs none /run && mkdir -p /run/wireguard && mount --bind {} /run/wireguard && wg show veil-wg dump",
             n.wg_dir().display()
         );
-        run(Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]))
-    }
-}
-
-fn call(sock: &Path, method: &str, params: Value) -> Result<Value, String> {
-    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut line = serde_json::to_vec(&json!({"method": method, "params": params})).unwrap();
-    line.push(b'\n');
-    (&s).write_all(&line).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
-    match v.get("ok") {
-        Some(ok) => Ok(ok.clone()),
-        None => Err(v.to_string()),
+        run_ok(Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]))
     }
 }
 
@@ -409,7 +315,17 @@ impl Capture {
         let file = lab.dir.join(format!("{name}.pcap"));
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", &lab.ul.0, "tcpdump", "-i", "br0", "-n", "-U", "-s", "0", "-w",
+                "netns",
+                "exec",
+                &lab.ul.name,
+                "tcpdump",
+                "-i",
+                "br0",
+                "-n",
+                "-U",
+                "-s",
+                "0",
+                "-w",
             ])
             .arg(&file)
             .stdout(Stdio::null())
@@ -788,9 +704,11 @@ fn pods_talk_across_nodes_only_through_wireguard_and_keys_rotate_without_breakin
     let pstop = Arc::new(AtomicBool::new(false));
     let p = probe(&lab.pods[a], b_ip.clone(), pstop.clone());
     std::thread::sleep(Duration::from_secs(1));
-    let out = run(Command::new(bin("veilctl"))
-        .args(["wireguard", "rotate-key", "--socket"])
-        .arg(lab.nodes[0].sock()));
+    let out = run_ok(
+        Command::new(bin("veilctl"))
+            .args(["wireguard", "rotate-key", "--socket"])
+            .arg(lab.nodes[0].sock()),
+    );
     assert!(out.contains("rotated"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

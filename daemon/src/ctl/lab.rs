@@ -376,15 +376,12 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 fn exec(a: ExecArgs) -> Result<i32, LabError> {
     need_root()?;
     let state = LabState::load(&a.name)?;
-    let no_such = |what, name: &str| LabError::NoSuch {
-        lab: state.name.clone(),
-        what,
-        name: name.to_string(),
-    };
     let target_ns;
     let mut cmd = Command::new("ip");
     if let Some(node) = &a.node {
-        let n = state.node(node).ok_or_else(|| no_such("node", node))?;
+        let n = state
+            .node(node)
+            .ok_or_else(|| state.no_such("node", node))?;
         target_ns = n.netns.clone();
         let wg = n.socket.with_file_name("wireguard");
         // `ip netns exec` runs the command in a mount namespace of its own, so the
@@ -400,12 +397,12 @@ fn exec(a: ExecArgs) -> Result<i32, LabError> {
             .external
             .iter()
             .find(|e| &e.name == x)
-            .ok_or_else(|| no_such("external host", x))?;
+            .ok_or_else(|| state.no_such("external host", x))?;
         target_ns = x.netns.clone();
         cmd.args(["netns", "exec", &target_ns]);
     } else {
         let p = a.pod.as_deref().unwrap_or_default();
-        let pod = state.pod(p).ok_or_else(|| no_such("pod", p))?;
+        let pod = state.pod(p).ok_or_else(|| state.no_such("pod", p))?;
         target_ns = pod.netns.clone();
         cmd.args(["netns", "exec", &target_ns]);
     }
@@ -479,12 +476,9 @@ fn list() -> Result<i32, LabError> {
 fn probe(a: &ProbeArgs) -> Result<i32, LabError> {
     need_root()?;
     let state = LabState::load(&a.name)?;
-    let no_such = |what, name: &str| LabError::NoSuch {
-        lab: state.name.clone(),
-        what,
-        name: name.to_string(),
-    };
-    let from = state.pod(&a.from).ok_or_else(|| no_such("pod", &a.from))?;
+    let from = state
+        .pod(&a.from)
+        .ok_or_else(|| state.no_such("pod", &a.from))?;
     let mut spec = ProbeSpec {
         target: Target::Name(a.to.clone()),
         port: a.port,
@@ -506,8 +500,10 @@ fn probe(a: &ProbeArgs) -> Result<i32, LabError> {
     if let Ok(ip) = a.to.parse() {
         spec.target = Target::Ip(ip);
     } else if a.to.contains('/') {
-        let to = state.pod(&a.to).ok_or_else(|| no_such("pod", &a.to))?;
-        let ip = to.ip.ok_or_else(|| no_such("pod address", &a.to))?;
+        let to = state
+            .pod(&a.to)
+            .ok_or_else(|| state.no_such("pod", &a.to))?;
+        let ip = to.ip.ok_or_else(|| state.no_such("pod address", &a.to))?;
         spec.target = Target::Ip(ip);
         spec.host = Some(format!("{}.{}", to.name, to.namespace));
         if dns_pod.is_some_and(|d| d.full_name() == to.full_name()) && a.port == 53 {

@@ -115,13 +115,7 @@ pub fn exists(ns: &str) -> bool {
 
 /// Names of every namespace starting with `prefix`.
 pub fn list_with_prefix(prefix: &str) -> BTreeSet<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
-        return BTreeSet::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
+    entries_with_prefix(NETNS_DIR, prefix)
 }
 
 /// The identity (device, inode) of namespace `ns`, comparable with a process's
@@ -171,7 +165,13 @@ pub fn remove_etc(ns: &str) -> std::io::Result<()> {
 
 /// Names of every `/etc/netns/` entry starting with `prefix`.
 pub fn etc_with_prefix(prefix: &str) -> BTreeSet<String> {
-    let Ok(dir) = std::fs::read_dir(ETC_NETNS_DIR) else {
+    entries_with_prefix(ETC_NETNS_DIR, prefix)
+}
+
+/// Names of the entries of directory `dir` starting with `prefix` (none when
+/// it cannot be read).
+fn entries_with_prefix(dir: &str, prefix: &str) -> BTreeSet<String> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
         return BTreeSet::new();
     };
     dir.filter_map(|e| e.ok())

@@ -10,6 +10,7 @@ use ipnetwork::Ipv4Network;
 
 use std::net::IpAddr;
 
+use veil_policy::kinds::is_dns_subdomain;
 use veil_policy::model::Protocol;
 use veil_policy::scenario::{Scenario, NS_NAME_LABEL};
 
@@ -202,19 +203,6 @@ pub enum PlanError {
         /// Why it is wrong.
         reason: &'static str,
     },
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn node_letter_name(i: usize) -> String {

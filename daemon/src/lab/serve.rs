@@ -561,66 +561,44 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn http_answers_every_request_with_the_pod_name() {
+    /// Sends `request` on one connection to an HTTP server answering with
+    /// the body `x/a` and reads until the server closes it (5 s at most).
+    async fn http_exchange(request: &[u8]) -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let limit = Arc::new(Semaphore::new(4));
         let body: Arc<str> = Arc::from("x/a\n");
-        let task = tokio::spawn(accept_loop(l, limit, move |s| http(s, body.clone())));
+        let task = tokio::spawn(accept_loop(l, Arc::new(Semaphore::new(4)), move |s| {
+            http(s, body.clone())
+        }));
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: a.x\r\n\r\nPOST /admin HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /z HTTP/1.1\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        c.write_all(request).await.unwrap();
         let mut out = String::new();
         tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
             .await
             .unwrap()
             .unwrap();
+        task.abort();
+        out
+    }
+
+    #[tokio::test]
+    async fn http_answers_every_request_with_the_pod_name() {
+        let out = http_exchange(b"GET / HTTP/1.1\r\nHost: a.x\r\n\r\nPOST /admin HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /z HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
         assert_eq!(out.matches("\r\n\r\nx/a\n").count(), 3, "{out}");
         assert!(out.contains("Connection: close"), "{out}");
-        task.abort();
     }
 
     #[tokio::test]
     async fn chunked_bodies_are_drained() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let body: Arc<str> = Arc::from("x/a\n");
-        let task = tokio::spawn(accept_loop(l, Arc::new(Semaphore::new(4)), move |s| {
-            http(s, body.clone())
-        }));
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
+        let out = http_exchange(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n").await;
         assert_eq!(out.matches("200 OK").count(), 2, "{out}");
-        task.abort();
     }
 
     #[tokio::test]
     async fn garbage_gets_400_and_a_closed_connection() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let body: Arc<str> = Arc::from("x/a\n");
-        let task = tokio::spawn(accept_loop(l, Arc::new(Semaphore::new(4)), move |s| {
-            http(s, body.clone())
-        }));
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"HELLO\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
+        let out = http_exchange(b"HELLO\r\n\r\n").await;
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-        task.abort();
     }
 
     #[tokio::test]

@@ -232,6 +232,16 @@ impl LabState {
         self.pods.iter().find(|p| p.full_name() == full_name)
     }
 
+    /// The error for a `what` (node, pod, ...) called `name` that this lab
+    /// does not have.
+    pub fn no_such(&self, what: &'static str, name: &str) -> LabError {
+        LabError::NoSuch {
+            lab: self.name.clone(),
+            what,
+            name: name.to_string(),
+        }
+    }
+
     /// The `lab status --output json` view.
     pub fn status_json(&self) -> StatusJson {
         StatusJson {

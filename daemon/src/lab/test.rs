@@ -241,11 +241,9 @@ fn run_steps(
             std::thread::sleep(opts.settle);
         }
         for (pi, probe) in step.probes.iter().enumerate() {
-            let from = state.pod(&probe.from).ok_or_else(|| LabError::NoSuch {
-                lab: state.name.clone(),
-                what: "pod",
-                name: probe.from.clone(),
-            })?;
+            let from = state
+                .pod(&probe.from)
+                .ok_or_else(|| state.no_such("pod", &probe.from))?;
             let spec = probe_spec(state, probe);
             let result =
                 super::probe::run_in(&from.netns, &opts.binaries.veilctl, &spec, &probe.from)?;

@@ -280,11 +280,7 @@ fn build(
         let node = state
             .node(&pod.node)
             .cloned()
-            .ok_or_else(|| LabError::NoSuch {
-                lab: state.name.clone(),
-                what: "node",
-                name: pod.node.clone(),
-            })?;
+            .ok_or_else(|| state.no_such("node", &pod.node))?;
         let mut ps = PodState {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),

@@ -1,124 +1,21 @@
-//! Helpers of the flow collector's end-to-end tests: namespaces removed on
-//! drop, a veild in a namespace, pods wired by hand, TCP servers and clients
-//! on threads that entered a namespace.
+//! Helpers of the flow collector's end-to-end tests: pods wired by hand, TCP
+//! servers and clients on threads that entered a namespace (namespaces,
+//! `veild` and the socket API come from the shared `veil_tests` library).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-pub fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "this test creates network namespaces and must run as root"
-    );
-}
-
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace removed on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(prefix: &str, tag: &str) -> Self {
-        let name = format!("{prefix}-{tag}");
-        run("ip", &["netns", "add", &name]);
-        let n = Netns(name);
-        n.ip(&["link", "set", "lo", "up"]);
-        n
-    }
-    pub fn ip(&self, args: &[&str]) {
-        let mut a = vec!["-n", self.0.as_str()];
-        a.extend_from_slice(args);
-        run("ip", &a);
-    }
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-    /// Runs `f` on a thread that entered this namespace.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn call(sock: &Path, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::{BufRead, BufReader};
-    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut line = serde_json::to_vec(&serde_json::json!({"method": method, "params": params}))
-        .map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    (&s).write_all(&line).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&answer).map_err(|e| e.to_string())?;
-    if let Some(ok) = v.get("ok") {
-        Ok(ok.clone())
-    } else {
-        Err(answer)
-    }
-}
+#[allow(unused_imports)]
+pub use veil_tests::{bin, call, require_root, unique_prefix, Daemon, Netns, TempDir, VeildArgs};
 
 /// Wires pod namespace `pod` with address `ip` to the node namespace.
 pub fn wire_pod(node: &Netns, pod: &Netns, host_if: &str, ip: &str) {
     node.ip(&[
-        "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+        "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
     ]);
     node.ip(&["addr", "add", "10.244.1.1/32", "dev", host_if]);
     node.ip(&["link", "set", host_if, "up"]);
@@ -149,7 +46,7 @@ pub fn serve(
 ) -> std::thread::JoinHandle<usize> {
     let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = ns.spawn(move || {
+    let h = ns.enter(move || {
         let l = TcpListener::bind(addr).expect("bind");
         let _ = ready_tx.send(());
         l.set_nonblocking(true).unwrap();
@@ -185,7 +82,7 @@ pub fn serve(
 /// and reading the answer to its end.
 pub fn client(ns: &Netns, dst: &str, conns: usize, req: usize) -> std::thread::JoinHandle<usize> {
     let dst: SocketAddr = dst.parse().unwrap();
-    ns.spawn(move || {
+    ns.enter(move || {
         let mut done = 0;
         for _ in 0..conns {
             let mut tries = 0;
@@ -217,9 +114,41 @@ pub fn write(path: PathBuf, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-pub fn tempfile_dir(prefix: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("{prefix}-graph"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// Publishes pod `namespace/pod` on node `n1` with address `ip` in the
+/// datastore directory `ds`, as the CNI path does: the pod (with `labels:`
+/// followed by `labels` when given) and its endpoint.
+pub fn publish_pod(
+    ds: &std::path::Path,
+    namespace: &str,
+    pod: &str,
+    ip: &str,
+    labels: Option<&str>,
+) {
+    let labels = labels.map(|l| format!("labels:\n{l}")).unwrap_or_default();
+    write(
+        ds.join(format!("pods/{namespace}/{pod}.yaml")),
+        &format!("namespace: {namespace}\nname: {pod}\nnode: n1\n{labels}"),
+    );
+    write(
+        ds.join(format!("endpoints/n1/{pod}_eth0.yaml")),
+        &format!("node: n1\ncontainerId: {pod}\nifname: eth0\npodNamespace: {namespace}\npodName: {pod}\nips: [\"{ip}/32\"]\n"),
+    );
+}
+
+/// `veild` of node `n1` (198.18.0.1, pods 10.244.1.0/24, underlay `eth0`,
+/// HTTP on 127.0.0.1:9590) in namespace `node`, with its socket
+/// (`veild.sock`), state (`state/`) and datastore (`ds/`) in `dir`.
+pub fn veild_n1(node: &Netns, dir: &std::path::Path) -> std::process::Command {
+    VeildArgs {
+        netns: &node.name,
+        node_name: "n1",
+        node_address: "198.18.0.1",
+        pod_cidr: "10.244.1.0/24",
+        underlay: "eth0",
+        socket: &dir.join("veild.sock"),
+        state_dir: &dir.join("state"),
+        datastore_dir: &dir.join("ds"),
+        http_listen: "127.0.0.1:9590",
+    }
+    .command()
 }

@@ -4,50 +4,16 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// A built binary of the workspace (next to the test's target directory).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p veil-daemon -p veil-cni` (or `cargo build --workspace --bins`) first",
-        p.display()
-    );
-    p
-}
-
-/// Fails clearly when not root.
-pub fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the lab tests create network namespaces and must run as root"
-    );
-}
+pub use veil_tests::{bin, eventually, require_root};
 
 /// A lab name no other test or run uses: `t` + 8 hex digits.
 pub fn unique_name() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seq = SEQ.fetch_add(1, Ordering::SeqCst);
-    let x = std::process::id()
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(nanos)
-        .wrapping_add(seq.wrapping_mul(0x9e37_79b9));
-    format!("t{x:08x}")
+    format!("t{:08x}", veil_tests::unique_id() as u32)
 }
 
 /// Runs `veilctl args...`.
@@ -198,20 +164,6 @@ pub fn root_links() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Waits until `f` holds, up to `timeout`.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Asserts that nothing of lab `name` is left: no namespace, no process, no
