@@ -16,10 +16,10 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::{Attachment, DEFAULT_SOCKET};
 use crate::error::CniError;
 use crate::result::{CniResult, Dns};
 use crate::version::Version;
+use veil_api::{Attachment, DEFAULT_SOCKET};
 
 /// A parsed configuration.
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use crate::api::{ApiError, CallError};
 use crate::version::Version;
+use veil_api::{ApiError, CallError};
 
 /// Veil's own error codes (100+), documented in the crate's README section of
 /// the plugin and returned in the `code` field of the CNI error object.

@@ -31,7 +31,6 @@
 //! [`run`] is the whole plugin without a process; `main.rs` only connects it to
 //! the real environment, stdin, stdout and kernel ([`netlink::LinuxLinks`]).
 
-pub mod api;
 pub mod config;
 pub mod delegate;
 pub mod env;

@@ -1,6 +1,6 @@
 //! The CNI commands: ADD, DEL, CHECK, STATUS, GC, VERSION.
 //!
-//! Each command is a thin client of `veild` (over [`crate::api`]) plus the
+//! Each command is a thin client of `veild` (over `veil-api`) plus the
 //! kernel work behind [`Links`]. Everything here is testable without a process:
 //! [`run`] takes the environment, stdin and stdout as values.
 
@@ -16,10 +16,6 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{
-    self, method, AddReply, AddRequest, CheckRequest, CommitRequest, DelReply, DelRequest, GcReply,
-    GcRequest, IpamMode, StatusReply,
-};
 use crate::config::NetConf;
 use crate::delegate::Delegate;
 use crate::env::{CniEnv, Command};
@@ -27,6 +23,10 @@ use crate::error::{code, CniError};
 use crate::links::{Links, PodLinkSpec};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::version::{self, Version};
+use veil_api::{
+    self, method, AddReply, AddRequest, CheckRequest, CommitRequest, DelReply, DelRequest, GcReply,
+    GcRequest, IpamMode, StatusReply,
+};
 
 /// Time allowed for one call to the daemon that changes state (it persists
 /// before answering; a node starting many pods at once queues them).
@@ -56,7 +56,7 @@ fn call<P: Serialize, R: DeserializeOwned>(
     params: &P,
     timeout: Duration,
 ) -> Result<R, CniError> {
-    api::call(socket, m, params, timeout).map_err(CniError::from_call)
+    veil_api::call(socket, m, params, timeout).map_err(CniError::from_call)
 }
 
 /// Runs one plugin invocation: `vars` are the process's environment, `stdin`
@@ -155,7 +155,9 @@ impl Drop for AddUndo<'_> {
             }
         }
         if let Some((socket, req)) = self.daemon.take() {
-            if let Err(e) = api::call::<_, DelReply>(&socket, method::CNI_DEL, &req, CALL_TIMEOUT) {
+            if let Err(e) =
+                veil_api::call::<_, DelReply>(&socket, method::CNI_DEL, &req, CALL_TIMEOUT)
+            {
                 warn!(error = %e, "rollback: cannot release the endpoint in veild");
             }
         }

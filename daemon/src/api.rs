@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use veil_cni::api::{ApiError, Reply, Request};
+use veil_api::{ApiError, Reply, Request};
 
 /// Result of a method.
 pub type MethodResult = Result<serde_json::Value, ApiError>;

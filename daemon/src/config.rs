@@ -316,7 +316,7 @@ impl Config {
             socket: f
                 .socket
                 .or(c.socket)
-                .unwrap_or_else(|| veil_cni::api::DEFAULT_SOCKET.into()),
+                .unwrap_or_else(|| veil_api::DEFAULT_SOCKET.into()),
             datastore_dir: f
                 .datastore_dir
                 .or(c.datastore_dir)

@@ -9,14 +9,12 @@
 pub mod api;
 pub mod config;
 pub mod context;
-pub mod ctl;
 pub mod datastore;
 pub mod endpoints;
 pub mod filter;
 pub mod flows;
 pub mod http;
 pub mod ipam;
-pub mod lab;
 pub mod netns;
 pub mod node;
 pub mod wireguard;

@@ -16,9 +16,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use veil_cni::api::{
-    self, AddReply, AddRequest, ApiError, CheckRequest, CommitRequest, DelReply, DelRequest,
-    GcReply, GcRequest, IpamMode, StatusReply,
+use veil_api::{
+    AddReply, AddRequest, ApiError, CheckRequest, CommitRequest, DelReply, DelRequest, GcReply,
+    GcRequest, IpamMode, StatusReply,
 };
 
 use crate::api::{api_error, ApiRegistry};
@@ -375,7 +375,7 @@ impl Cni {
             if let Some(h) = r.host_ifname {
                 removed.push(h);
             }
-            attachments.push(veil_cni::api::Attachment {
+            attachments.push(veil_api::Attachment {
                 container_id: ep.container_id.clone(),
                 ifname: ep.ifname.clone(),
             });
@@ -421,13 +421,13 @@ fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
             });
         }};
     }
-    method!(api::method::CNI_ADD, AddRequest, add);
-    method!(api::method::CNI_COMMIT, CommitRequest, commit);
-    method!(api::method::CNI_DEL, DelRequest, del);
-    method!(api::method::CNI_CHECK, CheckRequest, check);
-    method!(api::method::CNI_GC, GcRequest, gc);
+    method!(veil_api::method::CNI_ADD, AddRequest, add);
+    method!(veil_api::method::CNI_COMMIT, CommitRequest, commit);
+    method!(veil_api::method::CNI_DEL, DelRequest, del);
+    method!(veil_api::method::CNI_CHECK, CheckRequest, check);
+    method!(veil_api::method::CNI_GC, GcRequest, gc);
     let c = cni.clone();
-    api.register(api::method::CNI_STATUS, move |_: serde_json::Value| {
+    api.register(veil_api::method::CNI_STATUS, move |_: serde_json::Value| {
         let c = c.clone();
         async move { Ok::<_, ApiError>(c.status()) }
     });

@@ -513,7 +513,7 @@ fn register_api(ctx: &NodeContext, m: &Arc<Manager>) {
     ctx.api
         .register("wireguard.status", move |_: serde_json::Value| {
             let m = mm.clone();
-            async move { Ok::<_, veil_cni::api::ApiError>(m.status()) }
+            async move { Ok::<_, veil_api::ApiError>(m.status()) }
         });
     let mm = m.clone();
     ctx.api

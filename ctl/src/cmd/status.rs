@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use veil_cni::api::{call, CallError};
+use veil_api::{call, CallError};
 
 use super::target::Target;
-use crate::node::NodeStatus;
+use veil_daemon::node::NodeStatus;
 
 /// Arguments of `veilctl status`.
 #[derive(Debug, clap::Args)]
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> i32 {
                 );
             }
             if let Some(w) = w {
-                match serde_json::from_value::<crate::wireguard::Status>(w.clone()) {
+                match serde_json::from_value::<veil_daemon::wireguard::Status>(w.clone()) {
                     Ok(s) => print!("{}", super::wireguard::format_status(&s)),
                     Err(_) => println!(
                         "  wireguard: {}",

@@ -18,8 +18,8 @@ use super::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};
 use super::state::LabState;
 use super::up::{pod_record, Binaries, UpOptions};
 use super::LabError;
-use crate::datastore::local::LocalDatastore;
-use crate::datastore::{Datastore, NamespaceRecord};
+use veil_daemon::datastore::local::LocalDatastore;
+use veil_daemon::datastore::{Datastore, NamespaceRecord};
 
 /// How one probe went.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ fn run_steps(
     for (manifest, object) in &sc.policies {
         files.apply(object_key(&object.key), manifest)?;
     }
-    let mut pods: BTreeMap<String, crate::datastore::PodRecord> = plan
+    let mut pods: BTreeMap<String, veil_daemon::datastore::PodRecord> = plan
         .pods
         .iter()
         .map(|p| (p.full_name(), pod_record(p)))

@@ -1,7 +1,7 @@
 //! `veilctl`: the Veil command-line tool.
 
 use clap::{Parser, Subcommand};
-use veil_daemon::ctl;
+use veil_ctl::cmd as ctl;
 
 #[derive(Parser)]
 #[command(name = "veilctl", version, about = "Veil command-line tool")]

@@ -22,7 +22,7 @@ impl Target {
             (None, Some(s)) => Ok(vec![(String::new(), s.clone())]),
             (None, None) => Ok(vec![(
                 String::new(),
-                PathBuf::from(veil_cni::api::DEFAULT_SOCKET),
+                PathBuf::from(veil_api::DEFAULT_SOCKET),
             )]),
         }
     }

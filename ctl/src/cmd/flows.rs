@@ -70,7 +70,7 @@ fn line(e: &FlowEntry) -> String {
 }
 
 fn query(socket: &Path, f: &FlowFilter) -> Result<FlowPage, String> {
-    veil_cni::api::call::<_, FlowPage>(socket, "flows.list", f, Duration::from_secs(10))
+    veil_api::call::<_, FlowPage>(socket, "flows.list", f, Duration::from_secs(10))
         .map_err(|e| e.to_string())
 }
 

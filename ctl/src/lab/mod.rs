@@ -197,7 +197,7 @@ pub enum LabError {
     },
     /// A datastore write failed.
     #[error("{0}")]
-    Datastore(#[from] crate::datastore::DatastoreError),
+    Datastore(#[from] veil_daemon::datastore::DatastoreError),
 }
 
 impl LabError {

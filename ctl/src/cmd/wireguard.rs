@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use veil_cni::api::call;
+use veil_api::call;
 
 use super::target::Target;
-use crate::wireguard::{Rotated, Status};
+use veil_daemon::wireguard::{Rotated, Status};
 
 /// Arguments of `veilctl wireguard`.
 #[derive(Debug, clap::Args)]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use veil_cni::api::{method, StatusReply};
+use veil_api::{method, StatusReply};
 
 use super::cni;
 use super::netns;
@@ -16,8 +16,8 @@ use super::process;
 use super::serve::ServeSpec;
 use super::state::{ExternalState, LabLock, LabState, NodeState, PodState};
 use super::{lab_dir, validate_name, LabError, LABS_ROOT};
-use crate::datastore::local::LocalDatastore;
-use crate::datastore::{Datastore, NamespaceRecord, PodPort, PodRecord};
+use veil_daemon::datastore::local::LocalDatastore;
+use veil_daemon::datastore::{Datastore, NamespaceRecord, PodPort, PodRecord};
 
 /// The bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
@@ -488,7 +488,7 @@ pub fn wait_ready(node: &NodeState, timeout: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     let mut last;
     loop {
-        match veil_cni::api::call::<_, StatusReply>(
+        match veil_api::call::<_, StatusReply>(
             &node.socket,
             method::CNI_STATUS,
             &serde_json::Value::Null,

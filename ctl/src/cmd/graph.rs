@@ -7,7 +7,7 @@ use std::time::Duration;
 use veil_graph::GraphView;
 
 use super::target::Target;
-use crate::flows::{GraphParams, GraphReply};
+use veil_daemon::flows::{GraphParams, GraphReply};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,7 +38,7 @@ pub fn fetch(target: &Target) -> Result<(GraphView, Vec<String>), String> {
     let mut views = Vec::new();
     let mut errors = Vec::new();
     for (node, socket) in &sockets {
-        match veil_cni::api::call::<_, GraphReply>(
+        match veil_api::call::<_, GraphReply>(
             socket,
             "graph.get",
             &GraphParams {},
