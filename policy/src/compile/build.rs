@@ -1,0 +1,368 @@
+//! Compiling: rules to [`CRule`]s over interned sets (a set per selector or
+//! port name, shared by every rule that uses it, freed when none does),
+//! policies in evaluation order, and the chains of each endpoint.
+//!
+//! Incremental updates that reuse this are in the `update` module.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use super::program::{
+    CPeer, CPolicy, CPort, CRule, ChainTier, EndpointProgram, IpSet, SetId, SetKey, TierInfo,
+};
+use super::{Compiled, FxHashMap, FxHashSet};
+use crate::cluster::{Cluster, Pod};
+use crate::model::{NsScope, PodSelector, PortMatch, Protocol, Rule};
+use crate::policyset::PolicySet;
+
+impl Compiled {
+    fn intern(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        key: SetKey,
+        used: &mut HashSet<SetId>,
+    ) -> SetId {
+        if let Some(&id) = self.set_index.get(&key) {
+            used.insert(id);
+            return id;
+        }
+        let set = IpSet {
+            key: key.clone(),
+            addrs: FxHashSet::default(),
+            ports: FxHashSet::default(),
+        };
+        let id = match self.program.sets.iter().position(|s| s.is_none()) {
+            Some(free) => {
+                self.program.sets[free] = Some(set);
+                free as SetId
+            }
+            None => {
+                self.program.sets.push(Some(set));
+                (self.program.sets.len() - 1) as SetId
+            }
+        };
+        match &key {
+            SetKey::Pods(sel) => {
+                for p in idx.candidates(cluster, &sel.namespaces) {
+                    if cluster.selects(sel, p) {
+                        self.program.insert_addr(id, p.ip);
+                    }
+                }
+                match &sel.namespaces {
+                    NsScope::Named(ns) => self.sets_by_ns.entry(ns.clone()).or_default().push(id),
+                    NsScope::Selector(_) => self.sets_global.push(id),
+                }
+            }
+            SetKey::Nodes(sel) => {
+                for n in &cluster.nodes {
+                    if sel.matches(&n.labels) {
+                        self.program.insert_addr(id, n.address);
+                    }
+                }
+            }
+            SetKey::NamedPort(name) => {
+                let mut members = Vec::new();
+                for p in cluster.pods.values() {
+                    for pp in &p.ports {
+                        if pp.name.as_deref() == Some(name.as_str()) {
+                            members.push((p.ip, pp.protocol, pp.port));
+                        }
+                    }
+                }
+                for (ip, proto, port) in members {
+                    let a = self.program.addr_id(ip) as usize;
+                    self.program.named_by_addr[a].push((id, proto, port));
+                    if let Some(Some(s)) = self.program.sets.get_mut(id as usize) {
+                        s.ports.insert((ip, proto, port));
+                    }
+                }
+            }
+        }
+        self.set_index.insert(key, id);
+        used.insert(id);
+        id
+    }
+
+    fn compile_rule(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        index: usize,
+        r: &Rule,
+        used: &mut HashSet<SetId>,
+    ) -> CRule {
+        let peers: Vec<CPeer> = r
+            .peers
+            .iter()
+            .map(|p| CPeer {
+                pods: p
+                    .pods
+                    .as_ref()
+                    .map(|s| self.intern(idx, cluster, SetKey::Pods(s.clone()), used)),
+                nodes: p
+                    .nodes
+                    .as_ref()
+                    .map(|s| self.intern(idx, cluster, SetKey::Nodes(s.clone()), used)),
+                nets: p.nets.clone(),
+                not_nets: p.not_nets.clone(),
+                domains: p.domains.clone(),
+            })
+            .collect();
+        let ports = r
+            .ports
+            .iter()
+            .map(|m| match m {
+                PortMatch::Range { protocol, from, to } => CPort::Range {
+                    protocol: *protocol,
+                    from: *from,
+                    to: *to,
+                },
+                PortMatch::Named { protocol, name } => CPort::Named {
+                    protocol: *protocol,
+                    set: self.intern(idx, cluster, SetKey::NamedPort(name.clone()), used),
+                },
+            })
+            .collect();
+        let all_ports =
+            (1u8 << Protocol::Tcp as u8) | (1 << Protocol::Udp as u8) | (1 << Protocol::Sctp as u8);
+        let mut proto_mask = match r.protocol {
+            Some(p) => 1u8 << (p as u8),
+            None => all_ports | (1 << Protocol::Icmp as u8),
+        };
+        let (mut port_lo, mut port_hi) = (0u16, u16::MAX);
+        if !r.ports.is_empty() {
+            // Ports exclude ICMP; the hull of the ranges bounds the port.
+            proto_mask &= all_ports;
+            let mut lo = u16::MAX;
+            let mut hi = 0u16;
+            let mut mask = 0u8;
+            for m in &r.ports {
+                let (p, a, b) = match m {
+                    PortMatch::Range { protocol, from, to } => (*protocol, *from, *to),
+                    PortMatch::Named { protocol, .. } => (*protocol, 1, u16::MAX),
+                };
+                mask |= p.map_or(all_ports, |p| 1 << (p as u8));
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+            proto_mask &= mask;
+            port_lo = lo;
+            port_hi = hi;
+        }
+        let ports_exact = r.ports.is_empty()
+            || (r.ports.len() == 1 && matches!(r.ports[0], PortMatch::Range { .. }));
+        let peer_fast = match peers.as_slice() {
+            [CPeer {
+                pods: Some(s),
+                nodes: None,
+                nets,
+                not_nets,
+                domains,
+            }] if nets.is_empty() && not_nets.is_empty() && domains.is_empty() => Some(*s),
+            _ => None,
+        };
+        CRule {
+            index,
+            proto_mask,
+            port_lo,
+            port_hi,
+            ports_exact,
+            peer_fast,
+            action: r.action,
+            protocol: r.protocol,
+            peers,
+            ports,
+            http: r.http.clone(),
+        }
+    }
+
+    pub(super) fn compile_policies(
+        &mut self,
+        cluster: &Cluster,
+        idx: &ClusterIndex<'_>,
+        policies: &PolicySet,
+    ) {
+        let tiers = policies.tiers();
+        let tier_pos: HashMap<&str, u32> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i as u32))
+            .collect();
+        let mut ordered: Vec<_> = policies.policies().values().collect();
+        ordered.sort_by(|a, b| {
+            (tier_pos.get(a.tier.as_str()), &a.sort_key)
+                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
+        });
+        let mut used = HashSet::new();
+        let mut out = Vec::with_capacity(ordered.len());
+        let mut arena: Vec<CRule> = Vec::new();
+        for p in ordered {
+            let start = arena.len() as u32;
+            for (i, r) in p.ingress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let ingress = (start, arena.len() as u32);
+            for (i, r) in p.egress.iter().enumerate() {
+                let c = self.compile_rule(idx, cluster, i, r, &mut used);
+                arena.push(c);
+            }
+            let egress = (ingress.1, arena.len() as u32);
+            out.push(CPolicy {
+                key: p.key.clone(),
+                tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
+                subject: p.subject.clone(),
+                applies_ingress: p.applies_ingress,
+                applies_egress: p.applies_egress,
+                ingress,
+                egress,
+            });
+        }
+        // Free the sets no rule uses any more.
+        let stale: Vec<(SetKey, SetId)> = self
+            .set_index
+            .iter()
+            .filter(|(_, id)| !used.contains(id))
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
+        for (k, id) in stale {
+            if matches!(k, SetKey::NamedPort(_)) {
+                for l in &mut self.program.named_by_addr {
+                    l.retain(|e| e.0 != id);
+                }
+            }
+            self.set_index.remove(&k);
+            self.program.sets[id as usize] = None;
+            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
+                b.clear();
+            }
+            self.sets_global.retain(|x| *x != id);
+            for v in self.sets_by_ns.values_mut() {
+                v.retain(|x| *x != id);
+            }
+        }
+        self.program.tiers = tiers
+            .into_iter()
+            .map(|t| TierInfo {
+                name: t.name,
+                order: t.order,
+                default_action: t.default_action,
+            })
+            .collect();
+        self.policies_by_ns.clear();
+        self.policies_global.clear();
+        for (i, p) in out.iter().enumerate() {
+            match &p.subject.namespaces {
+                NsScope::Named(ns) => self
+                    .policies_by_ns
+                    .entry(ns.clone())
+                    .or_default()
+                    .push(i as u32),
+                NsScope::Selector(_) => self.policies_global.push(i as u32),
+            }
+        }
+        self.program.policies = out;
+        self.program.rules = arena;
+    }
+
+    pub(super) fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
+        // Group policies by subject so each selector is evaluated once.
+        let mut by_subject: HashMap<&PodSelector, Vec<u32>> = HashMap::new();
+        for (i, p) in self.program.policies.iter().enumerate() {
+            by_subject.entry(&p.subject).or_default().push(i as u32);
+        }
+        let mut per_pod: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+        for (sel, pols) in by_subject {
+            for p in idx.candidates(cluster, &sel.namespaces) {
+                if cluster.selects(sel, p) {
+                    per_pod.entry(p.ip).or_default().extend_from_slice(&pols);
+                }
+            }
+        }
+        let mut endpoints = FxHashMap::default();
+        endpoints.reserve(cluster.pods.len());
+        for p in cluster.pods.values().filter(|p| !p.host_network) {
+            let mut pols = per_pod.remove(&p.ip).unwrap_or_default();
+            pols.sort_unstable();
+            endpoints.insert(p.ip, self.chains_from(p, &pols));
+        }
+        self.program.endpoints = endpoints;
+    }
+
+    pub(super) fn endpoint_program(&self, cluster: &Cluster, p: &Pod) -> EndpointProgram {
+        let ns_pols = self
+            .policies_by_ns
+            .get(&p.namespace)
+            .map_or(&[][..], |v| &v[..]);
+        let mut pols: Vec<u32> = ns_pols
+            .iter()
+            .chain(self.policies_global.iter())
+            .copied()
+            .filter(|&i| cluster.selects(&self.program.policies[i as usize].subject, p))
+            .collect();
+        pols.sort_unstable();
+        self.chains_from(p, &pols)
+    }
+
+    fn chains_from(&self, p: &Pod, pols: &[u32]) -> EndpointProgram {
+        let mut ingress: Vec<ChainTier> = Vec::new();
+        let mut egress: Vec<ChainTier> = Vec::new();
+        for &i in pols {
+            let cp = &self.program.policies[i as usize];
+            for (applies, chain, range) in [
+                (cp.applies_ingress, &mut ingress, cp.ingress),
+                (cp.applies_egress, &mut egress, cp.egress),
+            ] {
+                if !applies {
+                    continue;
+                }
+                match chain.last_mut() {
+                    Some(ct) if ct.tier == cp.tier => {
+                        ct.policies.push(i);
+                        ct.rules.push(range);
+                    }
+                    _ => chain.push(ChainTier {
+                        tier: cp.tier,
+                        policies: vec![i],
+                        rules: vec![range],
+                    }),
+                }
+            }
+        }
+        EndpointProgram {
+            pod: p.key(),
+            node: p.node.clone(),
+            ip: p.ip,
+            ingress,
+            egress,
+        }
+    }
+}
+
+/// Pods by namespace, to evaluate selectors only where they can match.
+pub(super) struct ClusterIndex<'a> {
+    by_ns: HashMap<&'a str, Vec<&'a Pod>>,
+}
+
+impl<'a> ClusterIndex<'a> {
+    pub(super) fn new(cluster: &'a Cluster) -> Self {
+        let mut by_ns: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in cluster.pods.values() {
+            by_ns.entry(p.namespace.as_str()).or_default().push(p);
+        }
+        Self { by_ns }
+    }
+
+    fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
+        match scope {
+            NsScope::Named(ns) => self.by_ns.get(ns.as_str()).cloned().unwrap_or_default(),
+            NsScope::Selector(sel) => cluster
+                .namespaces
+                .iter()
+                .filter(|(_, l)| sel.matches(l))
+                .flat_map(|(n, _)| self.by_ns.get(n.as_str()).cloned().unwrap_or_default())
+                .collect(),
+        }
+    }
+}
