@@ -21,9 +21,7 @@
 //!   of POLICY-API.md.
 //! - [`compile`]: the compiler to a dataplane-neutral program, its
 //!   interpreter and incremental updates.
-//! - [`scenario`]: the scenario file format (FORMAT.md) and its runner.
 //! - [`crd`]: CustomResourceDefinitions of the `veil.dev` kinds.
-//! - [`testgen`]: random clusters/policies/flows for the differential tests.
 //!
 //! Invariants:
 //! - An invalid object never enters a [`PolicySet`]: every update is
@@ -38,6 +36,9 @@
 //!   established connections on policy changes.
 //!
 //! It does not program any kernel: the dataplane renders [`compile::Program`].
+//! The scenario format and its runner, and the generator of the
+//! differential tests, are test tooling: they live in the `veil-scenario`
+//! crate (`scenario/`), which uses only this crate's public API.
 
 #![warn(missing_docs)]
 
@@ -50,9 +51,7 @@ pub mod kinds;
 pub mod model;
 pub mod net;
 pub mod policyset;
-pub mod scenario;
 pub mod selector;
-pub mod testgen;
 
 pub use cluster::Cluster;
 pub use error::PolicyError;

@@ -8,7 +8,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn compiled_program_agrees_with_reference(data in proptest::collection::vec(any::<u8>(), 64..1024)) {
-        if let Err(e) = veil_policy::testgen::check(&data) {
+        if let Err(e) = veil_scenario::testgen::check(&data) {
             prop_assert!(false, "{}", e);
         }
     }

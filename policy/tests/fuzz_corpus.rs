@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use veil_policy::scenario::{run, Scenario};
 use veil_policy::Object;
+use veil_scenario::{run, Scenario};
 
 fn entries(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +38,7 @@ fn differential_corpus_agrees() {
     let corpus = entries("differential");
     assert!(!corpus.is_empty());
     for data in corpus {
-        if let Err(e) = veil_policy::testgen::check(&data) {
+        if let Err(e) = veil_scenario::testgen::check(&data) {
             panic!("{e}");
         }
     }

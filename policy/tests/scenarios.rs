@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use veil_policy::scenario::{is_scenario_file, run, Scenario};
+use veil_scenario::{is_scenario_file, run, Scenario};
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

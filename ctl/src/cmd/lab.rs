@@ -550,7 +550,7 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
                 .filter(|f| {
                     f.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(veil_policy::scenario::is_scenario_file)
+                        .is_some_and(veil_scenario::is_scenario_file)
                 })
                 .collect();
             v.sort();

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use veil_policy::model::Protocol;
-use veil_policy::scenario::{self, evaluate_probe, is_scenario_file, Scenario};
 use veil_policy::Verdict;
+use veil_scenario::{self as scenario, evaluate_probe, is_scenario_file, Scenario};
 
 /// Arguments of `veilctl policy`.
 #[derive(Debug, clap::Args)]

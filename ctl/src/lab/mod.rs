@@ -93,7 +93,7 @@ pub enum LabError {
         /// The file.
         path: String,
         /// What is wrong, naming the field.
-        error: Box<veil_policy::scenario::ScenarioError>,
+        error: Box<veil_scenario::ScenarioError>,
     },
     /// The cluster description is invalid.
     #[error("{0}")]
@@ -210,9 +210,9 @@ impl LabError {
 }
 
 /// Reads and validates a scenario file (the policy crate's model).
-pub fn load_scenario(path: &Path) -> Result<veil_policy::scenario::Scenario, LabError> {
+pub fn load_scenario(path: &Path) -> Result<veil_scenario::Scenario, LabError> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    veil_policy::scenario::Scenario::parse(&text).map_err(|error| LabError::Scenario {
+    veil_scenario::Scenario::parse(&text).map_err(|error| LabError::Scenario {
         path: path.display().to_string(),
         error: Box::new(error),
     })

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use veil_policy::kinds::is_dns_subdomain;
 use veil_policy::model::Protocol;
-use veil_policy::scenario::{Scenario, NS_NAME_LABEL};
+use veil_scenario::{Scenario, NS_NAME_LABEL};
 
 /// Node i's underlay address is `198.18.0.(10+i)`.
 pub const FIRST_NODE_HOST: u8 = 10;
@@ -340,7 +340,7 @@ impl Plan {
         })
     }
 
-    /// The lab of a parsed scenario (`veil_policy::scenario`, which has already
+    /// The lab of a parsed scenario (`veil_scenario`, which has already
     /// resolved nodes, placement, addresses and `kube-system/kube-dns`). Every
     /// pod asks the CNI for the address the scenario model gave it, so that the
     /// lab and the in-memory evaluation see the same cluster.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use veil_policy::eval::Verdict;
 use veil_policy::model::ObjectKey;
-use veil_policy::scenario::{LabelChange, Probe, ProbeTarget, Scenario, NS_NAME_LABEL};
+use veil_scenario::{LabelChange, Probe, ProbeTarget, Scenario, NS_NAME_LABEL};
 
 use super::plan::Plan;
 use super::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = veil_policy::testgen::check(data) {
+    if let Err(e) = veil_scenario::testgen::check(data) {
         panic!("{e}");
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_policy::scenario::{run, Scenario};
+use veil_scenario::{run, Scenario};
 use veil_policy::Object;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,17 +7,17 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::cluster::{Cluster, ExternalHost, Node, Pod, PodPort};
-use crate::compile::Compiled;
-use crate::eval::{evaluate, Flow};
-use crate::kinds::{Object, ObjectBody, ObjectMeta};
-use crate::model::{
+use veil_policy::cluster::{Cluster, ExternalHost, Node, Pod, PodPort};
+use veil_policy::compile::Compiled;
+use veil_policy::eval::{evaluate, Flow};
+use veil_policy::kinds::{Object, ObjectBody, ObjectMeta};
+use veil_policy::model::{
     Action, DomainPattern, HttpMatch, HttpRequest, Kind, NsScope, ObjectKey, PathMatch, Peer,
     PodSelector, Policy, PortMatch, Protocol, Rule, Tier, TierDefault,
 };
-use crate::net::Cidr;
-use crate::policyset::PolicySet;
-use crate::selector::{LabelSelector, LabelSelectorRequirement, Labels, SelectorOperator};
+use veil_policy::net::Cidr;
+use veil_policy::policyset::PolicySet;
+use veil_policy::selector::{LabelSelector, LabelSelectorRequirement, Labels, SelectorOperator};
 
 /// Reads choices from bytes; zeros when exhausted.
 pub struct Bytes<'a> {
