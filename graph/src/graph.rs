@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - A connection is counted once: once per [`ConnKey`] (5-tuple + kernel id)
-//!   in this graph, and once in the cluster by the [`Locality::counts`] rule.
+//!   in this graph, and once in the cluster by the
+//!   [`Locality::counts`](crate::record::Locality::counts) rule.
 //! - Byte and packet totals only grow: each record adds the growth of the
 //!   connection's counters since the previous record of that connection.
 //! - Memory is bounded: at most `max_edges` edges and `max_connections`
