@@ -474,3 +474,86 @@ fn ns_labels(field: &str, name: &str, given: &Labels) -> Result<Labels, Scenario
     l.insert(NS_NAME_LABEL.into(), name.into());
     Ok(l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        Scenario::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nodes_get_addresses_and_slash_24s_of_the_pod_cidr_in_order() {
+        let sc = Scenario::parse(
+            "name: n\ncluster: {podCIDR: 10.244.0.0/16, nodes: [a, {name: b, labels: {zone: z}}]}\nprobes: []\n",
+        )
+        .unwrap();
+        let got: Vec<(String, String, String)> = sc
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.address.to_string(),
+                    n.pod_cidr.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), "198.18.0.10".into(), "10.244.0.0/24".into()),
+                ("b".into(), "198.18.0.11".into(), "10.244.1.0/24".into()),
+            ]
+        );
+        assert_eq!(
+            sc.nodes[1]
+                .labels
+                .get("kubernetes.io/hostname")
+                .map(String::as_str),
+            Some("b")
+        );
+        assert_eq!(
+            sc.nodes[1].labels.get("zone").map(String::as_str),
+            Some("z")
+        );
+    }
+
+    #[test]
+    fn kube_system_is_added_and_namespaces_carry_their_name_label() {
+        let sc = Scenario::parse("name: n\nnamespaces: [{name: app}]\nprobes: []\n").unwrap();
+        let names: Vec<&str> = sc.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, [DNS_NAMESPACE, "app"]);
+        assert_eq!(
+            sc.namespaces[1]
+                .labels
+                .get(NS_NAME_LABEL)
+                .map(String::as_str),
+            Some("app")
+        );
+    }
+
+    #[test]
+    fn top_level_probes_become_one_step_and_both_forms_are_rejected() {
+        let sc = Scenario::parse("name: n\nprobes: []\n").unwrap();
+        assert_eq!(sc.steps.len(), 1);
+        assert!(!sc.has_steps);
+        let e = err("name: n\nprobes: []\nsteps: [{}]\n");
+        assert!(e.contains("use either probes or steps"), "{e}");
+        let e = err("name: n\n");
+        assert!(e.contains("needs probes or steps"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_later_step_is_reported_at_parse_time_with_its_field() {
+        let e = err("name: n\nsteps:\n- {}\n- labels: [{pod: app/missing, labels: {}}]\n");
+        assert!(e.starts_with("steps[1].labels[0].pod:"), "{e}");
+    }
+
+    #[test]
+    fn external_hosts_must_be_inside_the_documentation_range() {
+        let e = err("name: n\nexternal: [{name: a.example, ip: 192.0.2.1}]\nprobes: []\n");
+        assert!(e.starts_with("external[0].ip:"), "{e}");
+    }
+}

@@ -227,3 +227,51 @@ pub(crate) fn place_pods(
     }
     Ok(pods)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Scenario;
+
+    #[test]
+    fn pods_are_spread_round_robin_and_take_the_next_free_address() {
+        let sc = Scenario::parse(
+            "name: n\ncluster: {nodes: [a, b]}\nnamespaces: [{name: x}]\npods:\n- {name: x/p0}\n- {name: x/p1}\n- {name: x/p2, ip: 10.244.0.2}\n- {name: x/p3}\nprobes: []\n",
+        )
+        .unwrap();
+        let got: Vec<(String, String, String)> = sc
+            .pods
+            .iter()
+            .map(|p| (p.key(), p.node.clone(), p.ip.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "kube-system/kube-dns".into(),
+                    "a".into(),
+                    "10.244.0.3".into()
+                ),
+                ("x/p0".into(), "a".into(), "10.244.0.4".into()),
+                ("x/p1".into(), "b".into(), "10.244.1.2".into()),
+                ("x/p2".into(), "a".into(), "10.244.0.2".into()),
+                ("x/p3".into(), "b".into(), "10.244.1.3".into()),
+            ]
+        );
+        assert!(sc.dns_pod().is_some_and(|p| p.is_dns));
+    }
+
+    #[test]
+    fn host_network_pods_use_their_node_address_and_cannot_share_a_port() {
+        let sc = Scenario::parse(
+            "name: n\nnamespaces: [{name: x}]\npods:\n- {name: x/h, hostNetwork: true, ports: [{port: 80}]}\nprobes: []\n",
+        )
+        .unwrap();
+        assert_eq!(sc.pods[1].ip.to_string(), "198.18.0.10");
+        let e = Scenario::parse(
+            "name: n\nnamespaces: [{name: x}]\npods:\n- {name: x/h, hostNetwork: true, ports: [{port: 80}]}\n- {name: x/i, hostNetwork: true, ports: [{port: 80}]}\nprobes: []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("pods[1].ports:"), "{e}");
+    }
+}
