@@ -93,3 +93,79 @@ pub fn call<P: Serialize, R: for<'de> Deserialize<'de>>(
         Reply::Error(e) => Err(CallError::Daemon(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A daemon that answers one connection with `answer` and returns the
+    /// request line it got.
+    fn one_shot(
+        answer: &'static str,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::thread::JoinHandle<String>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("veild.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            (&s).write_all(answer.as_bytes()).unwrap();
+            line
+        });
+        (dir, sock, t)
+    }
+
+    #[test]
+    fn a_call_sends_one_request_line_and_decodes_the_ok_value() {
+        let (_d, sock, t) = one_shot("{\"ok\": {\"ready\": true}}\n");
+        let r: crate::StatusReply = call(
+            &sock,
+            crate::method::CNI_STATUS,
+            &serde_json::Value::Null,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(r.ready);
+        let req: Request = serde_json::from_str(&t.join().unwrap()).unwrap();
+        assert_eq!(req.method, crate::method::CNI_STATUS);
+    }
+
+    #[test]
+    fn an_error_answer_is_a_daemon_error_with_its_code() {
+        let (_d, sock, _t) = one_shot("{\"error\": {\"code\": 101, \"msg\": \"unknown\"}}\n");
+        let e =
+            call::<_, serde_json::Value>(&sock, "x.y", &(), Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(e, CallError::Daemon(ApiError { code: 101, .. })),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_socket_is_unreachable_and_garbage_cannot_be_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = call::<_, serde_json::Value>(
+            &dir.path().join("none.sock"),
+            crate::method::NODE_STATUS,
+            &(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CallError::Unreachable { .. }), "{e}");
+        let (_d, sock, _t) = one_shot("not json\n");
+        let e = call::<_, serde_json::Value>(
+            &sock,
+            crate::method::NODE_STATUS,
+            &(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CallError::Decode { .. }), "{e}");
+    }
+}

@@ -63,3 +63,20 @@ pub struct Rotated {
     /// The key now published.
     pub new_public_key: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_is_camel_case_on_the_wire() {
+        let r = Rotated {
+            old_public_key: "a".into(),
+            new_public_key: "b".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"oldPublicKey":"a","newPublicKey":"b"}"#
+        );
+    }
+}
