@@ -1,5 +1,8 @@
 //! The daemon's unix-socket API: a registry of named methods and the server loop.
-//! Modules register their methods on the [`ApiRegistry`] at start-up.
+//! Modules register their methods on the [`ApiRegistry`] at start-up, under the
+//! names of [`veil_api::method`] (the one place a method name is written) and
+//! with the parameter and answer types veil-api defines for them. The wire
+//! format and the client are veil-api's; this module only serves.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use veil_api::{ApiError, Reply, Request};
 
@@ -41,15 +44,20 @@ pub struct ApiRegistry {
 }
 
 impl ApiRegistry {
-    /// Registers `name`, replacing any earlier method of that name. `f` receives
-    /// the decoded parameters; a decoding failure answers code 6 naming the method.
-    pub fn register<P, R, F, Fut>(&self, name: &str, f: F)
+    /// Registers `name` (one of [`veil_api::method`]), replacing any earlier
+    /// method of that name. `f` receives the decoded parameters; a decoding
+    /// failure answers code 6 naming the method.
+    pub fn register<P, R, F, Fut>(&self, name: &'static str, f: F)
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
         F: Fn(P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, ApiError>> + Send + 'static,
     {
+        debug_assert!(
+            veil_api::method::ALL.contains(&name),
+            "method {name:?} is not defined in veil_api::method"
+        );
         let f = Arc::new(f);
         let method_name = name.to_string();
         let m: Method = Arc::new(move |params: serde_json::Value| {
@@ -135,4 +143,71 @@ impl ApiRegistry {
     }
 }
 
-use tokio::io::AsyncReadExt as _;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_api::method;
+
+    fn registry() -> ApiRegistry {
+        let r = ApiRegistry::default();
+        r.register(method::CNI_STATUS, |p: Option<u32>| async move {
+            Ok::<_, ApiError>(p.unwrap_or(0) + 1)
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn registered_methods_get_their_decoded_parameters() {
+        let v = registry()
+            .call(method::CNI_STATUS, serde_json::json!(41))
+            .await
+            .unwrap();
+        assert_eq!(v, serde_json::json!(42));
+    }
+
+    #[tokio::test]
+    async fn bad_parameters_answer_code_6_naming_the_method() {
+        let e = registry()
+            .call(method::CNI_STATUS, serde_json::json!("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, CODE_DECODE);
+        assert!(e.msg.starts_with(method::CNI_STATUS), "{}", e.msg);
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_answer_code_101() {
+        let e = registry()
+            .call(method::GRAPH_GET, serde_json::Value::Null)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, CODE_UNKNOWN_METHOD);
+    }
+
+    #[tokio::test]
+    async fn the_socket_answers_one_line_per_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let s1 = sock.clone();
+        let server = tokio::spawn(async move { registry().serve(&s1).await });
+        let s2 = sock.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            for _ in 0..100 {
+                if s2.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            veil_api::call::<_, u32>(
+                &s2,
+                method::CNI_STATUS,
+                &1u32,
+                std::time::Duration::from_secs(5),
+            )
+        })
+        .await
+        .unwrap();
+        server.abort();
+        assert_eq!(got.unwrap(), 2);
+    }
+}

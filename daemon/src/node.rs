@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use veil_api::{
     AddReply, AddRequest, ApiError, CheckRequest, CommitRequest, DelReply, DelRequest, GcReply,
     GcRequest, IpamMode, StatusReply,
@@ -433,39 +432,7 @@ fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
     });
 }
 
-/// What `status` answers about the node.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// Node name.
-    pub node: String,
-    /// Underlay address.
-    pub address: String,
-    /// Pod CIDR.
-    pub pod_cidr: String,
-    /// Pod MTU.
-    pub mtu: u32,
-    /// Ready.
-    pub ready: bool,
-    /// Endpoints.
-    pub endpoints: Vec<EndpointStatus>,
-    /// Problems the datastore reported.
-    pub datastore_errors: Vec<String>,
-}
-
-/// One endpoint in `status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointStatus {
-    /// `namespace/name` or container ID.
-    pub pod: String,
-    /// Addresses.
-    pub ips: Vec<String>,
-    /// Host veth.
-    pub host_ifname: String,
-    /// pending / ready.
-    pub state: String,
-}
+pub use veil_api::{EndpointStatus, NodeStatus};
 
 /// Keeps local endpoints' labels and published records in line with the datastore.
 async fn resync(ctx: NodeContext) {
@@ -639,8 +606,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
 fn register_status(ctx: &NodeContext, ready: Arc<AtomicBool>, mtu: u32) {
     let c = ctx.clone();
-    ctx.api
-        .register("node.status", move |_: serde_json::Value| {
+    ctx.api.register(
+        veil_api::method::NODE_STATUS,
+        move |_: serde_json::Value| {
             let c = c.clone();
             let ready = ready.clone();
             async move {
@@ -668,5 +636,6 @@ fn register_status(ctx: &NodeContext, ready: Arc<AtomicBool>, mtu: u32) {
                     datastore_errors: snap.errors.clone(),
                 })
             }
-        });
+        },
+    );
 }

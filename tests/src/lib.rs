@@ -1,14 +1,14 @@
 //! Shared helpers for the end-to-end tests: network namespaces removed by a
 //! Drop guard (each name carries a run-unique prefix), the built binaries
 //! located next to the test executable, a `veild` started inside a node
-//! namespace (killed by PID when dropped), the daemon's socket API, and the
-//! `veil` CNI binary run exactly as a container runtime runs it (environment
-//! plus configuration on stdin, inside the node's namespace).
+//! namespace (killed by PID when dropped), the daemon's socket API (through
+//! veil-api's client), and the `veil` CNI binary run exactly as a container
+//! runtime runs it (through veil-ctl's [`veil_ctl::cni`]: environment plus
+//! configuration on stdin, inside the node's namespace).
 //!
 //! Everything these helpers create lives in namespaces and temporary
 //! directories of their own; nothing touches the machine's own namespace.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -412,7 +412,7 @@ impl Node {
         self.child = Some(child);
         if let Err(e) = wait_for_daemon(
             &self.socket,
-            "cni.status",
+            veil_api::method::CNI_STATUS,
             Duration::from_secs(30),
             self.child.as_mut(),
             |v| v["ready"] == true,
@@ -438,7 +438,8 @@ impl Node {
 
     /// `node.status`'s endpoints.
     pub fn endpoints(&self) -> Vec<Value> {
-        self.call("node.status", Value::Null).expect("node.status")["endpoints"]
+        self.call(veil_api::method::NODE_STATUS, Value::Null)
+            .expect(veil_api::method::NODE_STATUS)["endpoints"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -509,25 +510,11 @@ impl Drop for Node {
     }
 }
 
-/// Calls `method` on the daemon at `socket`: the `ok` value, or the error
+/// Calls `method` (one of [`veil_api::method`]) on the daemon at `socket`
+/// through veil-api's client, waiting up to 30 s: the answer, or the error
 /// answer (or connection failure) as a string.
 pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, String> {
-    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_vec(&json!({"method": method, "params": params}))
-        .map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    (&s).write_all(&line).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&answer).map_err(|e| format!("{e}: {answer}"))?;
-    match v.get("ok") {
-        Some(ok) => Ok(ok.clone()),
-        None => Err(v.to_string()),
-    }
+    veil_api::call(socket, method, &params, Duration::from_secs(30)).map_err(|e| e.to_string())
 }
 
 /// What one run of the CNI binary produced.
@@ -569,7 +556,7 @@ impl CniRun {
 
 /// Runs `veil` inside `node` with `CNI_COMMAND=command`, the `vars` and
 /// `CNI_PATH=/usr/lib/cni` (nothing else from the test's environment), and
-/// `stdin` as the configuration.
+/// `stdin` as the configuration, through veil-ctl's CNI runtime.
 pub fn run_cni(node: &Netns, command: &str, vars: &[(&str, &str)], stdin: &str) -> CniRun {
     run_plugin(node, &bin("veil"), command, vars, stdin)
 }
@@ -593,39 +580,21 @@ fn run_plugin(
     vars: &[(&str, &str)],
     stdin: &str,
 ) -> CniRun {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.name])
-        .arg(exe)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn the plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for the plugin");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = if stdout.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout:?}"))
+    let cni_path = [PathBuf::from("/usr/lib/cni")];
+    let rt = veil_ctl::cni::Runtime {
+        netns: Some(&node.name),
+        cni_path: &cni_path,
     };
+    let run = veil_ctl::cni::exec(&rt, exe, command, vars, stdin.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let json = run
+        .json()
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {:?}", run.stdout));
     CniRun {
-        code: out.status.code().unwrap_or(-1),
+        code: run.code(),
         json,
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: run.stdout,
+        stderr: run.stderr,
     }
 }
 

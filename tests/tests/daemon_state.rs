@@ -36,7 +36,7 @@ fn start(ns: &Netns, dir: &Path) -> Daemon {
     let mut d = Daemon(child);
     if let Err(e) = veil_tests::wait_for_daemon(
         &sock,
-        "cni.status",
+        veil_api::method::CNI_STATUS,
         Duration::from_secs(20),
         Some(&mut d.0),
         |v| v["ready"] == true,
@@ -57,18 +57,18 @@ fn add(dir: &Path, id: &str) -> String {
 fn add_in(dir: &Path, id: &str, network: &str) -> String {
     let r = call(
         dir,
-        "cni.add",
+        veil_api::method::CNI_ADD,
         json!({"container_id": id, "netns": format!("/var/run/netns/{id}"), "ifname": "eth0",
                "host_ifname": format!("veil{id}"), "pod_namespace": "x", "pod_name": id,
                "network": network, "ipam": {"kind": "daemon"}}),
     )
-    .expect("cni.add");
+    .expect(veil_api::method::CNI_ADD);
     call(
         dir,
-        "cni.commit",
+        veil_api::method::CNI_COMMIT,
         json!({"container_id": id, "ifname": "eth0"}),
     )
-    .expect("cni.commit");
+    .expect(veil_api::method::CNI_COMMIT);
     r["ips"][0].as_str().unwrap().to_string()
 }
 
@@ -86,7 +86,7 @@ fn endpoints_and_allocations_survive_sigkill() {
     d.0.kill().unwrap();
     d.0.wait().unwrap();
     let _d2 = start(&ns, &dir);
-    let status = call(&dir, "node.status", Value::Null).unwrap();
+    let status = call(&dir, veil_api::method::NODE_STATUS, Value::Null).unwrap();
     let eps = status["endpoints"].as_array().unwrap();
     assert_eq!(eps.len(), 2, "{status}");
     let c = add(&dir, "ccc");
@@ -99,13 +99,13 @@ fn endpoints_and_allocations_survive_sigkill() {
     // DEL is idempotent and releases.
     call(
         &dir,
-        "cni.del",
+        veil_api::method::CNI_DEL,
         json!({"container_id": "aaa", "ifname": "eth0"}),
     )
     .unwrap();
     let again = call(
         &dir,
-        "cni.del",
+        veil_api::method::CNI_DEL,
         json!({"container_id": "aaa", "ifname": "eth0"}),
     )
     .unwrap();
@@ -127,12 +127,12 @@ fn gc_releases_only_the_collected_networks_endpoints() {
     add_in(&dir, "other1", "net-b");
     let r = call(
         &dir,
-        "cni.gc",
+        veil_api::method::CNI_GC,
         json!({"valid": [{"containerID": "keep1", "ifname": "eth0"}], "network": "net-a"}),
     )
     .unwrap();
     assert_eq!(r["removed_host_ifnames"], json!(["veilstale1"]), "{r}");
-    let status = call(&dir, "node.status", Value::Null).unwrap();
+    let status = call(&dir, veil_api::method::NODE_STATUS, Value::Null).unwrap();
     let mut pods: Vec<String> = status["endpoints"]
         .as_array()
         .unwrap()

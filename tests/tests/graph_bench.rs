@@ -35,12 +35,12 @@ fn start_veild(node: &Netns, dir: &std::path::Path, flows: bool) -> Daemon {
             .expect("spawn veild"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while call(&sock, "cni.status", Value::Null).is_err() {
+    while call(&sock, veil_api::method::CNI_STATUS, Value::Null).is_err() {
         assert!(Instant::now() < deadline, "veild did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
     if flows {
-        while call(&sock, "flows.health", Value::Null).is_err() {
+        while call(&sock, veil_api::method::FLOWS_HEALTH, Value::Null).is_err() {
             assert!(Instant::now() < deadline, "collector did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -142,8 +142,8 @@ fn collection_benchmark() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
-    let h = call(&sock, "flows.health", Value::Null).expect("health");
-    let g = call(&sock, "graph.get", Value::Null).expect("graph");
+    let h = call(&sock, veil_api::method::FLOWS_HEALTH, Value::Null).expect("health");
+    let g = call(&sock, veil_api::method::GRAPH_GET, Value::Null).expect("graph");
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     let made = made.load(Ordering::Relaxed);

@@ -100,11 +100,13 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
             .spawn()
             .expect("spawn veild"),
     );
-    if let Err(e) =
-        veil_tests::wait_for_daemon(&sock, "flows.health", Duration::from_secs(30), None, |_| {
-            true
-        })
-    {
+    if let Err(e) = veil_tests::wait_for_daemon(
+        &sock,
+        veil_api::method::FLOWS_HEALTH,
+        Duration::from_secs(30),
+        None,
+        |_| true,
+    ) {
         panic!(
             "veild {e}: {}",
             std::fs::read_to_string(dir.join("veild.log")).unwrap_or_default()
@@ -185,7 +187,8 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     // closed connections' final counters.
     let deadline = Instant::now() + Duration::from_secs(30);
     let graph = loop {
-        let r = call(&sock, "graph.get", Value::Null).expect("graph.get");
+        let r = call(&sock, veil_api::method::GRAPH_GET, Value::Null)
+            .expect(veil_api::method::GRAPH_GET);
         let g = r["graph"].clone();
         let complete = edges(&g) == expect
             && g["edges"].as_array().unwrap().iter().all(|e| {

@@ -155,7 +155,7 @@ impl Lab {
         n.daemon = Some(child);
         if let Err(e) = veil_tests::wait_for_daemon(
             &sock,
-            "wireguard.status",
+            veil_api::method::WIREGUARD_STATUS,
             Duration::from_secs(30),
             n.daemon.as_mut(),
             |_| true,
@@ -249,7 +249,8 @@ impl Lab {
 
     fn status(&self, i: u8) -> Value {
         let n = self.nodes.iter().find(|n| n.i == i).unwrap();
-        call(&n.sock(), "wireguard.status", Value::Null).expect("wireguard.status")
+        call(&n.sock(), veil_api::method::WIREGUARD_STATUS, Value::Null)
+            .expect(veil_api::method::WIREGUARD_STATUS)
     }
 
     /// Waits until node `i` lists `peers` peers.

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use veil_graph::{FlowEntry, FlowFilter, FlowPage, Verdict};
+use veil_api::flows::{FlowEnd, FlowEntry, FlowFilter, FlowPage, Verdict};
+use veil_api::method;
 
 use super::target::Target;
 
@@ -49,7 +50,7 @@ pub struct Args {
 }
 
 fn line(e: &FlowEntry) -> String {
-    let end = |x: &veil_graph::FlowEnd| match &x.pod {
+    let end = |x: &FlowEnd| match &x.pod {
         Some(p) => format!("{}/{} ({}:{})", x.namespace, p, x.ip, x.port),
         None => format!("{} ({}:{})", x.id, x.ip, x.port),
     };
@@ -70,7 +71,7 @@ fn line(e: &FlowEntry) -> String {
 }
 
 fn query(socket: &Path, f: &FlowFilter) -> Result<FlowPage, String> {
-    veil_api::call::<_, FlowPage>(socket, "flows.list", f, Duration::from_secs(10))
+    veil_api::call::<_, FlowPage>(socket, method::FLOWS_LIST, f, Duration::from_secs(10))
         .map_err(|e| e.to_string())
 }
 

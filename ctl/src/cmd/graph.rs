@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use veil_graph::GraphView;
+use veil_api::flows::{GraphParams, GraphReply, GraphView};
+use veil_api::method;
 
 use super::target::Target;
-use veil_daemon::flows::{GraphParams, GraphReply};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +40,7 @@ pub fn fetch(target: &Target) -> Result<(GraphView, Vec<String>), String> {
     for (node, socket) in &sockets {
         match veil_api::call::<_, GraphReply>(
             socket,
-            "graph.get",
+            method::GRAPH_GET,
             &GraphParams {},
             Duration::from_secs(10),
         ) {

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use veil_api::{call, CallError};
+use veil_api::{call, method, CallError, NodeStatus, WireguardStatus};
 
 use super::target::Target;
-use veil_daemon::node::NodeStatus;
 
 /// Arguments of `veilctl status`.
 #[derive(Debug, clap::Args)]
@@ -32,7 +31,7 @@ pub fn run(args: Args) -> i32 {
     for (_, socket) in sockets {
         let node: Result<NodeStatus, _> = call(
             &socket,
-            "node.status",
+            method::NODE_STATUS,
             &serde_json::Value::Null,
             Duration::from_secs(5),
         );
@@ -46,7 +45,7 @@ pub fn run(args: Args) -> i32 {
         };
         let wg: Option<serde_json::Value> = match call(
             &socket,
-            "wireguard.status",
+            method::WIREGUARD_STATUS,
             &serde_json::Value::Null,
             Duration::from_secs(5),
         ) {
@@ -85,7 +84,7 @@ pub fn run(args: Args) -> i32 {
                 );
             }
             if let Some(w) = w {
-                match serde_json::from_value::<veil_daemon::wireguard::Status>(w.clone()) {
+                match serde_json::from_value::<WireguardStatus>(w.clone()) {
                     Ok(s) => print!("{}", super::wireguard::format_status(&s)),
                     Err(_) => println!(
                         "  wireguard: {}",

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use veil_api::call;
+use veil_api::wireguard::{Rotated, Status};
+use veil_api::{call, method};
 
 use super::target::Target;
-use veil_daemon::wireguard::{Rotated, Status};
 
 /// Arguments of `veilctl wireguard`.
 #[derive(Debug, clap::Args)]
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> i32 {
         if rotate {
             let r: Result<Rotated, _> = call(
                 &socket,
-                "wireguard.rotate-key",
+                method::WIREGUARD_ROTATE_KEY,
                 &serde_json::Value::Null,
                 Duration::from_secs(30),
             );
@@ -115,7 +115,7 @@ pub fn run(args: Args) -> i32 {
         } else {
             let r: Result<Status, _> = call(
                 &socket,
-                "wireguard.status",
+                method::WIREGUARD_STATUS,
                 &serde_json::Value::Null,
                 Duration::from_secs(5),
             );

@@ -35,6 +35,7 @@
 pub mod cni;
 pub mod dns;
 pub mod down;
+pub mod http;
 pub mod netns;
 pub mod plan;
 pub mod probe;

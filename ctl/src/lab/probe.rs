@@ -1,7 +1,7 @@
 //! Probes as the scenario format defines them, sent from inside a pod's
 //! namespace (`veilctl lab probe`): resolve a name through the cluster DNS when
 //! the target is a name, then connect. A TCP probe sends an HTTP/1.1 request and
-//! reads the answer; UDP and SCTP probes send a payload and wait for its echo; a
+//! reads the answer ([`super::http::request`], on hyper); UDP and SCTP probes send a payload and wait for its echo; a
 //! probe to the DNS server's port 53 sends a DNS query. Blocking, bounded by a
 //! timeout (3 s by default).
 //!
@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 
 /// Default probe timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
-/// Most bytes of an answer kept.
-const MAX_ANSWER: u64 = 64 * 1024;
 
 /// Where a probe goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,50 +192,6 @@ pub fn resolve(name: &str, server: IpAddr, timeout: Duration) -> Result<IpAddr, 
         .ok_or_else(|| format!("{name}: no address"))
 }
 
-/// Parses the status code of an HTTP/1.x answer.
-pub fn http_status(answer: &[u8]) -> Option<u16> {
-    let line = answer.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut w = line.split_whitespace();
-    w.next().filter(|v| v.starts_with("HTTP/1."))?;
-    w.next()?.parse().ok()
-}
-
-fn body_of(answer: &[u8]) -> String {
-    let text = String::from_utf8_lossy(answer);
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-fn http_probe(
-    addr: SocketAddr,
-    host: &str,
-    req: &HttpRequest,
-    timeout: Duration,
-) -> Result<(u16, String), String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let text = format!(
-        "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veil-lab-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        req.method, req.path
-    );
-    s.write_all(text.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut answer = Vec::new();
-    let r = (&mut s).take(MAX_ANSWER).read_to_end(&mut answer);
-    let status = http_status(&answer);
-    match (status, r) {
-        (Some(st), _) => Ok((st, body_of(&answer))),
-        (None, Err(e)) => Err(format!("no answer from {addr}: {e}")),
-        (None, Ok(_)) => Err(format!("no HTTP answer from {addr}")),
-    }
-}
-
 fn udp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
     let sock = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
     sock.connect(addr).map_err(|e| format!("{addr}: {e}"))?;
@@ -360,7 +314,7 @@ pub fn run(spec: &ProbeSpec) -> ProbeResult {
                 method: "GET".into(),
                 path: "/".into(),
             });
-            match http_probe(addr, &host, &req, timeout) {
+            match super::http::request(addr, &req.method, &req.path, &host, timeout) {
                 Ok((status, body)) => ProbeResult {
                     resolved,
                     reached: true,
@@ -408,14 +362,6 @@ mod tests {
         let t = "# c\noptions ndots:1\nnameserver 10.244.0.2\nnameserver 10.244.0.3\n";
         assert_eq!(nameserver(t), Some("10.244.0.2".parse().unwrap()));
         assert_eq!(nameserver("search x\n"), None);
-    }
-
-    #[test]
-    fn http_status_lines_are_parsed() {
-        assert_eq!(http_status(b"HTTP/1.1 200 OK\r\n\r\nx"), Some(200));
-        assert_eq!(http_status(b"HTTP/1.0 403 Forbidden\r\n"), Some(403));
-        assert_eq!(http_status(b"SSH-2.0-x\r\n"), None);
-        assert_eq!(http_status(b""), None);
     }
 
     #[test]

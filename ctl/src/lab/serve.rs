@@ -2,10 +2,11 @@
 //! hidden subcommand the lab starts detached inside the pod's namespace).
 //!
 //! As the scenario format says: every TCP port serves HTTP/1.1 (any request gets
-//! 200 and a body naming the pod), UDP and SCTP ports echo what they receive, and
-//! the DNS pod serves [`super::dns`] on UDP and TCP port 53. Everything is bounded:
-//! at most [`MAX_CONNECTIONS`] connections at once, idle connections close after
-//! [`IDLE`], request heads and bodies are size-limited. The server exits on
+//! 200 and a body naming the pod; [`super::http`], on hyper), UDP and SCTP ports
+//! echo what they receive, and the DNS pod serves [`super::dns`] on UDP and TCP
+//! port 53. Everything is bounded: at most [`MAX_CONNECTIONS`] connections at
+//! once, idle connections close after [`IDLE`], request heads and bodies are
+//! size-limited. The server exits on
 //! SIGTERM or SIGINT, and when its namespace's handle `/var/run/netns/<ns>` is
 //! gone or names another namespace (so `ip netns delete` alone ends it).
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
@@ -26,14 +27,8 @@ use super::dns;
 pub const MAX_CONNECTIONS: usize = 256;
 /// An idle connection is closed after this long.
 pub const IDLE: Duration = Duration::from_secs(10);
-/// Longest request line or header line.
-const MAX_LINE: u64 = 8 * 1024;
-/// Most header lines per request.
-const MAX_HEADERS: usize = 100;
-/// Largest request body drained; a larger one closes the connection.
-const MAX_BODY: u64 = 1024 * 1024;
-/// Most requests per HTTP connection.
-const MAX_REQUESTS: usize = 1000;
+/// Most DNS messages per TCP connection.
+const MAX_DNS_MESSAGES: usize = 1000;
 /// Most bytes echoed per SCTP connection.
 const MAX_ECHO: u64 = 16 * 1024 * 1024;
 
@@ -146,7 +141,7 @@ async fn serve(spec: ServeSpec) -> Result<(), ServeError> {
             })?;
         let body = body.clone();
         tasks.spawn(accept_loop(l, limit.clone(), move |s| {
-            http(s, body.clone())
+            super::http::serve_connection(s, body.clone(), IDLE)
         }));
     }
     for &port in spec.udp.iter().filter(|&&p| !is_dns_port(p)) {
@@ -302,7 +297,7 @@ async fn dns_udp(socket: UdpSocket, records: Arc<dns::Records>) {
 }
 
 async fn dns_tcp(mut stream: TcpStream, records: Arc<dns::Records>) {
-    for _ in 0..MAX_REQUESTS {
+    for _ in 0..MAX_DNS_MESSAGES {
         let mut len = [0u8; 2];
         match tokio::time::timeout(IDLE, stream.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
@@ -327,278 +322,15 @@ async fn dns_tcp(mut stream: TcpStream, records: Arc<dns::Records>) {
     }
 }
 
-/// A parsed HTTP request head: what the server needs to answer it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead {
-    /// Method.
-    pub method: String,
-    /// Body length (Content-Length), when given.
-    pub content_length: Option<u64>,
-    /// Body is chunked.
-    pub chunked: bool,
-    /// The connection stays open after the answer.
-    pub keep_alive: bool,
-}
-
-/// Why a request could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
-    /// The request line is not `METHOD TARGET HTTP/1.x`.
-    #[error("bad request line")]
-    RequestLine,
-    /// A header line has no colon, or a bad Content-Length.
-    #[error("bad header")]
-    Header,
-}
-
-/// Parses a request head (request line, then header lines, without the empty line).
-pub fn parse_head(request_line: &str, headers: &[String]) -> Result<RequestHead, HeadError> {
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(_target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::RequestLine);
-    };
-    let mut keep_alive = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => return Err(HeadError::RequestLine),
-    };
-    let mut head = RequestHead {
-        method: method.to_string(),
-        content_length: None,
-        chunked: false,
-        keep_alive,
-    };
-    for h in headers {
-        let (name, value) = h.split_once(':').ok_or(HeadError::Header)?;
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                head.content_length = Some(value.parse().map_err(|_| HeadError::Header)?)
-            }
-            "transfer-encoding" => {
-                head.chunked = value.to_ascii_lowercase().contains("chunked");
-            }
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                if v.contains("close") {
-                    keep_alive = false;
-                } else if v.contains("keep-alive") {
-                    keep_alive = true;
-                }
-            }
-            _ => {}
-        }
-    }
-    head.keep_alive = keep_alive;
-    Ok(head)
-}
-
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<String> {
-    let mut buf = Vec::new();
-    let n = tokio::time::timeout(IDLE, (&mut *r).take(MAX_LINE).read_until(b'\n', &mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    if n == 0 || buf.last() != Some(&b'\n') {
-        return None;
-    }
-    Some(
-        String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\r', '\n'])
-            .to_string(),
-    )
-}
-
-async fn drain<R: AsyncRead + Unpin>(r: &mut R, n: u64) -> bool {
-    if n > MAX_BODY {
-        return false;
-    }
-    let copied = tokio::time::timeout(
-        IDLE,
-        tokio::io::copy(&mut r.take(n), &mut tokio::io::sink()),
-    )
-    .await;
-    matches!(copied, Ok(Ok(c)) if c == n)
-}
-
-async fn drain_chunked<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> bool {
-    let mut total = 0u64;
-    loop {
-        let Some(line) = read_line(r).await else {
-            return false;
-        };
-        let size = line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = u64::from_str_radix(size, 16) else {
-            return false;
-        };
-        if size == 0 {
-            // Trailers, up to the empty line.
-            for _ in 0..MAX_HEADERS {
-                match read_line(r).await {
-                    Some(l) if l.is_empty() => return true,
-                    Some(_) => {}
-                    None => return false,
-                }
-            }
-            return false;
-        }
-        total += size;
-        if total > MAX_BODY || !drain(r, size + 2).await {
-            return false;
-        }
-    }
-}
-
-async fn respond<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    status: &str,
-    body: &str,
-    head_only: bool,
-    close: bool,
-) -> bool {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}\r\n",
-        body.len(),
-        if close { "Connection: close\r\n" } else { "" }
-    );
-    if !head_only {
-        out.push_str(body);
-    }
-    w.write_all(out.as_bytes()).await.is_ok()
-}
-
-async fn http(stream: TcpStream, body: Arc<str>) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    for _ in 0..MAX_REQUESTS {
-        // Request line (tolerating empty lines before it, as RFC 9112 allows).
-        let mut line = String::new();
-        for _ in 0..4 {
-            match read_line(&mut r).await {
-                Some(l) if l.is_empty() => continue,
-                Some(l) => {
-                    line = l;
-                    break;
-                }
-                None => return,
-            }
-        }
-        let mut headers = Vec::new();
-        loop {
-            match read_line(&mut r).await {
-                Some(l) if l.is_empty() => break,
-                Some(l) if headers.len() < MAX_HEADERS => headers.push(l),
-                _ => {
-                    let _ = respond(&mut w, "400 Bad Request", "bad request\n", false, true).await;
-                    return;
-                }
-            }
-        }
-        let head = match parse_head(&line, &headers) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = respond(&mut w, "400 Bad Request", &format!("{e}\n"), false, true).await;
-                return;
-            }
-        };
-        let body_ok = if head.chunked {
-            drain_chunked(&mut r).await
-        } else {
-            drain(&mut r, head.content_length.unwrap_or(0)).await
-        };
-        let close = !head.keep_alive || !body_ok;
-        if !respond(&mut w, "200 OK", &body, head.method == "HEAD", close).await || close {
-            let _ = w.shutdown().await;
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http11_keeps_alive_unless_told_to_close() {
-        let h = parse_head("GET / HTTP/1.1", &["Host: x".into()]).unwrap();
-        assert!(h.keep_alive);
-        let h = parse_head("GET / HTTP/1.1", &["Connection: close".into()]).unwrap();
-        assert!(!h.keep_alive);
-        let h = parse_head("GET / HTTP/1.0", &[]).unwrap();
-        assert!(!h.keep_alive);
-        let h = parse_head("GET / HTTP/1.0", &["connection: Keep-Alive".into()]).unwrap();
-        assert!(h.keep_alive);
-    }
-
-    #[test]
-    fn bodies_are_found_by_length_or_chunking() {
-        let h = parse_head("POST /x HTTP/1.1", &["Content-Length: 12".into()]).unwrap();
-        assert_eq!(h.content_length, Some(12));
-        let h = parse_head("POST /x HTTP/1.1", &["Transfer-Encoding: chunked".into()]).unwrap();
-        assert!(h.chunked);
-    }
-
-    #[test]
-    fn malformed_heads_are_rejected() {
-        assert_eq!(parse_head("GET /", &[]), Err(HeadError::RequestLine));
-        assert_eq!(parse_head("GET / HTTP/2", &[]), Err(HeadError::RequestLine));
-        assert_eq!(
-            parse_head("GET / HTTP/1.1", &["nocolon".into()]),
-            Err(HeadError::Header)
-        );
-        assert_eq!(
-            parse_head("GET / HTTP/1.1", &["Content-Length: -1".into()]),
-            Err(HeadError::Header)
-        );
-    }
 
     fn spec() -> ServeSpec {
         ServeSpec {
             name: "x/a".into(),
             ..Default::default()
         }
-    }
-
-    /// Sends `request` on one connection to an HTTP server answering with
-    /// the body `x/a` and reads until the server closes it (5 s at most).
-    async fn http_exchange(request: &[u8]) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let body: Arc<str> = Arc::from("x/a\n");
-        let task = tokio::spawn(accept_loop(l, Arc::new(Semaphore::new(4)), move |s| {
-            http(s, body.clone())
-        }));
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(request).await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        task.abort();
-        out
-    }
-
-    #[tokio::test]
-    async fn http_answers_every_request_with_the_pod_name() {
-        let out = http_exchange(b"GET / HTTP/1.1\r\nHost: a.x\r\n\r\nPOST /admin HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /z HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
-        assert_eq!(out.matches("\r\n\r\nx/a\n").count(), 3, "{out}");
-        assert!(out.contains("Connection: close"), "{out}");
-    }
-
-    #[tokio::test]
-    async fn chunked_bodies_are_drained() {
-        let out = http_exchange(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.0\r\n\r\n").await;
-        assert_eq!(out.matches("200 OK").count(), 2, "{out}");
-    }
-
-    #[tokio::test]
-    async fn garbage_gets_400_and_a_closed_connection() {
-        let out = http_exchange(b"HELLO\r\n\r\n").await;
-        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
 
     #[tokio::test]

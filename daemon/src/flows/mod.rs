@@ -35,10 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use veil_graph::{
-    ConnKey, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphCounters, GraphLimits,
-    GraphView, IdentityKind, Locality, Millis, ServiceGraph, Verdict,
+    ConnKey, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphLimits, GraphView,
+    IdentityKind, Locality, Millis, ServiceGraph, Verdict,
 };
 
 use crate::context::NodeContext;
@@ -149,26 +148,7 @@ pub struct Health {
     pub errors: AtomicU64,
 }
 
-/// A snapshot of [`Health`] and the graph's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthReport {
-    /// Node name.
-    pub node: String,
-    /// Conntrack events received.
-    pub events: u64,
-    /// Overruns (lost events, at least one each).
-    pub lost: u64,
-    /// Dumps completed.
-    pub dumps: u64,
-    /// Receive or dump errors.
-    pub errors: u64,
-    /// Connections tracked now.
-    pub tracked_connections: u64,
-    /// Edges now.
-    pub edges: u64,
-    /// The graph's counters.
-    pub graph: GraphCounters,
-}
+pub use veil_api::{GraphParams, GraphReply, HealthReport};
 
 struct State {
     graph: ServiceGraph,
@@ -614,26 +594,12 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
     Ok(FlowHandle { flows })
 }
 
-/// Parameters of `graph.get`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GraphParams {}
-
-/// Answer of `graph.get`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GraphReply {
-    /// The node that answered.
-    pub node: String,
-    /// Its graph.
-    pub graph: GraphView,
-    /// Its collector's health.
-    pub health: HealthReport,
-}
-
 /// Registers routes, socket methods and metrics of `flows` on `ctx`.
 pub fn register(ctx: &NodeContext, flows: Arc<Flows>) {
     let f = flows.clone();
-    ctx.api
-        .register("graph.get", move |_p: Option<GraphParams>| {
+    ctx.api.register(
+        veil_api::method::GRAPH_GET,
+        move |_p: Option<GraphParams>| {
             let f = f.clone();
             async move {
                 Ok(GraphReply {
@@ -642,19 +608,24 @@ pub fn register(ctx: &NodeContext, flows: Arc<Flows>) {
                     health: f.health_report(),
                 })
             }
-        });
+        },
+    );
     let f = flows.clone();
-    ctx.api
-        .register("flows.list", move |p: Option<FlowFilter>| {
+    ctx.api.register(
+        veil_api::method::FLOWS_LIST,
+        move |p: Option<FlowFilter>| {
             let f = f.clone();
             async move { Ok(f.flows(&p.unwrap_or_default())) }
-        });
+        },
+    );
     let f = flows.clone();
-    ctx.api
-        .register("flows.health", move |_p: Option<GraphParams>| {
+    ctx.api.register(
+        veil_api::method::FLOWS_HEALTH,
+        move |_p: Option<GraphParams>| {
             let f = f.clone();
             async move { Ok(f.health_report()) }
-        });
+        },
+    );
     ctx.metrics
         .lock()
         .expect("metrics lock")

@@ -46,7 +46,6 @@ use ipnetwork::IpNetwork;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
 
 use crate::config::{WG_DEVICE, WG_OVERHEAD};
 use crate::context::NodeContext;
@@ -450,81 +449,29 @@ fn register_metrics(ctx: &NodeContext, c: &Counters, m: &Metrics) {
     );
 }
 
-/// One peer in `wireguard.status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerStatus {
-    /// Node name.
-    pub node: String,
-    /// Its public key (base64).
-    pub public_key: String,
-    /// Its endpoint.
-    pub endpoint: String,
-    /// Its pod CIDRs.
-    pub allowed_ips: Vec<String>,
-    /// A session is up.
-    pub established: bool,
-    /// Unix time of the last handshake.
-    pub last_handshake: Option<u64>,
-    /// Seconds since the last handshake.
-    pub handshake_age_seconds: Option<f64>,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// A key change is in progress with this peer.
-    pub rotating: bool,
-}
-
-/// The answer of `wireguard.status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    /// Device name.
-    pub device: String,
-    /// This node's public key (base64).
-    pub public_key: String,
-    /// This node's endpoint.
-    pub endpoint: String,
-    /// Tunnel address on the device.
-    pub tunnel_address: String,
-    /// Device MTU.
-    pub mtu: u32,
-    /// Peers.
-    pub peers: Vec<PeerStatus>,
-    /// Nodes refused as peers, with the reason.
-    pub refused: Vec<String>,
-    /// Datapath counters.
-    pub counters: BTreeMap<String, u64>,
-}
-
-/// The answer of `wireguard.rotate-key`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Rotated {
-    /// The key before.
-    pub old_public_key: String,
-    /// The key now published.
-    pub new_public_key: String,
-}
+pub use veil_api::wireguard::{PeerStatus, Rotated, Status};
 
 fn register_api(ctx: &NodeContext, m: &Arc<Manager>) {
     let mm = m.clone();
-    ctx.api
-        .register("wireguard.status", move |_: serde_json::Value| {
+    ctx.api.register(
+        veil_api::method::WIREGUARD_STATUS,
+        move |_: serde_json::Value| {
             let m = mm.clone();
             async move { Ok::<_, veil_api::ApiError>(m.status()) }
-        });
+        },
+    );
     let mm = m.clone();
-    ctx.api
-        .register("wireguard.rotate-key", move |_: serde_json::Value| {
+    ctx.api.register(
+        veil_api::method::WIREGUARD_ROTATE_KEY,
+        move |_: serde_json::Value| {
             let m = mm.clone();
             async move {
                 m.rotate()
                     .await
                     .map_err(|e| crate::api::api_error(crate::api::CODE_INTERNAL, e.to_string()))
             }
-        });
+        },
+    );
 }
 
 fn timers_loop(m: Arc<Manager>, stop: Arc<AtomicBool>) {
