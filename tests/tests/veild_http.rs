@@ -70,8 +70,12 @@ fn metrics_pass_promtool_in_both_formats() {
     require_promtool();
     let p = unique_prefix();
     let node = Node::start(&p, "10.244.12.0/24");
-    // Some traffic through the CNI API, so that labelled counters have samples.
-    let _ = node.cni("STATUS", &[], &node.conf("1.1.0"));
+    // A CNI request (DEL of nothing succeeds), so that the labelled counter
+    // `veil_cni_requests` has a sample.
+    let cid = format!("{p}gone");
+    let netns = format!("/run/netns/{p}-gone");
+    let vars = veil_tests::pod_vars(&cid, &netns, "");
+    node.cni("DEL", &vars, &node.conf("1.1.0")).ok();
 
     let (ctype, text) = scrape(&node, None);
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
