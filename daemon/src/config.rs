@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 use ipnetwork::IpNetwork;
-use clap::builder::BoolishValueParser;
 use serde::Deserialize;
 
 use crate::flows::resolve::NamedNetwork;
@@ -85,7 +85,11 @@ pub struct Flags {
     #[arg(long, env = "VEIL_FLOW_DUMP_SECONDS")]
     pub flow_dump_seconds: Option<f64>,
     /// Named external networks, `NAME=CIDR` (comma-separated or repeated).
-    #[arg(long = "external-network", env = "VEIL_EXTERNAL_NETWORKS", value_delimiter = ',')]
+    #[arg(
+        long = "external-network",
+        env = "VEIL_EXTERNAL_NETWORKS",
+        value_delimiter = ','
+    )]
     pub external_networks: Vec<String>,
     /// Most edges the node's service graph keeps.
     #[arg(long, env = "VEIL_FLOW_MAX_EDGES")]
@@ -461,13 +465,12 @@ fn flow_config(f: &Flags, c: &FileConfig) -> Result<FlowConfig, ConfigError> {
         &f.external_networks
     };
     for part in networks.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
-        out.external_networks
-            .push(part.parse().map_err(|e: crate::flows::resolve::BadNamedNetwork| {
-                ConfigError::Invalid {
-                    field: "externalNetworks (VEIL_EXTERNAL_NETWORKS)",
-                    reason: e.to_string(),
-                }
-            })?);
+        out.external_networks.push(part.parse().map_err(
+            |e: crate::flows::resolve::BadNamedNetwork| ConfigError::Invalid {
+                field: "externalNetworks (VEIL_EXTERNAL_NETWORKS)",
+                reason: e.to_string(),
+            },
+        )?);
     }
     if let Some(n) = f.flow_max_edges.or(c.flow_max_edges) {
         if n == 0 {
@@ -554,8 +557,19 @@ mod tests {
 
     #[test]
     fn boolean_knobs_read_from_the_environment_the_way_they_always_did() {
-        let f = Flags::try_parse_from(["veild", "--flows", "off", "--wg-no-gso", "--flow-host-netns", "1"]).unwrap();
-        assert_eq!((f.flows, f.wg_no_gso, f.flow_host_netns), (Some(false), Some(true), Some(true)));
+        let f = Flags::try_parse_from([
+            "veild",
+            "--flows",
+            "off",
+            "--wg-no-gso",
+            "--flow-host-netns",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (f.flows, f.wg_no_gso, f.flow_host_netns),
+            (Some(false), Some(true), Some(true))
+        );
         assert!(Flags::try_parse_from(["veild", "--flows", "sometimes"]).is_err());
     }
 

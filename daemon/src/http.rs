@@ -135,7 +135,10 @@ pub fn to_text_004(openmetrics: &str) -> String {
                 _ => (name.to_string(), "untyped"),
             };
             if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
-                out.push_str(&format!("# HELP {exposed} {}\n", text.replace("\\\"", "\"")));
+                out.push_str(&format!(
+                    "# HELP {exposed} {}\n",
+                    text.replace("\\\"", "\"")
+                ));
             }
             out.push_str(&format!("# TYPE {exposed} {ty}\n"));
         } else if line.starts_with('#') || line.trim().is_empty() {
@@ -192,7 +195,8 @@ mod tests {
     fn sample_registry() -> String {
         let mut r = Registry::default();
         let c: Family<Vec<(String, String)>, Counter> = Family::default();
-        c.get_or_create(&vec![("method".into(), "add".into())]).inc();
+        c.get_or_create(&vec![("method".into(), "add".into())])
+            .inc();
         r.register("veil_cni_requests", "CNI requests", c);
         let g: Gauge = Gauge::default();
         g.set(3);
@@ -259,6 +263,8 @@ veil_wg_sent_bytes_total 0
         assert!(!wants_openmetrics("*/*"));
         assert!(!wants_openmetrics("text/plain;version=0.0.4"));
         assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
-        assert!(!wants_openmetrics("text/plain, application/openmetrics-text;q=0.5"));
+        assert!(!wants_openmetrics(
+            "text/plain, application/openmetrics-text;q=0.5"
+        ));
     }
 }

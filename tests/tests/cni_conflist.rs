@@ -10,7 +10,10 @@ use serde_json::{Map, Value};
 use veil_tests::{pod_vars, require_root, unique_prefix, Netns, Node};
 
 fn conflist() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cni/10-veil.conflist");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/cni/10-veil.conflist"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -48,7 +51,11 @@ fn the_example_conflist_adds_checks_and_deletes_a_pod() {
     let pod = Netns::new(&format!("{p}-pod"));
     let cid = format!("{p}c0");
     let path = pod.path();
-    let vars = pod_vars(&cid, &path, "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web");
+    let vars = pod_vars(
+        &cid,
+        &path,
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web",
+    );
 
     // ADD: each plugin in order, the previous result passed on.
     let mut result: Option<Value> = None;
@@ -65,7 +72,10 @@ fn the_example_conflist_adds_checks_and_deletes_a_pod() {
         .to_string();
     assert!(ip.starts_with("10.244.14."), "{ip}");
     let ping = node.netns.exec(&["ping", "-c", "1", "-W", "2", &ip]);
-    assert!(ping.status.success(), "the node cannot reach the pod at {ip}");
+    assert!(
+        ping.status.success(),
+        "the node cannot reach the pod at {ip}"
+    );
     assert_eq!(node.endpoints().len(), 1);
 
     // CHECK: each plugin in order, with the final result.

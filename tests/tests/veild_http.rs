@@ -19,7 +19,10 @@ const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,app
 
 fn require_promtool() {
     assert!(
-        Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success()),
+        Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
         "promtool is missing: install Debian's `prometheus` package (scripts/setup does)"
     );
 }
@@ -32,13 +35,18 @@ fn scrape(node: &Node, accept: Option<&str>) -> (String, String) {
     }
     args.push("http://127.0.0.1:19590/metrics");
     let out = node.netns.exec(&args);
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let headers = String::from_utf8_lossy(&out.stderr).into_owned();
     let ctype = headers
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no content type in {headers}"));
     (ctype, String::from_utf8_lossy(&out.stdout).into_owned())
@@ -79,13 +87,22 @@ fn metrics_pass_promtool_in_both_formats() {
 
     let (ctype, text) = scrape(&node, None);
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
-    assert!(text.contains("# TYPE veil_cni_requests_total counter"), "{text}");
-    assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    assert!(
+        text.contains("# TYPE veil_cni_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
     let (ok, report) = promtool(&["check", "metrics"], &text);
     assert!(ok, "promtool check metrics (0.0.4): {report}\n{text}");
 
     let (ctype, om) = scrape(&node, Some(&format!("Accept: {OPENMETRICS_ACCEPT}")));
-    assert_eq!(ctype, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        ctype,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     assert!(om.ends_with("# EOF\n"), "{om}");
     let stamped: String = om
         .lines()

@@ -13,6 +13,7 @@ use super::conntrack::{ConntrackSource, Received};
 use super::store::{now_ms, Flows};
 use super::FlowOptions;
 
+/// Drives a [`ConntrackSource`] into [`Flows`]: events as they come, a dump
 /// every `dump_interval` and after every overrun, expiry of idle edges.
 pub struct Collector<S: ConntrackSource> {
     source: S,
@@ -83,7 +84,6 @@ impl<S: ConntrackSource> Collector<S> {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -192,5 +192,4 @@ mod tests {
         assert_eq!(v.edges[0].connections, 1);
         assert_eq!(v.edges[0].bytes, 140);
     }
-
 }

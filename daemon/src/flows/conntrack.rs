@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use veil_graph::{Counters, FlowEvent, Protocol};
 
-pub use super::ctnetlink::{Message, ParseError};
 use super::ctnetlink::{dump_request, parse_datagram};
+pub use super::ctnetlink::{Message, ParseError};
 
 /// Netlink protocol number of netfilter.
 const NETLINK_NETFILTER: isize = 12;

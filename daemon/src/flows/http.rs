@@ -91,10 +91,7 @@ enum PeerError {
     },
     /// The peer answered something else than 200.
     #[error("{addr}: HTTP status {status}")]
-    Status {
-        addr: SocketAddr,
-        status: u16,
-    },
+    Status { addr: SocketAddr, status: u16 },
     /// The body could not be read (or was larger than [`MAX_PEER_BODY`]).
     #[error("{addr}: reading the answer: {reason}")]
     Body { addr: SocketAddr, reason: String },

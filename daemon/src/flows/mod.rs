@@ -338,4 +338,3 @@ pub fn register(ctx: &NodeContext, flows: Arc<Flows>) {
     let peers = http::Peers::from_context(ctx);
     ctx.add_routes(http::routes(flows, peers));
 }
-

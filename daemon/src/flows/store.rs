@@ -252,8 +252,6 @@ impl Flows {
     }
 }
 
-/// Drives a [`ConntrackSource`] into [`Flows`]: events as they come, a dump
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,6 @@ use super::{FlowOptions, Flows};
 use crate::datastore::Snapshot;
 use crate::endpoints::{Endpoint, EndpointState};
 
-
 pub(crate) struct Fake {
     pub(crate) script: VecDeque<Received>,
     pub(crate) table: Vec<CtEntry>,
@@ -96,4 +95,3 @@ pub(crate) fn flows() -> Arc<Flows> {
     );
     Arc::new(Flows::new("n1", 51820, 9590, r, &FlowOptions::default()))
 }
-

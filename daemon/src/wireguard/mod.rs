@@ -247,8 +247,8 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
     // VEIL_WG_NO_GSO / VEIL_WG_NO_GRO / VEIL_WG_NO_OFFLOAD / VEIL_WG_NO_COALESCE
     // turn single optimisations off (benchmarks, kernels that misbehave).
     let gso = !cfg.wireguard_tuning.no_gso && sys::udp_gso_supported(udps[0].as_raw_fd());
-    let gro = !cfg.wireguard_tuning.no_gro
-        && udps.iter().all(|u| sys::udp_enable_gro(u.as_raw_fd()));
+    let gro =
+        !cfg.wireguard_tuning.no_gro && udps.iter().all(|u| sys::udp_enable_gro(u.as_raw_fd()));
     tracing::info!(
         device = WG_DEVICE,
         mtu,
