@@ -1,6 +1,6 @@
 //! Conntrack over netlink: the Linux [`ConntrackSource`] that subscribes to
 //! new/destroy events and dumps the table, and the entry types it yields.
-//! Messages are decoded and encoded by [`super::ctnetlink`].
+//! Messages are decoded and encoded by the `ctnetlink` module.
 //!
 //! The socket is opened in the calling thread's network namespace, which for
 //! `veild` is the node's. Receive buffers are large (32 MiB, forced when the

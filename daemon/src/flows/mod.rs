@@ -1,6 +1,6 @@
 //! The flow collector: conntrack events (new, destroy) and periodic dumps of
 //! the node's connection table, resolved to identities and fed to the node's
-//! [`ServiceGraph`] and [`FlowLog`] (veil-graph). Serves them as HTTP routes
+//! [`veil_graph::ServiceGraph`] and [`veil_graph::FlowLog`]. Serves them as HTTP routes
 //! (`/api/v1/graph`, `/api/graph/fields`, `/api/graph/data`, `/api/health`,
 //! `/ui`), socket methods (`graph.get`, `flows.list`, `flows.health`) and
 //! Prometheus series (`veil_flows_total`, `veil_flow_bytes_total`, ...).
@@ -23,6 +23,12 @@
 //!   and never in the machine's initial namespace unless
 //!   `VEIL_FLOW_HOST_NETNS=1` says the daemon owns the host (hostNetwork).
 //! - WireGuard's own UDP between nodes and loopback traffic are not flows.
+//!
+//! Parts: `store` (the node's flows, no IO), `collector` (the loop),
+//! [`conntrack`] (the netlink socket), `ctnetlink` (message codec, through
+//! `netlink-packet-netfilter`), [`dns`] (NFLOG), [`resolve`] (address book),
+//! `http` and `metrics` (the surfaces). Options come from
+//! [`crate::config::FlowConfig`]; nothing here reads the environment.
 
 mod collector;
 pub mod conntrack;
