@@ -7,9 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
+
+use crate::flows::resolve::NamedNetwork;
 
 /// Default HTTP listen address.
 pub const DEFAULT_HTTP: &str = "0.0.0.0:9590";
@@ -75,6 +78,38 @@ pub struct Flags {
     /// Node label `key=value` (repeatable).
     #[arg(long = "node-label", env = "VEIL_NODE_LABELS", value_delimiter = ',')]
     pub node_labels: Vec<String>,
+    /// Flow collector on or off (off: no flows, graph nor flow metrics).
+    #[arg(long, env = "VEIL_FLOWS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "on")]
+    pub flows: Option<bool>,
+    /// Seconds between two reads of the whole conntrack table.
+    #[arg(long, env = "VEIL_FLOW_DUMP_SECONDS")]
+    pub flow_dump_seconds: Option<f64>,
+    /// Named external networks, `NAME=CIDR` (comma-separated or repeated).
+    #[arg(
+        long = "external-network",
+        env = "VEIL_EXTERNAL_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub external_networks: Vec<String>,
+    /// Most edges the node's service graph keeps.
+    #[arg(long, env = "VEIL_FLOW_MAX_EDGES")]
+    pub flow_max_edges: Option<usize>,
+    /// The daemon owns the machine's initial network namespace (hostNetwork):
+    /// enable conntrack accounting and tracking there too.
+    #[arg(long, env = "VEIL_FLOW_HOST_NETNS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub flow_host_netns: Option<bool>,
+    /// Turn the TUN offloads (TSO, checksum) and packet coalescing off.
+    #[arg(long, env = "VEIL_WG_NO_OFFLOAD", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub wg_no_offload: Option<bool>,
+    /// Turn UDP GSO (segmentation offload on send) off.
+    #[arg(long, env = "VEIL_WG_NO_GSO", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub wg_no_gso: Option<bool>,
+    /// Turn UDP GRO (receive coalescing) off.
+    #[arg(long, env = "VEIL_WG_NO_GRO", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub wg_no_gro: Option<bool>,
+    /// Turn the coalescing of decrypted packets into TUN super-packets off.
+    #[arg(long, env = "VEIL_WG_NO_COALESCE", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub wg_no_coalesce: Option<bool>,
 }
 
 /// The configuration file: the same fields as the flags, camelCase.
@@ -98,6 +133,16 @@ pub struct FileConfig {
     log_format: Option<String>,
     #[serde(default)]
     node_labels: BTreeMap<String, String>,
+    flows: Option<bool>,
+    flow_dump_seconds: Option<f64>,
+    #[serde(default)]
+    external_networks: Vec<String>,
+    flow_max_edges: Option<usize>,
+    flow_host_netns: Option<bool>,
+    wg_no_offload: Option<bool>,
+    wg_no_gso: Option<bool>,
+    wg_no_gro: Option<bool>,
+    wg_no_coalesce: Option<bool>,
 }
 
 /// Log output format.
@@ -142,6 +187,52 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
     pub node_labels: BTreeMap<String, String>,
+    /// The flow collector's knobs.
+    pub flows: FlowConfig,
+    /// WireGuard datapath optimisations turned off.
+    pub wireguard_tuning: WireguardTuning,
+}
+
+/// The flow collector's knobs (`VEIL_FLOWS`, `VEIL_FLOW_*`, `VEIL_EXTERNAL_NETWORKS`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowConfig {
+    /// Whether the collector runs.
+    pub enabled: bool,
+    /// How often the whole conntrack table is read.
+    pub dump_interval: Duration,
+    /// Operator-named external networks.
+    pub external_networks: Vec<NamedNetwork>,
+    /// Most edges of the node's graph (None: the graph's default).
+    pub max_edges: Option<usize>,
+    /// Set conntrack accounting and tracking in the initial namespace too.
+    pub host_netns: bool,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            enabled: true,
+            dump_interval: Duration::from_secs(10),
+            external_networks: Vec::new(),
+            max_edges: None,
+            host_netns: false,
+        }
+    }
+}
+
+/// WireGuard datapath optimisations turned off one by one (benchmarks,
+/// kernels that misbehave): `VEIL_WG_NO_OFFLOAD`, `VEIL_WG_NO_GSO`,
+/// `VEIL_WG_NO_GRO`, `VEIL_WG_NO_COALESCE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireguardTuning {
+    /// No TUN offloads (and hence no coalescing).
+    pub no_offload: bool,
+    /// No UDP GSO.
+    pub no_gso: bool,
+    /// No UDP GRO.
+    pub no_gro: bool,
+    /// No coalescing of decrypted packets.
+    pub no_coalesce: bool,
 }
 
 /// A configuration problem, naming the field.
@@ -202,6 +293,7 @@ impl Config {
     }
 
     fn merge(f: Flags, c: FileConfig) -> Result<Self, ConfigError> {
+        let flows = flow_config(&f, &c)?;
         let node_name = f.node_name.or(c.node_name).ok_or(ConfigError::Missing(
             "node name",
             "node-name",
@@ -305,7 +397,15 @@ impl Config {
             .wireguard_rotation_seconds
             .or(c.wireguard_rotation_seconds)
             .unwrap_or(0);
+        let wireguard_tuning = WireguardTuning {
+            no_offload: f.wg_no_offload.or(c.wg_no_offload).unwrap_or(false),
+            no_gso: f.wg_no_gso.or(c.wg_no_gso).unwrap_or(false),
+            no_gro: f.wg_no_gro.or(c.wg_no_gro).unwrap_or(false),
+            no_coalesce: f.wg_no_coalesce.or(c.wg_no_coalesce).unwrap_or(false),
+        };
         Ok(Config {
+            flows,
+            wireguard_tuning,
             node_address,
             underlay_interface: f
                 .underlay_interface
@@ -341,6 +441,47 @@ impl Config {
             node_name,
         })
     }
+}
+
+/// The flow collector's knobs from flags and file, each checked.
+fn flow_config(f: &Flags, c: &FileConfig) -> Result<FlowConfig, ConfigError> {
+    let mut out = FlowConfig {
+        enabled: f.flows.or(c.flows).unwrap_or(true),
+        host_netns: f.flow_host_netns.or(c.flow_host_netns).unwrap_or(false),
+        ..FlowConfig::default()
+    };
+    if let Some(s) = f.flow_dump_seconds.or(c.flow_dump_seconds) {
+        if !(s > 0.0 && s < 86_400.0) {
+            return Err(ConfigError::Invalid {
+                field: "flowDumpSeconds (VEIL_FLOW_DUMP_SECONDS)",
+                reason: format!("{s}: expected seconds between 0 and 86400"),
+            });
+        }
+        out.dump_interval = Duration::from_secs_f64(s);
+    }
+    let networks = if f.external_networks.is_empty() {
+        &c.external_networks
+    } else {
+        &f.external_networks
+    };
+    for part in networks.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        out.external_networks.push(part.parse().map_err(
+            |e: crate::flows::resolve::BadNamedNetwork| ConfigError::Invalid {
+                field: "externalNetworks (VEIL_EXTERNAL_NETWORKS)",
+                reason: e.to_string(),
+            },
+        )?);
+    }
+    if let Some(n) = f.flow_max_edges.or(c.flow_max_edges) {
+        if n == 0 {
+            return Err(ConfigError::Invalid {
+                field: "flowMaxEdges (VEIL_FLOW_MAX_EDGES)",
+                reason: "0: expected a positive number".into(),
+            });
+        }
+        out.max_edges = Some(n);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -379,6 +520,57 @@ mod tests {
         f.pod_cidr = Some("10.9.0.0/24".parse().unwrap());
         let e = Config::merge(f, FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("podCIDR"), "{e}");
+    }
+
+    #[test]
+    fn flow_and_wireguard_knobs_come_from_flags_and_file() {
+        let mut f = flags();
+        f.external_networks = vec!["api=203.0.113.0/24".into()];
+        f.flow_dump_seconds = Some(1.5);
+        f.wg_no_gso = Some(true);
+        let file: FileConfig =
+            serde_yaml::from_str("flowMaxEdges: 500\nflows: false\nwgNoGro: true\n").unwrap();
+        let c = Config::merge(f, file).unwrap();
+        assert!(!c.flows.enabled);
+        assert_eq!(c.flows.dump_interval, Duration::from_millis(1500));
+        assert_eq!(c.flows.max_edges, Some(500));
+        assert_eq!(c.flows.external_networks[0].name, "api");
+        assert!(c.wireguard_tuning.no_gso && c.wireguard_tuning.no_gro);
+        assert!(!c.wireguard_tuning.no_offload);
+    }
+
+    #[test]
+    fn bad_flow_knobs_name_their_variable() {
+        let mut f = flags();
+        f.flow_max_edges = Some(0);
+        let e = Config::merge(f, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("VEIL_FLOW_MAX_EDGES"), "{e}");
+        let mut f = flags();
+        f.external_networks = vec!["nonsense".into()];
+        let e = Config::merge(f, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("VEIL_EXTERNAL_NETWORKS"), "{e}");
+        let mut f = flags();
+        f.flow_dump_seconds = Some(-1.0);
+        let e = Config::merge(f, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("VEIL_FLOW_DUMP_SECONDS"), "{e}");
+    }
+
+    #[test]
+    fn boolean_knobs_read_from_the_environment_the_way_they_always_did() {
+        let f = Flags::try_parse_from([
+            "veild",
+            "--flows",
+            "off",
+            "--wg-no-gso",
+            "--flow-host-netns",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (f.flows, f.wg_no_gso, f.flow_host_netns),
+            (Some(false), Some(true), Some(true))
+        );
+        assert!(Flags::try_parse_from(["veild", "--flows", "sometimes"]).is_err());
     }
 
     #[test]

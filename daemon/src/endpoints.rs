@@ -188,14 +188,7 @@ impl EndpointTable {
             path: self.path.display().to_string(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        crate::fsutil::write_atomic(&self.path, &bytes, None).map_err(io)
     }
 
     /// The node's tunnel address (first host address of the pod CIDR).

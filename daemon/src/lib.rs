@@ -13,6 +13,7 @@ pub mod datastore;
 pub mod endpoints;
 pub mod filter;
 pub mod flows;
+pub mod fsutil;
 pub mod http;
 pub mod ipam;
 pub mod netns;

@@ -279,11 +279,9 @@ impl LabState {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place.
+/// Writes `bytes` to `path` atomically ([`veil_daemon::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| LabError::io(path, e))
+    veil_daemon::fsutil::write_atomic(path, bytes, None).map_err(|e| LabError::io(path, e))
 }
 
 /// An exclusive lock on a lab's directory, held while its state changes.

@@ -1,5 +1,8 @@
 //! `veild`: the Veil node daemon. Parses configuration, starts tracing, runs.
 //! Bad configuration exits with code 64 and a message naming the field.
+//! Logs go to stderr, coloured only when stderr is a terminal.
+
+use std::io::IsTerminal;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -27,7 +30,8 @@ fn main() {
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),

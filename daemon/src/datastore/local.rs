@@ -96,7 +96,8 @@ impl LocalDatastore {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil::write_atomic`]),
+/// creating its directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatastoreError> {
     let io = |source| DatastoreError::Io {
         path: path.display().to_string(),
@@ -105,9 +106,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatastoreError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::fsutil::write_atomic(path, bytes, None).map_err(io)
 }
 
 fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {

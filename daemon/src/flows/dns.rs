@@ -4,6 +4,10 @@
 //! each A/AAAA answer teaches the address book that the address is
 //! `external:<queried name>`. A DNS proxy, when there is one, can call
 //! [`super::Flows::learn_dns`] directly instead.
+//!
+//! NFLOG messages (configuration requests, packets) are encoded and decoded
+//! by the `netlink-packet-netfilter` crate; nothing of NFLOG is parsed by
+//! hand. The IP/UDP headers around the DNS message are, minimally.
 
 use std::io;
 use std::net::IpAddr;
@@ -11,21 +15,18 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::RData;
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::nflog::{
+    config_request, ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage,
+};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 
 /// NFLOG group the DNS responses are copied to.
 pub const NFLOG_GROUP: u16 = 4242;
 
 const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_ULOG: u16 = 4;
-const NFULNL_MSG_PACKET: u16 = 0;
-const NFULNL_MSG_CONFIG: u16 = 1;
-const NFULA_CFG_CMD: u16 = 1;
-const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_TIMEOUT: u16 = 3;
-const NFULA_CFG_QTHRESH: u16 = 4;
-const NFULNL_CFG_CMD_BIND: u8 = 1;
-const NFULNL_COPY_PACKET: u8 = 2;
-const NFULA_PAYLOAD: u16 = 9;
+/// How many bytes of each packet NFLOG copies (a DNS answer fits).
+const COPY_RANGE: u32 = 0xffff;
 
 /// The name a DNS response answered and the addresses it gave, from an IP
 /// packet carrying it (UDP from port 53). None for anything else.
@@ -64,41 +65,29 @@ pub fn learn_from_response(dns: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     (!ips.is_empty() && !name.is_empty()).then_some((name, ips))
 }
 
-fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-/// The payloads of the NFLOG packet messages in one datagram.
-pub fn nflog_payloads(buf: &[u8]) -> Vec<&[u8]> {
+/// The payloads (IP packets) of the NFLOG packet messages in one datagram.
+/// Messages that are not NFLOG packets, or do not decode, are skipped.
+pub fn nflog_payloads(buf: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut off = 0usize;
-    while off + 20 <= buf.len() {
-        let Some(len) = buf
-            .get(off..off + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(|b: [u8; 4]| u32::from_ne_bytes(b) as usize)
-        else {
-            break;
-        };
-        if len < 20 || off + len > buf.len() {
-            break;
-        }
-        let ty = u16_ne(buf, off + 4).unwrap_or(0);
-        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
-            let mut a = off + 20;
-            while a + 4 <= off + len {
-                let alen = usize::from(u16_ne(buf, a).unwrap_or(0));
-                let aty = u16_ne(buf, a + 2).unwrap_or(0) & 0x3fff;
-                if alen < 4 || a + alen > off + len {
-                    break;
-                }
-                if aty == NFULA_PAYLOAD {
-                    out.push(&buf[a + 4..a + alen]);
-                }
-                a += (alen + 3) & !3;
+    while let Ok(b) = NetlinkBuffer::new_checked(&buf[off..]) {
+        let len = b.length() as usize;
+        if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..off + len]) {
+            if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
+                ..
+            }) = m.payload
+            {
+                out.extend(nlas.into_iter().filter_map(|n| match n {
+                    PacketNla::Payload(p) => Some(p),
+                    _ => None,
+                }));
             }
         }
         off += (len + 3) & !3;
+        if off >= buf.len() {
+            break;
+        }
     }
     out
 }
@@ -109,56 +98,36 @@ pub struct DnsSnoop {
     buf: Vec<u8>,
 }
 
-fn config_message(group: u16, attr_type: u16, attr: &[u8], seq: u32) -> Vec<u8> {
-    let mut m = Vec::new();
-    let alen = 4 + attr.len();
-    let total = 16 + 4 + ((alen + 3) & !3);
-    m.extend_from_slice(&(total as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
-    m.extend_from_slice(&(0x1u16 | 0x4).to_ne_bytes()); // REQUEST | ACK
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[0, 0]); // AF_UNSPEC, version 0
-    m.extend_from_slice(&group.to_be_bytes());
-    m.extend_from_slice(&(alen as u16).to_ne_bytes());
-    m.extend_from_slice(&attr_type.to_ne_bytes());
-    m.extend_from_slice(attr);
-    while m.len() < total {
-        m.push(0);
-    }
-    m
-}
-
 impl DnsSnoop {
     /// Binds NFLOG group [`NFLOG_GROUP`] in copy-packet mode.
     pub fn open() -> io::Result<Self> {
         let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         let _ = sock.set_rx_buf_sz(4 << 20);
-        let mut mode = Vec::new();
-        mode.extend_from_slice(&0xffffu32.to_be_bytes());
-        mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
         let mut buf = vec![0u8; 1 << 16];
         // Deliver every packet at once (the kernel batches up to 100 packets
         // or 1 s by default): a name must be known before the connection
         // that follows its lookup is seen.
-        for (i, (ty, attr)) in [
-            (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
-            (NFULA_CFG_MODE, mode),
-            (NFULA_CFG_QTHRESH, 1u32.to_be_bytes().to_vec()),
-            (NFULA_CFG_TIMEOUT, 0u32.to_be_bytes().to_vec()),
+        for (i, nla) in [
+            ConfigNla::Cmd(ConfigCmd::Bind),
+            ConfigNla::Mode(ConfigMode::new_packet(COPY_RANGE)),
+            ConfigNla::QThresh(1),
+            ConfigNla::Timeout(Timeout::new(0)),
         ]
         .into_iter()
         .enumerate()
         {
-            let msg = config_message(NFLOG_GROUP, ty, &attr, i as u32 + 1);
+            let mut req = config_request(NetfilterProtoFamily::Unspec, NFLOG_GROUP, vec![nla]);
+            req.header.sequence_number = i as u32 + 1;
+            let mut msg = vec![0u8; req.buffer_len()];
+            req.serialize(&mut msg);
             sock.send_to(&msg, &netlink_sys::SocketAddr::new(0, 0), 0)?;
             let n = sock.recv(&mut &mut buf[..], 0)?;
-            // An ack is an NLMSG_ERROR with errno 0.
-            if n >= 20 && u16_ne(&buf, 4) == Some(2) {
-                let errno = i32::from_ne_bytes(buf[16..20].try_into().unwrap_or([0; 4]));
-                if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
+            let ack = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[..n.min(buf.len())])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            if let NetlinkPayload::Error(e) = ack.payload {
+                if e.code.is_some() {
+                    return Err(e.to_io());
                 }
             }
         }
@@ -187,8 +156,8 @@ impl DnsSnoop {
             Err(e) => return Err(e),
         };
         Ok(nflog_payloads(&self.buf[..n.min(self.buf.len())])
-            .into_iter()
-            .filter_map(learn_from_packet)
+            .iter()
+            .filter_map(|p| learn_from_packet(p))
             .collect())
     }
 }
@@ -276,16 +245,16 @@ mod tests {
         let alen = 4 + payload.len();
         let total = 20 + ((alen + 3) & !3);
         m.extend_from_slice(&(total as u32).to_ne_bytes());
-        m.extend_from_slice(&(NFNL_SUBSYS_ULOG << 8).to_ne_bytes());
+        m.extend_from_slice(&(4u16 << 8).to_ne_bytes()); // NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET
         m.extend_from_slice(&[0u8; 10]);
         m.extend_from_slice(&[2, 0, 0x10, 0x92]);
         m.extend_from_slice(&(alen as u16).to_ne_bytes());
-        m.extend_from_slice(&NFULA_PAYLOAD.to_ne_bytes());
+        m.extend_from_slice(&9u16.to_ne_bytes()); // NFULA_PAYLOAD
         m.extend_from_slice(&payload);
         while m.len() < total {
             m.push(0);
         }
-        assert_eq!(nflog_payloads(&m), vec![payload.as_slice()]);
+        assert_eq!(nflog_payloads(&m), vec![payload.clone()]);
         assert!(nflog_payloads(&m[..m.len() - 1]).is_empty());
     }
 }

@@ -4,8 +4,7 @@
 //! data source endpoints (`/api/graph/fields`, `/api/graph/data`,
 //! `/api/health`), and the live page `/ui` with its vendored cytoscape.js.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::sync::watch;
 use veil_graph::{FlowFilter, GraphView, Verdict};
@@ -26,12 +30,21 @@ const INDEX_HTML: &str = include_str!("../../ui/index.html");
 const CYTOSCAPE_JS: &str = include_str!("../../ui/vendor/cytoscape.min.js");
 const CYTOSCAPE_LICENSE: &str = include_str!("../../ui/vendor/cytoscape.LICENSE");
 
-/// The other nodes' HTTP servers, from the datastore.
+/// How long a peer has to answer, connection included.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest graph accepted from a peer.
+const MAX_PEER_BODY: usize = 64 << 20;
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// The other nodes' HTTP servers, from the datastore, and the (pooled)
+/// client that fetches their graphs.
 #[derive(Clone)]
 pub(super) struct Peers {
     node: String,
     port: u16,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    client: HttpClient,
 }
 
 impl Peers {
@@ -40,6 +53,12 @@ impl Peers {
             node: ctx.config.node_name.clone(),
             port: ctx.config.http_listen.port(),
             snapshots: ctx.snapshots.clone(),
+            client: {
+                let mut c = HttpConnector::new();
+                c.set_connect_timeout(Some(PEER_TIMEOUT));
+                c.set_nodelay(true);
+                Client::builder(TokioExecutor::new()).build(c)
+            },
         }
     }
 
@@ -60,62 +79,79 @@ struct AppState {
     peers: Peers,
 }
 
-/// Fetches `path` from `addr` over plain HTTP/1.0 (peers are in the cluster).
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut buf = Vec::new();
-    s.take(64 << 20)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: malformed HTTP answer"))?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("{addr}: HTTP status {status}"));
-    }
-    Ok(buf[split + 4..].to_vec())
+/// Why a peer's graph could not be had.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    /// The request could not be made or answered.
+    #[error("{addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The peer answered something else than 200.
+    #[error("{addr}: HTTP status {status}")]
+    Status { addr: SocketAddr, status: u16 },
+    /// The body could not be read (or was larger than [`MAX_PEER_BODY`]).
+    #[error("{addr}: reading the answer: {reason}")]
+    Body { addr: SocketAddr, reason: String },
+    /// No complete answer in time.
+    #[error("{addr}: no answer within {0:?}", PEER_TIMEOUT)]
+    Timeout { addr: SocketAddr },
+    /// The answer is not a graph.
+    #[error("{addr}: {source}")]
+    Decode {
+        addr: SocketAddr,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Fetches `path` from `addr` over plain HTTP/1.1 (peers are in the cluster).
+async fn http_get(client: &HttpClient, addr: SocketAddr, path: &str) -> Result<Bytes, PeerError> {
+    let uri: hyper::Uri = format!("http://{addr}{path}")
+        .parse()
+        .expect("an address and an absolute path make a URI");
+    let fetch = async {
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|source| PeerError::Request { addr, source })?;
+        if resp.status() != StatusCode::OK {
+            return Err(PeerError::Status {
+                addr,
+                status: resp.status().as_u16(),
+            });
+        }
+        let body = Limited::new(resp.into_body(), MAX_PEER_BODY)
+            .collect()
+            .await
+            .map_err(|e| PeerError::Body {
+                addr,
+                reason: e.to_string(),
+            })?;
+        Ok(body.to_bytes())
+    };
+    tokio::time::timeout(PEER_TIMEOUT, fetch)
+        .await
+        .map_err(|_| PeerError::Timeout { addr })?
 }
 
 /// This node's view merged with every peer's; the errors name unreachable peers.
 async fn cluster_view(st: &AppState) -> (GraphView, Vec<String>) {
     let mine = st.flows.view(now_ms());
     let peers = st.peers.addresses();
-    if peers.is_empty() {
-        return (mine, Vec::new());
-    }
-    let fetched = tokio::task::spawn_blocking(move || {
-        let handles: Vec<_> = peers
-            .into_iter()
-            .map(|(name, addr)| {
-                std::thread::spawn(move || {
-                    let r = http_get(addr, "/api/v1/graph?scope=node", Duration::from_secs(2))
-                        .and_then(|b| {
-                            serde_json::from_slice::<GraphView>(&b)
-                                .map_err(|e| format!("{addr}: {e}"))
-                        });
-                    (name, r)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let client = &st.peers.client;
+    let fetched = futures::future::join_all(peers.into_iter().map(|(name, addr)| async move {
+        let r = http_get(client, addr, "/api/v1/graph?scope=node")
+            .await
+            .and_then(|b| {
+                serde_json::from_slice::<GraphView>(&b)
+                    .map_err(|source| PeerError::Decode { addr, source })
+            });
+        (name, r)
+    }))
+    .await;
     let mut views = vec![mine];
     let mut errors = Vec::new();
     for (name, r) in fetched {

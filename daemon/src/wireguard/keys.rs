@@ -2,8 +2,7 @@
 //! (base64, mode 0600, written by temp file + rename, never logged) and the
 //! base64/hex encodings used by the datastore and the UAPI.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -116,20 +115,8 @@ pub fn save(state_dir: &Path, kp: &KeyPair) -> Result<(), KeyError> {
         source,
     };
     std::fs::create_dir_all(state_dir).map_err(io)?;
-    let tmp = state_dir.join(format!(".{KEY_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(to_base64(&kp.secret.to_bytes()).as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .and_then(|_| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(())
+    let text = format!("{}\n", to_base64(&kp.secret.to_bytes()));
+    crate::fsutil::write_atomic(&path, text.as_bytes(), Some(0o600)).map_err(io)
 }
 
 #[cfg(test)]

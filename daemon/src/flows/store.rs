@@ -1,0 +1,332 @@
+//! The node's flows: the service graph and the flow log (veil-graph) under
+//! one lock, the address book that resolves conntrack entries to
+//! identities, and the collector's health counters. Does no IO: entries come
+//! in through [`Flows::ingest`], views go out through [`Flows::view`],
+//! [`Flows::flows`] and [`Flows::health_report`].
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use veil_graph::{
+    ConnKey, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView, IdentityKind,
+    Locality, Millis, ServiceGraph, Verdict,
+};
+
+use super::conntrack::CtEntry;
+use super::resolve::Resolver;
+use super::FlowOptions;
+
+/// Collector health counters.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Conntrack events received.
+    pub events: AtomicU64,
+    /// Overruns: times the kernel dropped events (each one or more).
+    pub lost: AtomicU64,
+    /// Dumps completed.
+    pub dumps: AtomicU64,
+    /// Dump or receive errors.
+    pub errors: AtomicU64,
+}
+
+pub use veil_api::HealthReport;
+
+struct State {
+    graph: ServiceGraph,
+    log: FlowLog,
+}
+
+/// The node's flows: graph, log, address book and health, shared by the
+/// collector thread and the API surfaces.
+pub struct Flows {
+    node: String,
+    wireguard_port: u16,
+    http_port: u16,
+    state: Mutex<State>,
+    resolver: Mutex<Arc<Resolver>>,
+    /// Health counters.
+    pub health: Health,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl Flows {
+    /// Empty flows for node `node`.
+    /// `wireguard_port` and `http_port` are the daemons' own ports: their
+    /// traffic between nodes is not a flow.
+    pub fn new(
+        node: &str,
+        wireguard_port: u16,
+        http_port: u16,
+        resolver: Resolver,
+        opts: &FlowOptions,
+    ) -> Self {
+        Flows {
+            node: node.to_string(),
+            wireguard_port,
+            http_port,
+            state: Mutex::new(State {
+                graph: ServiceGraph::new(opts.limits),
+                log: FlowLog::new(opts.log_capacity),
+            }),
+            resolver: Mutex::new(Arc::new(resolver)),
+            health: Health::default(),
+        }
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Replaces the address book (keeping learnt DNS names).
+    pub fn set_resolver(&self, mut r: Resolver) {
+        let mut cur = self.resolver.lock().expect("resolver lock");
+        r.keep_dns_from(&cur);
+        *cur = Arc::new(r);
+    }
+
+    /// Records that `name` resolved to `ips` (for the DNS proxy): flows to
+    /// those addresses then show as `external:NAME`.
+    pub fn learn_dns(&self, name: &str, ips: &[IpAddr]) {
+        let r = self.resolver.lock().expect("resolver lock").clone();
+        r.learn_dns(name, ips);
+    }
+
+    fn is_infrastructure(&self, e: &CtEntry) -> bool {
+        let lo = |ip: IpAddr| ip.is_loopback();
+        if lo(e.orig.src) || lo(e.orig.dst) {
+            return true;
+        }
+        // WireGuard's own UDP between nodes carries the pod flows we already see.
+        e.orig.protocol == veil_graph::Protocol::Udp
+            && (e.orig.dst_port == self.wireguard_port || e.orig.src_port == self.wireguard_port)
+    }
+
+    /// Resolves and ingests conntrack entries observed at `now`.
+    pub fn ingest(&self, entries: &[CtEntry], now: Millis) {
+        if entries.is_empty() {
+            return;
+        }
+        let resolver = self.resolver.lock().expect("resolver lock").clone();
+        let records: Vec<FlowRecord> = entries
+            .iter()
+            .filter(|e| !self.is_infrastructure(e))
+            .filter_map(|e| {
+                // The responder is who answered: the backend behind a
+                // destination NAT (reply tuple's source).
+                let src = resolver.resolve(e.orig.src);
+                let dst = resolver.resolve(e.reply.src);
+                // Daemons talking to each other's HTTP server (the cluster
+                // graph is merged that way) are Veil's own traffic.
+                if src.identity.kind() == IdentityKind::Node
+                    && dst.identity.kind() == IdentityKind::Node
+                    && e.orig.protocol == veil_graph::Protocol::Tcp
+                    && e.reply.src_port == self.http_port
+                {
+                    return None;
+                }
+                Some(FlowRecord {
+                    time: now,
+                    event: e.event,
+                    conn: ConnKey {
+                        protocol: e.orig.protocol,
+                        src: e.orig.src,
+                        src_port: e.orig.src_port,
+                        dst: e.reply.src,
+                        dst_port: e.reply.src_port,
+                        id: e.id,
+                    },
+                    source: src.identity,
+                    destination: dst.identity,
+                    counters: e.counters,
+                    verdict: Verdict::Allowed,
+                    policy: None,
+                    locality: Locality {
+                        source_local: src.local,
+                        destination_local: dst.local,
+                    },
+                })
+            })
+            .collect();
+        let mut st = self.state.lock().expect("flow state lock");
+        let State { graph, log } = &mut *st;
+        let mut sink = (graph, log);
+        for r in &records {
+            sink.record(r);
+        }
+    }
+
+    /// Ingests records built elsewhere (e.g. denied attempts from the policy
+    /// datapath, with their verdict and deciding rule).
+    pub fn ingest_records(&self, records: &[FlowRecord]) {
+        let mut st = self.state.lock().expect("flow state lock");
+        let State { graph, log } = &mut *st;
+        let mut sink = (graph, log);
+        for r in records {
+            sink.record(r);
+        }
+    }
+
+    /// Forgets edges idle since `before`.
+    pub fn expire(&self, before: Millis) -> usize {
+        self.state
+            .lock()
+            .expect("flow state lock")
+            .graph
+            .expire(before)
+    }
+
+    /// This node's graph at `now`.
+    pub fn view(&self, now: Millis) -> GraphView {
+        GraphView::of(&self.state.lock().expect("flow state lock").graph, now)
+    }
+
+    /// The flow log, filtered; entries carry this node's name.
+    pub fn flows(&self, filter: &FlowFilter) -> FlowPage {
+        let mut p = self
+            .state
+            .lock()
+            .expect("flow state lock")
+            .log
+            .query(filter);
+        for f in &mut p.flows {
+            f.node = self.node.clone();
+        }
+        p
+    }
+
+    /// Health now.
+    pub fn health_report(&self) -> HealthReport {
+        let st = self.state.lock().expect("flow state lock");
+        HealthReport {
+            node: self.node.clone(),
+            events: self.health.events.load(Ordering::Relaxed),
+            lost: self.health.lost.load(Ordering::Relaxed),
+            dumps: self.health.dumps.load(Ordering::Relaxed),
+            errors: self.health.errors.load(Ordering::Relaxed),
+            tracked_connections: st.graph.tracked_connections() as u64,
+            edges: st.graph.edge_count() as u64,
+            graph: st.graph.counters(),
+        }
+    }
+
+    pub(super) fn with_graph<R>(&self, f: impl FnOnce(&ServiceGraph) -> R) -> R {
+        f(&self.state.lock().expect("flow state lock").graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::Snapshot;
+    use crate::flows::testutil::{entry, flows};
+    use veil_graph::{FlowEvent, Protocol};
+
+    #[test]
+    fn loopback_and_wireguard_underlay_are_not_flows() {
+        let f = flows();
+        f.ingest(
+            &[
+                entry(FlowEvent::New, "127.0.0.1", 1, "127.0.0.1", 9590, 1, 0),
+                {
+                    let mut e = entry(
+                        FlowEvent::New,
+                        "198.18.0.1",
+                        51820,
+                        "198.18.0.2",
+                        51820,
+                        2,
+                        0,
+                    );
+                    e.orig.protocol = Protocol::Udp;
+                    e
+                },
+            ],
+            1,
+        );
+        assert!(f.view(1).edges.is_empty());
+    }
+
+    #[test]
+    fn daemons_fetching_each_others_graph_are_not_a_flow() {
+        let f = flows();
+        let r = Resolver::new(
+            "n1",
+            "198.18.0.1".parse().unwrap(),
+            &Snapshot {
+                nodes: vec![crate::datastore::NodeRecord {
+                    name: "n2".into(),
+                    address: "198.18.0.2".parse().unwrap(),
+                    pod_cidrs: vec![],
+                    labels: Default::default(),
+                    annotations: Default::default(),
+                }],
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        f.set_resolver(r);
+        f.ingest(
+            &[entry(
+                FlowEvent::New,
+                "198.18.0.1",
+                40000,
+                "198.18.0.2",
+                9590,
+                1,
+                0,
+            )],
+            1,
+        );
+        assert!(f.view(1).edges.is_empty());
+        f.ingest(
+            &[entry(
+                FlowEvent::New,
+                "198.18.0.1",
+                40001,
+                "198.18.0.2",
+                22,
+                2,
+                0,
+            )],
+            1,
+        );
+        assert_eq!(
+            f.view(1).edges.len(),
+            1,
+            "other node-to-node traffic is a flow"
+        );
+    }
+
+    #[test]
+    fn a_service_address_resolves_to_the_backend_that_answered() {
+        let f = flows();
+        let mut e = entry(FlowEvent::New, "10.244.1.2", 40000, "10.96.0.10", 80, 1, 0);
+        e.reply.src = "10.244.1.3".parse().unwrap();
+        e.reply.src_port = 8080;
+        f.ingest(&[e], 1);
+        let v = f.view(1);
+        assert_eq!(
+            (v.edges[0].target.as_str(), v.edges[0].port),
+            ("shop/backend-a", 8080)
+        );
+    }
+}
