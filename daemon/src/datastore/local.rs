@@ -86,6 +86,16 @@ impl LocalDatastore {
         }
     }
 
+    /// `policies/<name>`, where `name` may have sub-directories (`lab-test/x.yaml`).
+    fn policy_path(&self, name: &str) -> Result<PathBuf, DatastoreError> {
+        let mut path = self.dir.join("policies");
+        for part in name.split('/') {
+            check_name(part).map_err(|_| DatastoreError::InvalidName(name.to_string()))?;
+            path.push(part);
+        }
+        Ok(path)
+    }
+
     /// Reads the whole directory once (no watch): the store after the
     /// initial listing.
     pub fn load(&self) -> Store {
@@ -179,13 +189,11 @@ impl DatastoreWriter for LocalDatastore {
     }
 
     fn put_policies(&self, name: &str, text: &str) -> Result<(), DatastoreError> {
-        let name = check_name(name)?;
-        write_atomic(&self.dir.join("policies").join(name), text.as_bytes())
+        write_atomic(&self.policy_path(name)?, text.as_bytes())
     }
 
     fn delete_policies(&self, name: &str) -> Result<(), DatastoreError> {
-        let name = check_name(name)?;
-        self.remove(self.dir.join("policies").join(name))
+        self.remove(self.policy_path(name)?)
     }
 }
 
@@ -237,6 +245,8 @@ mod tests {
         let ds = LocalDatastore::open(dir.path()).unwrap();
         assert!(ds.delete_endpoint("..", "x", "eth0").is_err());
         assert!(ds.put_policies("../x.yaml", "").is_err());
+        assert!(ds.put_policies("a//x.yaml", "").is_err());
+        ds.put_policies("sub/x.yaml", "").unwrap();
         // Deleting what is not there is success.
         ds.delete_endpoint("node-a", "abc", "eth0").unwrap();
         ds.delete_pod("x", "nope").unwrap();
