@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::wireguard::keys;
 use crate::datastore::Snapshot;
+use crate::wireguard::keys;
 
 /// A peer the datapath should have.
 #[derive(Debug, Clone, PartialEq, Eq)]

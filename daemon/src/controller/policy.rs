@@ -183,12 +183,19 @@ impl PolicyState {
         for key in &changes.keys {
             match key.kind {
                 Kind::Pod => {
-                    let id = store.pods.get(key).map(|p| format!("{}/{}", p.namespace, p.name));
+                    let id = store
+                        .pods
+                        .get(key)
+                        .map(|p| format!("{}/{}", p.namespace, p.name));
                     link(&mut self.pod_ids, &mut self.pod_keys, key, id, &mut pods);
                 }
                 Kind::Endpoint => {
                     let id = store.endpoints.get(key).and_then(|e| {
-                        Some(format!("{}/{}", e.pod_namespace.as_ref()?, e.pod_name.as_ref()?))
+                        Some(format!(
+                            "{}/{}",
+                            e.pod_namespace.as_ref()?,
+                            e.pod_name.as_ref()?
+                        ))
                     });
                     link(&mut self.ep_ids, &mut self.ep_keys, key, id, &mut pods);
                 }
@@ -258,7 +265,13 @@ impl PolicyState {
         let mut sink = BTreeSet::new();
         for (k, p) in &store.pods {
             let id = format!("{}/{}", p.namespace, p.name);
-            link(&mut self.pod_ids, &mut self.pod_keys, k, Some(id), &mut sink);
+            link(
+                &mut self.pod_ids,
+                &mut self.pod_keys,
+                k,
+                Some(id),
+                &mut sink,
+            );
         }
         for (k, e) in &store.endpoints {
             if let (Some(ns), Some(name)) = (&e.pod_namespace, &e.pod_name) {
@@ -352,9 +365,12 @@ impl PolicyState {
             };
             let src = &self.sources[&key];
             tracing::info!(policy.origin = %src.origin, error = %err, "policy rejected by the set");
-            self.rejected.insert(key.clone(), issue_of(&err, &src.origin));
+            self.rejected
+                .insert(key.clone(), issue_of(&err, &src.origin));
             match src.in_force.clone() {
-                Some(prev) if rolled_back.insert(key.clone()) && chosen.get(&key) != Some(&prev) => {
+                Some(prev)
+                    if rolled_back.insert(key.clone()) && chosen.get(&key) != Some(&prev) =>
+                {
                     chosen.insert(key, prev);
                 }
                 _ => {

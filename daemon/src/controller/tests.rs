@@ -156,9 +156,17 @@ fn initial_sync_compiles_the_policies_of_the_store() {
     let (store, ctrl) = cluster();
     let d = ctrl.desired(&store, vec![]);
     assert_eq!(d.generation, 1);
-    assert!(d.synced && d.policy_errors.is_empty(), "{:?}", d.policy_errors);
+    assert!(
+        d.synced && d.policy_errors.is_empty(),
+        "{:?}",
+        d.policy_errors
+    );
     assert_eq!(verdict(&d.program, CLIENT, WEB), Verdict::Allow);
-    assert_eq!(verdict(&d.program, WEB, CLIENT), Verdict::Allow, "client is not selected");
+    assert_eq!(
+        verdict(&d.program, WEB, CLIENT),
+        Verdict::Allow,
+        "client is not selected"
+    );
     assert_eq!(d.program.node_endpoints("n1").count(), 2);
 }
 
@@ -167,13 +175,20 @@ fn pod_relabel_changes_set_membership_not_the_rules() {
     let (mut store, mut ctrl) = cluster();
     let before = ctrl.policy().program().clone();
     let sets_before = ctrl.policy().compiled().set_count();
-    assert_eq!(client_set_members(&ctrl), vec![CLIENT.parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        client_set_members(&ctrl),
+        vec![CLIENT.parse::<IpAddr>().unwrap()]
+    );
 
     assert!(step(&mut store, &mut ctrl, vec![pod("client", "other")]));
     let after = ctrl.policy().program().clone();
     assert_eq!(after.rules, before.rules, "rules are not recompiled");
     assert_eq!(after.policies, before.policies);
-    assert_eq!(ctrl.policy().compiled().set_count(), sets_before, "same sets");
+    assert_eq!(
+        ctrl.policy().compiled().set_count(),
+        sets_before,
+        "same sets"
+    );
     assert!(client_set_members(&ctrl).is_empty(), "client left the set");
     assert_eq!(verdict(&after, CLIENT, WEB), Verdict::Deny);
     assert_eq!(ctrl.policy().generation(), 2);
@@ -193,7 +208,10 @@ fn pod_relabel_changes_set_membership_not_the_rules() {
     step(
         &mut store,
         &mut ctrl,
-        vec![Event::Deleted(Key::new(Kind::Endpoint, "n1/client2_eth0.yaml"))],
+        vec![Event::Deleted(Key::new(
+            Kind::Endpoint,
+            "n1/client2_eth0.yaml",
+        ))],
     );
     assert!(client_set_members(&ctrl).is_empty());
 }
@@ -210,7 +228,11 @@ fn invalid_policy_keeps_the_last_good_program_and_reports_why() {
     let (mut store, mut ctrl) = cluster();
     let good = ctrl.policy().program().clone();
     let broken = ALLOW_CLIENT.replace("protocol: TCP", "protocol: TPC");
-    assert!(!step(&mut store, &mut ctrl, vec![policy("allow.yaml", &broken)]));
+    assert!(!step(
+        &mut store,
+        &mut ctrl,
+        vec![policy("allow.yaml", &broken)]
+    ));
     assert_eq!(ctrl.policy().generation(), 1);
     assert_eq!(**ctrl.policy().program(), *good);
     let d = ctrl.desired(&store, vec![]);
@@ -223,7 +245,11 @@ fn invalid_policy_keeps_the_last_good_program_and_reports_why() {
 
     // Fixed: the error goes.
     let fixed = ALLOW_CLIENT.replace("port: 80", "port: 8080");
-    assert!(step(&mut store, &mut ctrl, vec![policy("allow.yaml", &fixed)]));
+    assert!(step(
+        &mut store,
+        &mut ctrl,
+        vec![policy("allow.yaml", &fixed)]
+    ));
     assert!(ctrl.desired(&store, vec![]).policy_errors.is_empty());
     assert_eq!(ctrl.policy().generation(), 2);
 }
@@ -249,10 +275,22 @@ spec:
         vec![policy("gnp.yaml", gnp), policy("deny.yaml", deny)]
     ));
     let d = ctrl.desired(&store, vec![]);
-    assert_eq!(verdict(&d.program, CLIENT, WEB), Verdict::Allow, "deny-all is out");
-    assert_eq!(verdict(&d.program, WEB, CLIENT), Verdict::Deny, "deny-client is in");
+    assert_eq!(
+        verdict(&d.program, CLIENT, WEB),
+        Verdict::Allow,
+        "deny-all is out"
+    );
+    assert_eq!(
+        verdict(&d.program, WEB, CLIENT),
+        Verdict::Deny,
+        "deny-client is in"
+    );
     assert_eq!(d.policy_errors.len(), 1, "{:?}", d.policy_errors);
-    assert!(d.policy_errors[0].reason.contains("nope"), "{:?}", d.policy_errors);
+    assert!(
+        d.policy_errors[0].reason.contains("nope"),
+        "{:?}",
+        d.policy_errors
+    );
     assert_eq!(ctrl.policy().policy_set().policies().len(), 2);
 }
 
@@ -270,7 +308,11 @@ fn policy_file_that_does_not_parse_is_a_policy_error() {
     assert!(!ctrl.on_changes(&store, &changes));
     let d = ctrl.desired(&store, vec![]);
     assert_eq!(d.policy_errors[0].object, "policies/allow.yaml");
-    assert_eq!(verdict(&d.program, CLIENT, WEB), Verdict::Allow, "last good kept");
+    assert_eq!(
+        verdict(&d.program, CLIENT, WEB),
+        Verdict::Allow,
+        "last good kept"
+    );
 }
 
 #[test]
@@ -290,5 +332,8 @@ spec:
         &mut ctrl,
         vec![Event::Deleted(Key::new(Kind::Policy, "deny.yaml#0"))],
     );
-    assert_eq!(verdict(ctrl.policy().program(), WEB, CLIENT), Verdict::Allow);
+    assert_eq!(
+        verdict(ctrl.policy().program(), WEB, CLIENT),
+        Verdict::Allow
+    );
 }

@@ -101,8 +101,7 @@ impl LocalDatastore {
     pub fn load(&self) -> Store {
         let mut store = Store::new();
         let mut changes = Changes::default();
-        local_watch::Scanner::new(&self.dir)
-            .full_scan(&mut |e| store.apply(e, &mut changes));
+        local_watch::Scanner::new(&self.dir).full_scan(&mut |e| store.apply(e, &mut changes));
         store.apply(Event::Synced, &mut changes);
         store
     }
@@ -158,7 +157,6 @@ impl Datastore for LocalDatastore {
                 .join(file),
         )
     }
-
 }
 
 impl DatastoreWriter for LocalDatastore {
@@ -276,7 +274,9 @@ mod tests {
     }
 
     fn app(s: &Store) -> Option<String> {
-        s.snapshot().pod("shop", "web").map(|p| p.labels["app"].clone())
+        s.snapshot()
+            .pod("shop", "web")
+            .map(|p| p.labels["app"].clone())
     }
 
     #[tokio::test]
@@ -293,12 +293,21 @@ mod tests {
         let pods = dir.path().join("pods/shop");
         std::fs::create_dir_all(&pods).unwrap();
         std::fs::write(pods.join("web.yaml"), pod_yaml("a")).unwrap();
-        let c = until(&mut rx, &mut store, "pod written", |s| app(s).as_deref() == Some("a")).await;
-        assert!(c.keys.contains(&Key::new(Kind::Pod, "shop/web.yaml")), "{c:?}");
+        let c = until(&mut rx, &mut store, "pod written", |s| {
+            app(s).as_deref() == Some("a")
+        })
+        .await;
+        assert!(
+            c.keys.contains(&Key::new(Kind::Pod, "shop/web.yaml")),
+            "{c:?}"
+        );
 
         // Changed.
         std::fs::write(pods.join("web.yaml"), pod_yaml("b")).unwrap();
-        until(&mut rx, &mut store, "pod changed", |s| app(s).as_deref() == Some("b")).await;
+        until(&mut rx, &mut store, "pod changed", |s| {
+            app(s).as_deref() == Some("b")
+        })
+        .await;
 
         // Removed.
         std::fs::remove_file(pods.join("web.yaml")).unwrap();
@@ -310,7 +319,8 @@ mod tests {
     async fn watch_sees_an_editor_style_rename_over() {
         let dir = tempfile::tempdir().unwrap();
         let ds = LocalDatastore::open(dir.path()).unwrap();
-        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
         let mut rx = ds.watch().unwrap();
         let mut store = Store::new();
         until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
@@ -319,7 +329,10 @@ mod tests {
         let pods = dir.path().join("pods/shop");
         std::fs::write(pods.join(".web.yaml.swp"), pod_yaml("c")).unwrap();
         std::fs::rename(pods.join(".web.yaml.swp"), pods.join("web.yaml")).unwrap();
-        until(&mut rx, &mut store, "renamed over", |s| app(s).as_deref() == Some("c")).await;
+        until(&mut rx, &mut store, "renamed over", |s| {
+            app(s).as_deref() == Some("c")
+        })
+        .await;
         assert_eq!(store.pods.len(), 1, "the swap file is not an object");
     }
 
@@ -327,7 +340,8 @@ mod tests {
     async fn watch_reports_a_file_that_does_not_parse_and_its_fix() {
         let dir = tempfile::tempdir().unwrap();
         let ds = LocalDatastore::open(dir.path()).unwrap();
-        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
         let mut rx = ds.watch().unwrap();
         let mut store = Store::new();
         until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
@@ -350,19 +364,30 @@ mod tests {
         let mut rx = ds.watch().unwrap();
         let mut store = Store::new();
         until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
-        ds.put_policies("p.yaml", "kind: A\n---\nkind: B\n").unwrap();
-        until(&mut rx, &mut store, "two documents", |s| s.policies.len() == 2).await;
+        ds.put_policies("p.yaml", "kind: A\n---\nkind: B\n")
+            .unwrap();
+        until(&mut rx, &mut store, "two documents", |s| {
+            s.policies.len() == 2
+        })
+        .await;
         ds.put_policies("p.yaml", "kind: A\n").unwrap();
-        until(&mut rx, &mut store, "one document", |s| s.policies.len() == 1).await;
+        until(&mut rx, &mut store, "one document", |s| {
+            s.policies.len() == 1
+        })
+        .await;
         ds.delete_policies("p.yaml").unwrap();
-        until(&mut rx, &mut store, "no document", |s| s.policies.is_empty()).await;
+        until(&mut rx, &mut store, "no document", |s| {
+            s.policies.is_empty()
+        })
+        .await;
     }
 
     #[test]
     fn rescan_reparses_only_files_whose_fingerprint_changed() {
         let dir = tempfile::tempdir().unwrap();
         let ds = LocalDatastore::open(dir.path()).unwrap();
-        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
         let mut scanner = local_watch::Scanner::new(dir.path());
         let mut events = Vec::new();
         scanner.full_scan(&mut |e| events.push(e));
@@ -372,6 +397,9 @@ mod tests {
         assert!(events.is_empty(), "unchanged file re-parsed: {events:?}");
         std::fs::remove_file(dir.path().join("pods/shop/web.yaml")).unwrap();
         scanner.full_scan(&mut |e| events.push(e));
-        assert_eq!(events, vec![Event::Deleted(Key::new(Kind::Pod, "shop/web.yaml"))]);
+        assert_eq!(
+            events,
+            vec![Event::Deleted(Key::new(Kind::Pod, "shop/web.yaml"))]
+        );
     }
 }

@@ -244,7 +244,10 @@ impl Scanner {
                 continue;
             }
             // Documents after one that does not parse are unknown: keep them.
-            if parsed.unread_from.is_some_and(|i| doc_index(&old) > Some(i)) {
+            if parsed
+                .unread_from
+                .is_some_and(|i| doc_index(&old) > Some(i))
+            {
                 keys.insert(old);
             } else {
                 emit(Event::Deleted(old));

@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn applied_object_is_stored_and_reported_changed() {
         let mut s = Store::new();
-        let c = s.apply_all([Event::Applied(key("shop/web"), pod("web", "a")), Event::Synced]);
+        let c = s.apply_all([
+            Event::Applied(key("shop/web"), pod("web", "a")),
+            Event::Synced,
+        ]);
         assert!(c.keys.contains(&key("shop/web")));
         assert!(c.synced && s.synced);
         assert_eq!(s.snapshot().pod("shop", "web").unwrap().labels["app"], "a");
@@ -214,7 +217,11 @@ mod tests {
         s.apply_all([Event::Applied(key("shop/web"), pod("web", "a"))]);
         let c = s.apply_all([Event::Invalid(key("shop/web"), issue("bad"))]);
         assert!(c.issues && c.keys.is_empty());
-        assert_eq!(s.pods[&key("shop/web")].labels["app"], "a", "last good kept");
+        assert_eq!(
+            s.pods[&key("shop/web")].labels["app"],
+            "a",
+            "last good kept"
+        );
         assert_eq!(s.snapshot().errors, vec!["pods/shop/web.yaml: labels: bad"]);
         // Fixed: the issue goes and the new value is in.
         let c = s.apply_all([Event::Applied(key("shop/web"), pod("web", "b"))]);

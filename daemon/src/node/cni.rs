@@ -371,4 +371,3 @@ pub(super) fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
         async move { Ok::<_, ApiError>(c.status()) }
     });
 }
-

@@ -223,7 +223,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-
 /// Publishes this node's record, keeping the annotations other parts
 /// published earlier (e.g. the WireGuard key), and waits until the watch
 /// shows it, so that the parts started next see their own node.

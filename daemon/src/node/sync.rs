@@ -102,7 +102,10 @@ pub async fn start(
                 // Compiling may take a while: keep the runtime's other tasks going.
                 let changed = tokio::task::block_in_place(|| ctrl.on_changes(&store, &changes));
                 if changed {
-                    tracing::info!(generation = ctrl.policy().generation(), "policy program updated");
+                    tracing::info!(
+                        generation = ctrl.policy().generation(),
+                        "policy program updated"
+                    );
                 }
                 let _ = snap_tx.send(Arc::new(store.snapshot()));
             }
@@ -163,4 +166,3 @@ pub(super) async fn resync(ctx: NodeContext) {
         }
     }
 }
-
