@@ -124,7 +124,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatastoreError> {
 impl Datastore for LocalDatastore {
     fn watch(&self) -> Result<EventStream, DatastoreError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        local_watch::start(&self.dir, tx)?;
+        local_watch::start(&self.dir, tx, true)?;
         Ok(rx)
     }
 
@@ -378,6 +378,22 @@ mod tests {
         ds.delete_policies("p.yaml").unwrap();
         until(&mut rx, &mut store, "no document", |s| {
             s.policies.is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn watch_without_inotify_falls_back_to_periodic_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        local_watch::start(dir.path(), tx, false).unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
+        until(&mut rx, &mut store, "pod seen by a scan", |s| {
+            app(s).as_deref() == Some("a")
         })
         .await;
     }

@@ -14,6 +14,9 @@
 //! mounts in other namespaces, network filesystems). A scan costs one `stat`
 //! per file and re-parses only files whose fingerprint changed.
 //!
+//! If inotify cannot start (the per-user limit of instances), the thread
+//! scans every [`POLL_FALLBACK`] instead, with the same fingerprints.
+//!
 //! It does not write anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -28,6 +31,8 @@ use super::{DatastoreError, Event, Issue, Key, Kind, PolicyDocument, Resource};
 
 /// The safety-net rescan period.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// The scan period when inotify is not available.
+pub const POLL_FALLBACK: Duration = Duration::from_millis(500);
 /// How long events are collected before files are re-read.
 const SETTLE: Duration = Duration::from_millis(15);
 /// The longest a burst of events delays re-reading.
@@ -341,31 +346,59 @@ fn wanted(kind: &notify::EventKind) -> bool {
 
 /// Starts the watch thread on `dir`: the initial listing, [`Event::Synced`],
 /// then changes. The thread ends when `tx`'s receiver is dropped.
-pub(super) fn start(dir: &Path, tx: UnboundedSender<Event>) -> Result<(), DatastoreError> {
+///
+/// Without inotify (`use_inotify` false, or when it cannot start, e.g. the
+/// per-user limit of inotify instances is reached) the thread falls back to
+/// a scan every [`POLL_FALLBACK`], which still re-parses only changed files.
+pub(super) fn start(
+    dir: &Path,
+    tx: UnboundedSender<Event>,
+    use_inotify: bool,
+) -> Result<(), DatastoreError> {
     let (ntx, nrx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
-    let watch_err = |source| DatastoreError::Watch {
-        path: dir.display().to_string(),
-        source,
+    // Keeps the channel open when there is no watcher.
+    let keep_open = ntx.clone();
+    let watcher = if use_inotify {
+        let started = notify::recommended_watcher(move |res| {
+            let _ = ntx.send(res);
+        })
+        .and_then(|mut w| {
+            // Watch before the initial scan, so that nothing written in between is missed.
+            notify::Watcher::watch(&mut w, dir, notify::RecursiveMode::Recursive).map(|()| w)
+        });
+        match started {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    path = %dir.display(),
+                    error = %DatastoreError::Watch { path: dir.display().to_string(), error: e },
+                    every_ms = POLL_FALLBACK.as_millis() as u64,
+                    "inotify unavailable; scanning the datastore periodically instead"
+                );
+                None
+            }
+        }
+    } else {
+        None
     };
-    let mut watcher = notify::recommended_watcher(move |res| {
-        let _ = ntx.send(res);
-    })
-    .map_err(watch_err)?;
-    // Watch before the initial scan, so that nothing written in between is missed.
-    notify::Watcher::watch(&mut watcher, dir, notify::RecursiveMode::Recursive)
-        .map_err(watch_err)?;
+    let rescan_every = if watcher.is_some() {
+        RESCAN_EVERY
+    } else {
+        POLL_FALLBACK
+    };
     let dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("veil-datastore".into())
         .spawn(move || {
             let _watcher = watcher;
+            let _keep_open = keep_open;
             let mut scanner = Scanner::new(&dir);
             let mut emit = |e: Event| {
                 let _ = tx.send(e);
             };
             scanner.full_scan(&mut emit);
             emit(Event::Synced);
-            let mut next_rescan = Instant::now() + RESCAN_EVERY;
+            let mut next_rescan = Instant::now() + rescan_every;
             loop {
                 let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
                 let mut rescan = false;
@@ -403,7 +436,7 @@ pub(super) fn start(dir: &Path, tx: UnboundedSender<Event>) -> Result<(), Datast
                 }
                 if rescan || Instant::now() >= next_rescan {
                     scanner.full_scan(&mut emit);
-                    next_rescan = Instant::now() + RESCAN_EVERY;
+                    next_rescan = Instant::now() + rescan_every;
                 } else {
                     for p in &paths {
                         scanner.refresh(p, &mut emit);

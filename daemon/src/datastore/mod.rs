@@ -337,13 +337,12 @@ pub enum DatastoreError {
     #[error("datastore: invalid name {0:?}")]
     InvalidName(String),
     /// The change watch could not be started.
-    #[error("datastore {path}: cannot watch for changes: {source}")]
+    #[error("datastore {path}: cannot watch for changes: {error}")]
     Watch {
         /// What was being watched.
         path: String,
-        /// The error.
-        #[source]
-        source: notify::Error,
+        /// The error (interpolated in the message, so not a `source`).
+        error: notify::Error,
     },
 }
 
