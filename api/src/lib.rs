@@ -27,7 +27,7 @@ pub use cni::{
     GcRequest, IpamMode, StatusReply,
 };
 pub use flows::{FlowFilter, FlowPage, GraphParams, GraphReply, HealthReport};
-pub use node::{EndpointStatus, NodeStatus};
+pub use node::{EndpointStatus, Issue, NodeStatus};
 pub use wireguard::{PeerStatus, Rotated, Status as WireguardStatus};
 
 /// Default path of the daemon's socket.

@@ -21,6 +21,36 @@ pub struct NodeStatus {
     pub endpoints: Vec<EndpointStatus>,
     /// Problems the datastore reported.
     pub datastore_errors: Vec<String>,
+    /// Generation of the policy program (increments when it changes).
+    #[serde(default)]
+    pub policy_generation: u64,
+    /// The policy generation the node's dataplane (nftables) holds.
+    #[serde(default)]
+    pub policy_applied_generation: u64,
+    /// Why policies are not in force as written (object, field, reason).
+    #[serde(default)]
+    pub policy_errors: Vec<Issue>,
+    /// The last error applying the dataplane, if the last apply failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_error: Option<String>,
+}
+
+/// Why an object could not be used: which object, which field, what is
+/// wrong (`pods/shop/web.yaml: labels.app: invalid type: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    /// The object (a file relative to the datastore, or `kind namespace/name`).
+    pub object: String,
+    /// The field path (`(document)` when the object does not parse at all).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Issue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.reason)
+    }
 }
 
 /// One endpoint in `node.status`.
@@ -56,10 +86,14 @@ mod tests {
                 state: "ready".into(),
             }],
             datastore_errors: vec![],
+            policy_generation: 3,
+            policy_applied_generation: 2,
+            policy_errors: vec![],
+            dataplane_error: None,
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"node":"n","address":"198.18.0.10","podCidr":"10.244.0.0/24","mtu":1420,"ready":true,"endpoints":[{"pod":"x/a","ips":["10.244.0.2"],"hostIfname":"veil0","state":"ready"}],"datastoreErrors":[]}"#
+            r#"{"node":"n","address":"198.18.0.10","podCidr":"10.244.0.0/24","mtu":1420,"ready":true,"endpoints":[{"pod":"x/a","ips":["10.244.0.2"],"hostIfname":"veil0","state":"ready"}],"datastoreErrors":[],"policyGeneration":3,"policyAppliedGeneration":2,"policyErrors":[]}"#
         );
     }
 }

@@ -1,5 +1,5 @@
 //! What every part of the daemon shares: configuration, datastore, the cluster
-//! snapshot, the local endpoint table, the metrics registry, the socket API and
+//! snapshot, the desired state, the local endpoint table, the metrics registry, the socket API and
 //! the HTTP routes. Parts (WireGuard, flows, ...) receive a [`NodeContext`] at
 //! start-up and register their methods, metrics and routes on it.
 
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::api::ApiRegistry;
 use crate::config::Config;
+use crate::controller::Desired;
 use crate::datastore::{SharedDatastore, Snapshot};
 use crate::endpoints::EndpointTable;
 
@@ -22,6 +23,9 @@ pub struct NodeContext {
     pub datastore: SharedDatastore,
     /// The latest cluster snapshot; changes when the datastore changes.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The desired state of this node's dataplane (policy program, local
+    /// endpoints), from the controller.
+    pub desired: watch::Receiver<Arc<Desired>>,
     /// This node's endpoints.
     pub endpoints: Arc<EndpointTable>,
     /// Prometheus registry encoded on `/metrics`.

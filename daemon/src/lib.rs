@@ -4,11 +4,15 @@
 //! CNI plugin and `veilctl` on a unix socket, publishes the node to the datastore,
 //! keeps the node's base packet filter (fail-closed), runs the WireGuard datapath
 //! and the flow collector, and serves `/metrics`, `/healthz`, `/readyz` and the
-//! graph API over HTTP. It does not decide policy: that is `veil-policy`.
+//! graph API over HTTP. The data flow: `datastore` (watch → keyed store) →
+//! `controller` (pure: WireGuard peers, the policy program compiled with
+//! `veil-policy`) → the parts that apply it. It does not evaluate policy
+//! itself: that is `veil-policy`.
 
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod controller;
 pub mod datastore;
 pub mod endpoints;
 pub mod filter;

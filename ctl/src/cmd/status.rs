@@ -95,6 +95,9 @@ pub fn run(args: Args) -> i32 {
             for err in &n.datastore_errors {
                 println!("  datastore error: {err}");
             }
+            for err in &n.policy_errors {
+                println!("  policy error: {err}");
+            }
         }
     }
     if failed {

@@ -6,7 +6,7 @@
 //! ([`super::probe`]). The lab is removed at the end unless kept.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use veil_policy::eval::Verdict;
@@ -19,7 +19,7 @@ use super::state::LabState;
 use super::up::{pod_record, Binaries, UpOptions};
 use super::LabError;
 use veil_daemon::datastore::local::LocalDatastore;
-use veil_daemon::datastore::{Datastore, NamespaceRecord};
+use veil_daemon::datastore::{DatastoreWriter, NamespaceRecord};
 
 /// How one probe went.
 #[derive(Debug, Clone)]
@@ -63,10 +63,10 @@ pub struct TestOptions {
     pub keep: bool,
 }
 
-/// The policy files of a lab's datastore, one per object.
-struct PolicyFiles {
-    dir: PathBuf,
-    files: BTreeMap<String, PathBuf>,
+/// The policy files of a lab's datastore, one per object, under `lab-test/`.
+struct PolicyFiles<'a> {
+    store: &'a dyn DatastoreWriter,
+    files: BTreeMap<String, String>,
     next: usize,
 }
 
@@ -95,47 +95,38 @@ fn file_stem(key: &str) -> String {
         .collect()
 }
 
-impl PolicyFiles {
-    fn new(datastore: &Path) -> Result<Self, LabError> {
-        let dir = datastore.join("policies").join("lab-test");
-        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
-        Ok(PolicyFiles {
-            dir,
+impl<'a> PolicyFiles<'a> {
+    fn new(store: &'a dyn DatastoreWriter) -> Self {
+        PolicyFiles {
+            store,
             files: BTreeMap::new(),
             next: 0,
-        })
+        }
     }
 
     /// Creates or replaces the object `key` with `manifest`.
     fn apply(&mut self, key: String, manifest: &serde_yaml::Value) -> Result<(), LabError> {
-        let path = match self.files.get(&key) {
-            Some(p) => p.clone(),
+        let name = match self.files.get(&key) {
+            Some(n) => n.clone(),
             None => {
-                let p = self
-                    .dir
-                    .join(format!("{:04}-{}.yaml", self.next, file_stem(&key)));
+                let n = format!("lab-test/{:04}-{}.yaml", self.next, file_stem(&key));
                 self.next += 1;
-                self.files.insert(key, p.clone());
-                p
+                self.files.insert(key, n.clone());
+                n
             }
         };
         let text = serde_yaml::to_string(manifest).map_err(|e| {
             LabError::io(
-                &path,
+                Path::new(&name),
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         })?;
-        super::state::write_atomic(&path, text.as_bytes())
+        Ok(self.store.put_policies(&name, &text)?)
     }
 
     fn delete(&mut self, key: &str) -> Result<(), LabError> {
-        if let Some(p) = self.files.remove(key) {
-            match std::fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(LabError::io(&p, e))
-                }
-                _ => {}
-            }
+        if let Some(n) = self.files.remove(key) {
+            self.store.delete_policies(&n)?;
         }
         Ok(())
     }
@@ -200,7 +191,7 @@ fn run_steps(
     report: &mut dyn FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, LabError> {
     let store = LocalDatastore::open(state.datastore_dir())?;
-    let mut files = PolicyFiles::new(&state.datastore_dir())?;
+    let mut files = PolicyFiles::new(&store);
     for (manifest, object) in &sc.policies {
         files.apply(object_key(&object.key), manifest)?;
     }
@@ -267,7 +258,8 @@ mod tests {
     #[test]
     fn policy_files_are_replaced_by_key_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = PolicyFiles::new(dir.path()).unwrap();
+        let store = LocalDatastore::open(dir.path()).unwrap();
+        let mut f = PolicyFiles::new(&store);
         let a: serde_yaml::Value =
             serde_yaml::from_str("kind: Tier\nmetadata: {name: a}\nspec: {order: 1}").unwrap();
         let b: serde_yaml::Value =
@@ -279,7 +271,7 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(entries.len(), 1, "one file per object");
-        let path = f.files[&key].clone();
+        let path = dir.path().join("policies").join(&f.files[&key]);
         assert!(std::fs::read_to_string(&path).unwrap().contains("order: 2"));
         f.delete(&key).unwrap();
         assert!(!path.exists());

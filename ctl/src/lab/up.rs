@@ -17,7 +17,7 @@ use super::serve::ServeSpec;
 use super::state::{ExternalState, LabLock, LabState, NodeState, PodState};
 use super::{lab_dir, validate_name, LabError, LABS_ROOT};
 use veil_daemon::datastore::local::LocalDatastore;
-use veil_daemon::datastore::{Datastore, NamespaceRecord, PodPort, PodRecord};
+use veil_daemon::datastore::{DatastoreWriter, NamespaceRecord, PodPort, PodRecord};
 
 /// The bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";

@@ -8,20 +8,23 @@
 //! <dir>/endpoints/<node>/<container>_<if>.yaml  EndpointRecord (written by veild)
 //! <dir>/policies/**/*.yaml                      Kubernetes manifests, several per file with `---`
 //! ```
+//! Keys are the paths relative to the kind's directory (`shop/web.yaml`;
+//! `lab-test/0001-x.yaml#0` for the first document of a policy file).
 //! Writes go to a temporary file that is renamed into place, so a reader never
-//! sees half a file. Watching is by polling (see [`watch`]): the directory is small
-//! and polling works on every filesystem.
+//! sees half a file; the lab and the tests also write these files themselves,
+//! with any editor-like method (in place, or a temporary file renamed over).
+//! Changes are noticed with inotify (see `local_watch`), re-parsing only the
+//! files that changed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::local_watch;
+use super::store::{Changes, Store};
 use super::{
-    Datastore, DatastoreError, EndpointRecord, NamespaceRecord, NodeRecord, PodRecord,
-    PolicyDocument, Snapshot,
+    Datastore, DatastoreError, DatastoreWriter, EndpointRecord, Event, EventStream,
+    NamespaceRecord, NodeRecord, PodRecord,
 };
 
 /// A datastore in a directory.
@@ -83,16 +86,24 @@ impl LocalDatastore {
         }
     }
 
-    /// Writes a policy file (one or more manifests) under `policies/`.
-    pub fn put_policy_file(&self, file_name: &str, text: &str) -> Result<(), DatastoreError> {
-        let name = check_name(file_name)?;
-        write_atomic(&self.dir.join("policies").join(name), text.as_bytes())
+    /// `policies/<name>`, where `name` may have sub-directories (`lab-test/x.yaml`).
+    fn policy_path(&self, name: &str) -> Result<PathBuf, DatastoreError> {
+        let mut path = self.dir.join("policies");
+        for part in name.split('/') {
+            check_name(part).map_err(|_| DatastoreError::InvalidName(name.to_string()))?;
+            path.push(part);
+        }
+        Ok(path)
     }
 
-    /// Removes a policy file under `policies/`.
-    pub fn delete_policy_file(&self, file_name: &str) -> Result<(), DatastoreError> {
-        let name = check_name(file_name)?;
-        self.remove(self.dir.join("policies").join(name))
+    /// Reads the whole directory once (no watch): the store after the
+    /// initial listing.
+    pub fn load(&self) -> Store {
+        let mut store = Store::new();
+        let mut changes = Changes::default();
+        local_watch::Scanner::new(&self.dir).full_scan(&mut |e| store.apply(e, &mut changes));
+        store.apply(Event::Synced, &mut changes);
+        store
     }
 }
 
@@ -109,82 +120,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatastoreError> {
     crate::fsutil::write_atomic(path, bytes, None).map_err(io)
 }
 
-fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            if recursive {
-                yaml_files(&p, true, out);
-            }
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml") | Some("yml")
-        ) {
-            out.push(p);
-        }
-    }
-}
-
-fn read_records<T: DeserializeOwned>(dir: &Path, errors: &mut Vec<String>) -> Vec<T> {
-    let mut files = Vec::new();
-    yaml_files(dir, true, &mut files);
-    let mut out = Vec::new();
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(text) => match serde_yaml::from_str::<T>(&text) {
-                Ok(v) => out.push(v),
-                Err(e) => errors.push(format!("{}: {e}", f.display())),
-            },
-            // Removed between listing and reading: not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(format!("{}: {e}", f.display())),
-        }
-    }
-    out
-}
-
 impl Datastore for LocalDatastore {
-    fn snapshot(&self) -> Snapshot {
-        let mut errors = Vec::new();
-        let nodes: Vec<NodeRecord> = read_records(&self.dir.join("nodes"), &mut errors);
-        let namespaces = read_records(&self.dir.join("namespaces"), &mut errors);
-        let pods = read_records(&self.dir.join("pods"), &mut errors);
-        let endpoints = read_records(&self.dir.join("endpoints"), &mut errors);
-        let mut policies = Vec::new();
-        let mut files = Vec::new();
-        yaml_files(&self.dir.join("policies"), true, &mut files);
-        for f in files {
-            let text = match std::fs::read_to_string(&f) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    errors.push(format!("{}: {e}", f.display()));
-                    continue;
-                }
-            };
-            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                match serde_yaml::Value::deserialize(doc) {
-                    Ok(serde_yaml::Value::Null) => {}
-                    Ok(manifest) => policies.push(PolicyDocument {
-                        origin: format!("{}#{}", f.display(), i),
-                        manifest,
-                    }),
-                    Err(e) => errors.push(format!("{} (document {}): {e}", f.display(), i + 1)),
-                }
-            }
-        }
-        Snapshot {
-            nodes,
-            namespaces,
-            pods,
-            endpoints,
-            policies,
-            errors,
-        }
+    fn watch(&self) -> Result<EventStream, DatastoreError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        local_watch::start(&self.dir, tx, true)?;
+        Ok(rx)
     }
 
     fn put_node(&self, node: &NodeRecord) -> Result<(), DatastoreError> {
@@ -216,7 +156,9 @@ impl Datastore for LocalDatastore {
                 .join(file),
         )
     }
+}
 
+impl DatastoreWriter for LocalDatastore {
     fn put_pod(&self, pod: &PodRecord) -> Result<(), DatastoreError> {
         let path = self
             .dir
@@ -226,6 +168,15 @@ impl Datastore for LocalDatastore {
         self.write(path, pod)
     }
 
+    fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), DatastoreError> {
+        self.remove(
+            self.dir
+                .join("pods")
+                .join(check_name(namespace)?)
+                .join(format!("{}.yaml", check_name(name)?)),
+        )
+    }
+
     fn put_namespace(&self, ns: &NamespaceRecord) -> Result<(), DatastoreError> {
         let path = self
             .dir
@@ -233,38 +184,19 @@ impl Datastore for LocalDatastore {
             .join(format!("{}.yaml", check_name(&ns.name)?));
         self.write(path, ns)
     }
-}
 
-/// Polls `store` every `interval` and publishes a new snapshot whenever it changes.
-/// The task ends when every receiver is gone.
-pub fn watch(
-    store: Arc<dyn Datastore>,
-    interval: Duration,
-) -> tokio::sync::watch::Receiver<Arc<Snapshot>> {
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(store.snapshot()));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let s2 = store.clone();
-            let Ok(snap) = tokio::task::spawn_blocking(move || s2.snapshot()).await else {
-                continue;
-            };
-            if **tx.borrow() != snap {
-                if tx.send(Arc::new(snap)).is_err() {
-                    return;
-                }
-            } else if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    rx
+    fn put_policies(&self, name: &str, text: &str) -> Result<(), DatastoreError> {
+        write_atomic(&self.policy_path(name)?, text.as_bytes())
+    }
+
+    fn delete_policies(&self, name: &str) -> Result<(), DatastoreError> {
+        self.remove(self.policy_path(name)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Key, Kind};
     use super::*;
     use std::collections::BTreeMap;
 
@@ -290,13 +222,13 @@ mod tests {
             ports: vec![],
         })
         .unwrap();
-        ds.put_policy_file(
+        ds.put_policies(
             "p.yaml",
             "kind: NetworkPolicy\nmetadata: {name: a}\n---\nkind: Tier\n",
         )
         .unwrap();
         std::fs::write(dir.path().join("nodes/broken.yaml"), "name: [").unwrap();
-        let snap = ds.snapshot();
+        let snap = ds.load().snapshot();
         assert_eq!(snap.nodes, vec![node]);
         assert_eq!(snap.pod("x", "a").unwrap().labels["app"], "a");
         assert_eq!(snap.policies.len(), 2);
@@ -309,8 +241,180 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ds = LocalDatastore::open(dir.path()).unwrap();
         assert!(ds.delete_endpoint("..", "x", "eth0").is_err());
-        assert!(ds.put_policy_file("../x.yaml", "").is_err());
+        assert!(ds.put_policies("../x.yaml", "").is_err());
+        assert!(ds.put_policies("a//x.yaml", "").is_err());
+        ds.put_policies("sub/x.yaml", "").unwrap();
         // Deleting what is not there is success.
         ds.delete_endpoint("node-a", "abc", "eth0").unwrap();
+        ds.delete_pod("x", "nope").unwrap();
+    }
+
+    /// Receives events until the store built from them satisfies `done`.
+    async fn until(
+        rx: &mut EventStream,
+        store: &mut Store,
+        what: &str,
+        done: impl Fn(&Store) -> bool,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(store) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => store.apply(e, &mut changes),
+                Ok(None) => panic!("watch ended while waiting for {what}"),
+                Err(_) => panic!("no event for {what} within 5 s; store: {store:?}"),
+            }
+        }
+        changes
+    }
+
+    fn pod_yaml(app: &str) -> String {
+        format!("namespace: shop\nname: web\nnode: n1\nlabels: {{app: {app}}}\n")
+    }
+
+    fn app(s: &Store) -> Option<String> {
+        s.snapshot()
+            .pod("shop", "web")
+            .map(|p| p.labels["app"].clone())
+    }
+
+    #[tokio::test]
+    async fn watch_lists_then_follows_files_written_changed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("namespaces/shop.yaml"), "name: shop\n").unwrap();
+        let mut rx = ds.watch().unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        assert_eq!(store.namespaces.len(), 1);
+
+        // Written in place, in a directory that did not exist yet.
+        let pods = dir.path().join("pods/shop");
+        std::fs::create_dir_all(&pods).unwrap();
+        std::fs::write(pods.join("web.yaml"), pod_yaml("a")).unwrap();
+        let c = until(&mut rx, &mut store, "pod written", |s| {
+            app(s).as_deref() == Some("a")
+        })
+        .await;
+        assert!(
+            c.keys.contains(&Key::new(Kind::Pod, "shop/web.yaml")),
+            "{c:?}"
+        );
+
+        // Changed.
+        std::fs::write(pods.join("web.yaml"), pod_yaml("b")).unwrap();
+        until(&mut rx, &mut store, "pod changed", |s| {
+            app(s).as_deref() == Some("b")
+        })
+        .await;
+
+        // Removed.
+        std::fs::remove_file(pods.join("web.yaml")).unwrap();
+        until(&mut rx, &mut store, "pod removed", |s| s.pods.is_empty()).await;
+        assert_eq!(store.namespaces.len(), 1, "other files untouched");
+    }
+
+    #[tokio::test]
+    async fn watch_sees_an_editor_style_rename_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
+        let mut rx = ds.watch().unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        assert_eq!(app(&store).as_deref(), Some("a"));
+        // vim-like: write a swap file, rename it over the original.
+        let pods = dir.path().join("pods/shop");
+        std::fs::write(pods.join(".web.yaml.swp"), pod_yaml("c")).unwrap();
+        std::fs::rename(pods.join(".web.yaml.swp"), pods.join("web.yaml")).unwrap();
+        until(&mut rx, &mut store, "renamed over", |s| {
+            app(s).as_deref() == Some("c")
+        })
+        .await;
+        assert_eq!(store.pods.len(), 1, "the swap file is not an object");
+    }
+
+    #[tokio::test]
+    async fn watch_reports_a_file_that_does_not_parse_and_its_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
+        let mut rx = ds.watch().unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        let file = dir.path().join("pods/shop/web.yaml");
+        std::fs::write(&file, "namespace: shop\nname: web\nlabels: {app: [x]}\n").unwrap();
+        until(&mut rx, &mut store, "parse error", |s| !s.issues.is_empty()).await;
+        let issue = &store.issues[&Key::new(Kind::Pod, "shop/web.yaml")];
+        assert_eq!(issue.object, "pods/shop/web.yaml");
+        assert!(issue.field.starts_with("labels"), "{issue}");
+        assert_eq!(app(&store).as_deref(), Some("a"), "last good value kept");
+        std::fs::write(&file, pod_yaml("d")).unwrap();
+        until(&mut rx, &mut store, "fix", |s| s.issues.is_empty()).await;
+        assert_eq!(app(&store).as_deref(), Some("d"));
+    }
+
+    #[tokio::test]
+    async fn watch_follows_documents_of_a_policy_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        let mut rx = ds.watch().unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        ds.put_policies("p.yaml", "kind: A\n---\nkind: B\n")
+            .unwrap();
+        until(&mut rx, &mut store, "two documents", |s| {
+            s.policies.len() == 2
+        })
+        .await;
+        ds.put_policies("p.yaml", "kind: A\n").unwrap();
+        until(&mut rx, &mut store, "one document", |s| {
+            s.policies.len() == 1
+        })
+        .await;
+        ds.delete_policies("p.yaml").unwrap();
+        until(&mut rx, &mut store, "no document", |s| {
+            s.policies.is_empty()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn watch_without_inotify_falls_back_to_periodic_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        local_watch::start(dir.path(), tx, false).unwrap();
+        let mut store = Store::new();
+        until(&mut rx, &mut store, "initial sync", |s| s.synced).await;
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
+        until(&mut rx, &mut store, "pod seen by a scan", |s| {
+            app(s).as_deref() == Some("a")
+        })
+        .await;
+    }
+
+    #[test]
+    fn rescan_reparses_only_files_whose_fingerprint_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = LocalDatastore::open(dir.path()).unwrap();
+        ds.put_pod(&serde_yaml::from_str(&pod_yaml("a")).unwrap())
+            .unwrap();
+        let mut scanner = local_watch::Scanner::new(dir.path());
+        let mut events = Vec::new();
+        scanner.full_scan(&mut |e| events.push(e));
+        assert_eq!(events.len(), 1);
+        events.clear();
+        scanner.full_scan(&mut |e| events.push(e));
+        assert!(events.is_empty(), "unchanged file re-parsed: {events:?}");
+        std::fs::remove_file(dir.path().join("pods/shop/web.yaml")).unwrap();
+        scanner.full_scan(&mut |e| events.push(e));
+        assert_eq!(
+            events,
+            vec![Event::Deleted(Key::new(Kind::Pod, "shop/web.yaml"))]
+        );
     }
 }

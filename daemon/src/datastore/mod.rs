@@ -1,15 +1,33 @@
 //! The datastore: where a node learns about the cluster (nodes, namespaces, pods,
-//! policies) and publishes what it owns (its node record, its endpoints).
+//! endpoints, policies of every kind) and publishes what it owns (its node
+//! record, its endpoints).
 //!
-//! Two implementations fit the [`Datastore`] trait: [`local::LocalDatastore`], a
-//! directory of YAML files shared by every daemon on one machine (the lab, the
-//! tests, single-host use), and later the Kubernetes API (Node annotations
-//! `veil.dev/wireguard-public-key` / `veil.dev/wireguard-endpoint`, Pods,
-//! Namespaces, policy kinds).
+//! The shape is kube-rs's reflector: an implementation of [`Datastore`]
+//! *watches* its source and emits [`Event`]s (an object applied or deleted,
+//! an object that could not be read, the end of the initial listing); a
+//! [`store::Store`] applies them into keyed maps and reports which keys
+//! changed, so that consumers (the controller, the flow collector) get both
+//! the state and the changes. Events and the store know nothing of where the
+//! objects come from: [`local::LocalDatastore`] (a directory of YAML files
+//! shared by every daemon on one machine: the lab, the tests, single-host
+//! use) and the Kubernetes API (watchers per kind; Node annotations
+//! `veil.dev/wireguard-public-key` / `veil.dev/wireguard-endpoint`) feed the
+//! same store.
+//!
+//! Two traits split the writes: [`Datastore`] has what `veild` itself
+//! publishes (its node record, its endpoints); [`DatastoreWriter`] has what
+//! only the lab and the tests write (pods, namespaces, policy manifests),
+//! which on a real cluster come from the API server.
+//!
+//! It does not interpret policies (the controller validates them) and does
+//! not decide anything from the state.
 
 pub mod local;
+mod local_watch;
+pub mod store;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -129,7 +147,9 @@ pub struct EndpointRecord {
     pub ips: Vec<IpNetwork>,
 }
 
-/// Everything a node knows of the cluster at one moment.
+/// Everything a node knows of the cluster at one moment: the values of a
+/// [`store::Store`] as lists, for the parts that read the whole state (flow
+/// identities, WireGuard peers).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Nodes.
@@ -140,16 +160,18 @@ pub struct Snapshot {
     pub pods: Vec<PodRecord>,
     /// Wired endpoints of every node.
     pub endpoints: Vec<EndpointRecord>,
-    /// Policy manifests, each one a YAML document, with the file it came from.
+    /// Policy manifests, each one a YAML document, with where it came from.
     pub policies: Vec<PolicyDocument>,
-    /// Problems met while reading (a bad file never hides the rest).
+    /// Objects that could not be read (a bad object never hides the rest;
+    /// its last good version, if any, stays in the lists above).
     pub errors: Vec<String>,
 }
 
-/// One policy manifest as found in the datastore.
+/// One policy manifest as found in the datastore (not yet validated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyDocument {
-    /// Where it came from (file path, or `kind/namespace/name`).
+    /// Where it came from (`file#document` for the local datastore,
+    /// `kind/namespace/name` for Kubernetes).
     pub origin: String,
     /// The manifest.
     pub manifest: serde_yaml::Value,
@@ -168,6 +190,111 @@ impl Snapshot {
         self.nodes.iter().find(|n| n.name == name)
     }
 }
+
+/// The kinds of object a datastore holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// [`NodeRecord`].
+    Node,
+    /// [`NamespaceRecord`].
+    Namespace,
+    /// [`PodRecord`].
+    Pod,
+    /// [`EndpointRecord`].
+    Endpoint,
+    /// [`PolicyDocument`] (any policy kind, and tiers).
+    Policy,
+}
+
+impl Kind {
+    /// Lower-case name, as in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Namespace => "namespace",
+            Kind::Pod => "pod",
+            Kind::Endpoint => "endpoint",
+            Kind::Policy => "policy",
+        }
+    }
+}
+
+/// The identity of an object in a datastore: its kind and a name that the
+/// implementation chooses and keeps stable (a file's path relative to the
+/// kind's directory for the local datastore, `namespace/name` or
+/// `kind/namespace/name` for Kubernetes). Consumers treat the name as
+/// opaque and read identities (pod `namespace/name`) from the values.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Kind.
+    pub kind: Kind,
+    /// Name, unique within the kind.
+    pub name: String,
+}
+
+impl Key {
+    /// A key.
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        Key {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.name)
+    }
+}
+
+/// An object's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    /// A node.
+    Node(NodeRecord),
+    /// A namespace.
+    Namespace(NamespaceRecord),
+    /// A pod.
+    Pod(PodRecord),
+    /// An endpoint.
+    Endpoint(EndpointRecord),
+    /// A policy manifest.
+    Policy(PolicyDocument),
+}
+
+impl Resource {
+    /// The kind of the value.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Node(_) => Kind::Node,
+            Resource::Namespace(_) => Kind::Namespace,
+            Resource::Pod(_) => Kind::Pod,
+            Resource::Endpoint(_) => Kind::Endpoint,
+            Resource::Policy(_) => Kind::Policy,
+        }
+    }
+}
+
+pub use veil_api::Issue;
+
+/// What a watch reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The object `key` now has this value (created or changed; also every
+    /// object of the initial listing).
+    Applied(Key, Resource),
+    /// The object `key` is gone (also clears its [`Event::Invalid`]).
+    Deleted(Key),
+    /// The object `key` exists but cannot be read. Its last good value, if
+    /// any, stays; the issue stays until the object is applied or deleted.
+    Invalid(Key, Issue),
+    /// The initial listing is complete: the store now holds the whole state.
+    Synced,
+}
+
+/// The receiving end of a watch. The watch stops when it is dropped.
+pub type EventStream = tokio::sync::mpsc::UnboundedReceiver<Event>;
 
 /// Why a datastore operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,12 +320,22 @@ pub enum DatastoreError {
     /// A name is not usable as a key.
     #[error("datastore: invalid name {0:?}")]
     InvalidName(String),
+    /// The change watch could not be started.
+    #[error("datastore {path}: cannot watch for changes: {error}")]
+    Watch {
+        /// What was being watched.
+        path: String,
+        /// The error (interpolated in the message, so not a `source`).
+        error: notify::Error,
+    },
 }
 
-/// What a node reads from and writes to the cluster's shared state.
+/// What a node reads from the cluster's shared state (a watch) and what it
+/// publishes there (its node record, its endpoints).
 pub trait Datastore: Send + Sync + 'static {
-    /// Reads everything now.
-    fn snapshot(&self) -> Snapshot;
+    /// Starts a watch: an [`Event::Applied`] (or [`Event::Invalid`]) for every
+    /// object, then [`Event::Synced`], then every change as it happens.
+    fn watch(&self) -> Result<EventStream, DatastoreError>;
     /// Creates or replaces this node's record.
     fn put_node(&self, node: &NodeRecord) -> Result<(), DatastoreError>;
     /// Creates or replaces an endpoint record.
@@ -210,10 +347,22 @@ pub trait Datastore: Send + Sync + 'static {
         container_id: &str,
         ifname: &str,
     ) -> Result<(), DatastoreError>;
-    /// Creates or replaces a pod's metadata (used by the lab and tests).
+}
+
+/// Writes that only the lab and the tests make (on a cluster these objects
+/// come from the API server, never from `veild`).
+pub trait DatastoreWriter {
+    /// Creates or replaces a pod's metadata.
     fn put_pod(&self, pod: &PodRecord) -> Result<(), DatastoreError>;
-    /// Creates or replaces a namespace (used by the lab and tests).
+    /// Removes a pod's metadata (absent is success).
+    fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), DatastoreError>;
+    /// Creates or replaces a namespace.
     fn put_namespace(&self, ns: &NamespaceRecord) -> Result<(), DatastoreError>;
+    /// Creates or replaces the policy manifests stored under `name` (one or
+    /// more YAML documents).
+    fn put_policies(&self, name: &str, text: &str) -> Result<(), DatastoreError>;
+    /// Removes the policy manifests stored under `name` (absent is success).
+    fn delete_policies(&self, name: &str) -> Result<(), DatastoreError>;
 }
 
 /// A shared datastore handle.

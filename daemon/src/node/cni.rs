@@ -1,14 +1,12 @@
-//! The daemon's start-up and its CNI methods.
+//! The CNI methods of the socket API (`cni.add`, `cni.commit`, `cni.del`,
+//! `cni.check`, `cni.gc`, `cni.status`): addresses from the endpoint table,
+//! endpoint records published to the datastore, CNI metrics.
 //!
-//! Order: open the endpoint table (state survives restarts), install the base
-//! packet filter (fail closed before anything else), enable forwarding, publish
-//! the node record, start watching the datastore, register the socket methods,
-//! start the parts (WireGuard, flows), serve HTTP, mark ready, serve the socket.
+//! It does not wire pods (the plugin does) nor program the kernel.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,12 +19,9 @@ use veil_api::{
 };
 
 use crate::api::{api_error, ApiRegistry};
-use crate::config::{Config, WG_OVERHEAD};
-use crate::context::NodeContext;
-use crate::datastore::local::{watch, LocalDatastore};
-use crate::datastore::{DatastoreError, EndpointRecord, NodeRecord, SharedDatastore};
+use crate::config::Config;
+use crate::datastore::{EndpointRecord, SharedDatastore, Snapshot};
 use crate::endpoints::{Endpoint, EndpointError, EndpointState, EndpointTable};
-use crate::filter::{render_base, BaseFilter, FilterError, Nft, PacketFilter};
 
 /// Link-local gateway of every pod (answered by proxy ARP on the host veth).
 pub const POD_GATEWAY_V4: &str = "169.254.1.1";
@@ -38,37 +33,6 @@ const CODE_IPAM: u32 = 110;
 /// Error code: state could not be persisted (ours).
 const CODE_STATE: u32 = 111;
 
-/// Why the daemon could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The datastore could not be opened.
-    #[error(transparent)]
-    Datastore(#[from] DatastoreError),
-    /// The endpoint table could not be opened.
-    #[error(transparent)]
-    Endpoints(#[from] EndpointError),
-    /// The base packet filter could not be installed.
-    #[error("installing the base packet filter: {0}")]
-    Filter(#[from] FilterError),
-    /// A socket or listener could not be opened.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being opened.
-        what: String,
-        /// Error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A part failed to start.
-    #[error("starting {part}: {reason}")]
-    Part {
-        /// Which part.
-        part: &'static str,
-        /// Why.
-        reason: String,
-    },
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CniLabels {
     method: String,
@@ -77,14 +41,14 @@ struct CniLabels {
 
 /// Daemon metrics of this module.
 #[derive(Clone, Default)]
-struct NodeMetrics {
+pub(super) struct NodeMetrics {
     cni_requests: Family<CniLabels, Counter>,
     endpoints: Gauge,
     allocated: Gauge,
 }
 
 impl NodeMetrics {
-    fn register(&self, reg: &mut Registry) {
+    pub(super) fn register(&self, reg: &mut Registry) {
         reg.register(
             "veil_cni_requests",
             "CNI requests served, by method and result",
@@ -111,38 +75,10 @@ impl NodeMetrics {
             .inc();
     }
 
-    fn refresh(&self, t: &EndpointTable) {
+    pub(super) fn refresh(&self, t: &EndpointTable) {
         self.endpoints.set(t.list().len() as i64);
         self.allocated.set(t.allocated().len() as i64);
     }
-}
-
-/// The node record this daemon publishes.
-pub fn node_record(config: &Config, annotations: BTreeMap<String, String>) -> NodeRecord {
-    NodeRecord {
-        name: config.node_name.clone(),
-        address: config.node_address,
-        pod_cidrs: vec![config.pod_cidr],
-        labels: config.node_labels.clone(),
-        annotations,
-    }
-}
-
-fn read_mtu(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The MTU of pods and of the tunnel: underlay MTU − WireGuard overhead.
-pub fn pod_mtu(config: &Config) -> u32 {
-    let underlay = config
-        .underlay_mtu
-        .or_else(|| read_mtu(&config.underlay_interface))
-        .unwrap_or(1500);
-    underlay.saturating_sub(WG_OVERHEAD).max(1280)
 }
 
 fn state_err(e: EndpointError) -> ApiError {
@@ -167,14 +103,17 @@ fn valid_id(what: &str, s: &str) -> Result<(), ApiError> {
     }
 }
 
-struct Cni {
-    config: Arc<Config>,
-    datastore: SharedDatastore,
-    endpoints: Arc<EndpointTable>,
-    snapshots: tokio::sync::watch::Receiver<Arc<crate::datastore::Snapshot>>,
-    ready: Arc<AtomicBool>,
-    metrics: NodeMetrics,
-    mtu: u32,
+/// The CNI methods' state.
+pub(super) struct Cni {
+    pub(super) config: Arc<Config>,
+    pub(super) datastore: SharedDatastore,
+    pub(super) endpoints: Arc<EndpointTable>,
+    pub(super) snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub(super) ready: Arc<AtomicBool>,
+    pub(super) metrics: NodeMetrics,
+    pub(super) mtu: u32,
+    /// Told after every change of the endpoint table (the desired state follows it).
+    pub(super) endpoints_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Cni {
@@ -400,7 +339,7 @@ impl Cni {
     }
 }
 
-fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
+pub(super) fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
     macro_rules! method {
         ($name:expr, $req:ty, $f:ident) => {{
             let c = cni.clone();
@@ -411,6 +350,7 @@ fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
                         let r = c.$f(req);
                         c.metrics.count($name, r.is_ok());
                         c.metrics.refresh(&c.endpoints);
+                        c.endpoints_changed.notify_one();
                         r
                     })
                     .await
@@ -430,212 +370,4 @@ fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
         let c = c.clone();
         async move { Ok::<_, ApiError>(c.status()) }
     });
-}
-
-pub use veil_api::{EndpointStatus, NodeStatus};
-
-/// Keeps local endpoints' labels and published records in line with the datastore.
-async fn resync(ctx: NodeContext) {
-    let mut rx = ctx.snapshots.clone();
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        let snap = rx.borrow_and_update().clone();
-        for ep in ctx.endpoints.list() {
-            if let (Some(ns), Some(name)) = (&ep.pod_namespace, &ep.pod_name) {
-                if let Some(p) = snap.pod(ns, name) {
-                    ctx.endpoints.set_labels(ns, name, &p.labels);
-                }
-            }
-            if ep.state == EndpointState::Ready {
-                let published = snap.endpoints.iter().any(|r| {
-                    r.node == ctx.config.node_name
-                        && r.container_id == ep.container_id
-                        && r.ifname == ep.ifname
-                        && r.ips == ep.ips
-                });
-                if !published {
-                    let rec = EndpointRecord {
-                        node: ctx.config.node_name.clone(),
-                        container_id: ep.container_id.clone(),
-                        ifname: ep.ifname.clone(),
-                        pod_namespace: ep.pod_namespace.clone(),
-                        pod_name: ep.pod_name.clone(),
-                        ips: ep.ips.clone(),
-                    };
-                    let _ = ctx.datastore.put_endpoint(&rec);
-                }
-            }
-        }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
-        }
-    }
-}
-
-fn enable_forwarding(config: &Config) {
-    let path = if config.pod_cidr.is_ipv4() {
-        "/proc/sys/net/ipv4/ip_forward"
-    } else {
-        "/proc/sys/net/ipv6/conf/all/forwarding"
-    };
-    if let Err(e) = std::fs::write(path, "1") {
-        tracing::warn!(error = %e, path, "enabling forwarding");
-    }
-}
-
-/// Starts the daemon and runs until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), StartError> {
-    let config = Arc::new(config);
-    let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
-    Nft.apply(&render_base(&BaseFilter {
-        underlay_interface: config.underlay_interface.clone(),
-        cluster_cidr: config.cluster_cidr,
-        pod_cidr: config.pod_cidr,
-    }))?;
-    enable_forwarding(&config);
-
-    let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
-    // Keep annotations other parts published earlier (e.g. the WireGuard key).
-    let previous = datastore
-        .snapshot()
-        .nodes
-        .into_iter()
-        .find(|n| n.name == config.node_name)
-        .map(|n| n.annotations)
-        .unwrap_or_default();
-    datastore.put_node(&node_record(&config, previous))?;
-    let snapshots = watch(datastore.clone(), Duration::from_millis(500));
-
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics = NodeMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    metrics.refresh(&endpoints);
-    let ctx = NodeContext {
-        config: config.clone(),
-        datastore: datastore.clone(),
-        snapshots: snapshots.clone(),
-        endpoints: endpoints.clone(),
-        metrics: Arc::new(Mutex::new(registry)),
-        api: ApiRegistry::default(),
-        routes: Arc::new(Mutex::new(Vec::new())),
-        shutdown: shutdown_rx,
-    };
-    let mtu = pod_mtu(&config);
-    let cni = Arc::new(Cni {
-        config: config.clone(),
-        datastore: datastore.clone(),
-        endpoints: endpoints.clone(),
-        snapshots: snapshots.clone(),
-        ready: ready.clone(),
-        metrics,
-        mtu,
-    });
-    register_cni(&ctx.api, cni);
-    register_status(&ctx, ready.clone(), mtu);
-
-    // Parts started here register their methods, metrics and routes on ctx.
-    let _wireguard = crate::wireguard::start(ctx.clone())
-        .await
-        .map_err(|e| StartError::Part {
-            part: "wireguard",
-            reason: e.to_string(),
-        })?;
-    if let Err(e) = crate::flows::start(&ctx) {
-        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
-    }
-
-    tokio::spawn(resync(ctx.clone()));
-
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| StartError::Io {
-            what: format!("HTTP listener {}", config.http_listen),
-            source,
-        })?;
-    let app = crate::http::router(ctx.clone(), ready.clone());
-    tokio::spawn(async move {
-        if let Err(e) = crate::http::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
-
-    let api_server = ctx.api.clone();
-    let socket = config.socket.clone();
-    // Bind before announcing readiness so a client never races the socket.
-    let serve = tokio::spawn(async move { api_server.serve(&socket).await });
-    ready.store(true, Ordering::SeqCst);
-    tracing::info!(
-        node = %config.node_name,
-        pod_cidr = %config.pod_cidr,
-        socket = %config.socket.display(),
-        http = %config.http_listen,
-        endpoints = endpoints.list().len(),
-        "veild ready"
-    );
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| StartError::Io {
-            what: "SIGTERM handler".into(),
-            source,
-        })?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        r = serve => {
-            let msg = match r {
-                Ok(Ok(())) => "stopped".to_string(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(StartError::Io {
-                what: format!("API socket {}", config.socket.display()),
-                source: std::io::Error::other(msg),
-            });
-        }
-    }
-    tracing::info!("veild stopping");
-    let _ = shutdown_tx.send(true);
-    // Give parts a moment to stop; kernel state (links, routes, filter) stays.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let _ = std::fs::remove_file(&config.socket);
-    Ok(())
-}
-
-fn register_status(ctx: &NodeContext, ready: Arc<AtomicBool>, mtu: u32) {
-    let c = ctx.clone();
-    ctx.api.register(
-        veil_api::method::NODE_STATUS,
-        move |_: serde_json::Value| {
-            let c = c.clone();
-            let ready = ready.clone();
-            async move {
-                let snap = c.snapshots.borrow().clone();
-                Ok::<_, ApiError>(NodeStatus {
-                    node: c.config.node_name.clone(),
-                    address: c.config.node_address.to_string(),
-                    pod_cidr: c.config.pod_cidr.to_string(),
-                    mtu,
-                    ready: ready.load(Ordering::SeqCst),
-                    endpoints: c
-                        .endpoints
-                        .list()
-                        .into_iter()
-                        .map(|e| EndpointStatus {
-                            pod: e.display_name(),
-                            ips: e.ips.iter().map(|i| i.ip().to_string()).collect(),
-                            host_ifname: e.host_ifname.clone(),
-                            state: match e.state {
-                                EndpointState::Pending => "pending".into(),
-                                EndpointState::Ready => "ready".into(),
-                            },
-                        })
-                        .collect(),
-                    datastore_errors: snap.errors.clone(),
-                })
-            }
-        },
-    );
 }

@@ -1,0 +1,250 @@
+//! The daemon's start-up sequence (`run`), split by concern:
+//! [`cni`] (the CNI methods), [`status`] (`node.status`), [`sync`]
+//! (datastore → store → controller → desired state).
+//!
+//! Order: open the endpoint table (state survives restarts), install the base
+//! packet filter (fail closed before anything else), enable forwarding, watch
+//! the datastore (initial listing, controller), publish the node record,
+//! register the socket methods, start the parts (WireGuard, flows), serve
+//! HTTP, mark ready, serve the socket.
+
+mod cni;
+mod status;
+pub mod sync;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+use crate::api::ApiRegistry;
+use crate::config::{Config, WG_OVERHEAD};
+use crate::context::NodeContext;
+use crate::datastore::local::LocalDatastore;
+use crate::datastore::{DatastoreError, NodeRecord, SharedDatastore};
+use crate::endpoints::{EndpointError, EndpointTable};
+use crate::filter::{render_base, BaseFilter, FilterError, Nft, PacketFilter};
+
+pub use cni::POD_GATEWAY_V4;
+pub use status::{EndpointStatus, NodeStatus};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The datastore could not be opened.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    /// The endpoint table could not be opened.
+    #[error(transparent)]
+    Endpoints(#[from] EndpointError),
+    /// The base packet filter could not be installed.
+    #[error("installing the base packet filter: {0}")]
+    Filter(#[from] FilterError),
+    /// A socket or listener could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being opened.
+        what: String,
+        /// Error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A part failed to start.
+    #[error("starting {part}: {reason}")]
+    Part {
+        /// Which part.
+        part: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The node record this daemon publishes.
+pub fn node_record(config: &Config, annotations: BTreeMap<String, String>) -> NodeRecord {
+    NodeRecord {
+        name: config.node_name.clone(),
+        address: config.node_address,
+        pod_cidrs: vec![config.pod_cidr],
+        labels: config.node_labels.clone(),
+        annotations,
+    }
+}
+
+fn read_mtu(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The MTU of pods and of the tunnel: underlay MTU − WireGuard overhead.
+pub fn pod_mtu(config: &Config) -> u32 {
+    let underlay = config
+        .underlay_mtu
+        .or_else(|| read_mtu(&config.underlay_interface))
+        .unwrap_or(1500);
+    underlay.saturating_sub(WG_OVERHEAD).max(1280)
+}
+
+fn enable_forwarding(config: &Config) {
+    let path = if config.pod_cidr.is_ipv4() {
+        "/proc/sys/net/ipv4/ip_forward"
+    } else {
+        "/proc/sys/net/ipv6/conf/all/forwarding"
+    };
+    if let Err(e) = std::fs::write(path, "1") {
+        tracing::warn!(error = %e, path, "enabling forwarding");
+    }
+}
+
+/// Starts the daemon and runs until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
+    Nft.apply(&render_base(&BaseFilter {
+        underlay_interface: config.underlay_interface.clone(),
+        cluster_cidr: config.cluster_cidr,
+        pod_cidr: config.pod_cidr,
+    }))?;
+    enable_forwarding(&config);
+
+    // Watch the datastore: its initial listing is in when `start` returns.
+    let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
+    let endpoints_changed = Arc::new(tokio::sync::Notify::new());
+    let published = sync::start(
+        &datastore,
+        &config.node_name,
+        endpoints.clone(),
+        endpoints_changed.clone(),
+    )
+    .await?;
+    let mut snapshots = published.snapshots.clone();
+    publish_node(&datastore, &config, &mut snapshots).await?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = cni::NodeMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    metrics.refresh(&endpoints);
+    let ctx = NodeContext {
+        config: config.clone(),
+        datastore: datastore.clone(),
+        snapshots: snapshots.clone(),
+        desired: published.desired.clone(),
+        endpoints: endpoints.clone(),
+        metrics: Arc::new(Mutex::new(registry)),
+        api: ApiRegistry::default(),
+        routes: Arc::new(Mutex::new(Vec::new())),
+        shutdown: shutdown_rx,
+    };
+    let mtu = pod_mtu(&config);
+    let cni = Arc::new(cni::Cni {
+        config: config.clone(),
+        datastore: datastore.clone(),
+        endpoints: endpoints.clone(),
+        snapshots: snapshots.clone(),
+        ready: ready.clone(),
+        metrics,
+        mtu,
+        endpoints_changed,
+    });
+    cni::register_cni(&ctx.api, cni);
+    status::register_status(&ctx, published.desired.clone(), ready.clone(), mtu);
+
+    // Parts started here register their methods, metrics and routes on ctx.
+    let _wireguard = crate::wireguard::start(ctx.clone())
+        .await
+        .map_err(|e| StartError::Part {
+            part: "wireguard",
+            reason: e.to_string(),
+        })?;
+    if let Err(e) = crate::flows::start(&ctx) {
+        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
+    }
+
+    tokio::spawn(sync::resync(ctx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("HTTP listener {}", config.http_listen),
+            source,
+        })?;
+    let app = crate::http::router(ctx.clone(), ready.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::http::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    let api_server = ctx.api.clone();
+    let socket = config.socket.clone();
+    // Bind before announcing readiness so a client never races the socket.
+    let serve = tokio::spawn(async move { api_server.serve(&socket).await });
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        node = %config.node_name,
+        pod_cidr = %config.pod_cidr,
+        socket = %config.socket.display(),
+        http = %config.http_listen,
+        endpoints = endpoints.list().len(),
+        "veild ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| StartError::Io {
+            what: "SIGTERM handler".into(),
+            source,
+        })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        r = serve => {
+            let msg = match r {
+                Ok(Ok(())) => "stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(StartError::Io {
+                what: format!("API socket {}", config.socket.display()),
+                source: std::io::Error::other(msg),
+            });
+        }
+    }
+    tracing::info!("veild stopping");
+    let _ = shutdown_tx.send(true);
+    // Give parts a moment to stop; kernel state (links, routes, filter) stays.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Publishes this node's record, keeping the annotations other parts
+/// published earlier (e.g. the WireGuard key), and waits until the watch
+/// shows it, so that the parts started next see their own node.
+async fn publish_node(
+    datastore: &SharedDatastore,
+    config: &Config,
+    snapshots: &mut tokio::sync::watch::Receiver<Arc<crate::datastore::Snapshot>>,
+) -> Result<(), StartError> {
+    let previous = snapshots
+        .borrow()
+        .node(&config.node_name)
+        .map(|n| n.annotations.clone())
+        .unwrap_or_default();
+    let rec = node_record(config, previous);
+    datastore.put_node(&rec)?;
+    let seen = tokio::time::timeout(
+        Duration::from_secs(5),
+        snapshots.wait_for(|s| s.node(&config.node_name) == Some(&rec)),
+    )
+    .await;
+    if !matches!(seen, Ok(Ok(_))) {
+        tracing::warn!(node = %config.node_name, "own node record not seen in the datastore watch after 5 s");
+    }
+    Ok(())
+}
