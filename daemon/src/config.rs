@@ -69,6 +69,10 @@ pub struct Flags {
     /// Directory of the WireGuard UAPI socket.
     #[arg(long, env = "VEIL_WIREGUARD_SOCKET_DIR")]
     pub wireguard_socket_dir: Option<PathBuf>,
+    /// Seconds between reads of the kernel's dataplane state that repair
+    /// drift (default 10).
+    #[arg(long, env = "VEIL_DATAPLANE_RESYNC_SECONDS")]
+    pub dataplane_resync_seconds: Option<u64>,
     /// Log format: plain or json.
     #[arg(long, env = "VEIL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -138,6 +142,8 @@ pub struct Config {
     pub wireguard_rotation: Option<Duration>,
     /// Directory holding `veil-wg.sock`.
     pub wireguard_socket_dir: PathBuf,
+    /// Interval of the dataplane's resync (drift repair).
+    pub dataplane_resync: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
@@ -305,7 +311,15 @@ impl Config {
             .wireguard_rotation_seconds
             .or(c.wireguard_rotation_seconds)
             .unwrap_or(0);
+        let resync = f.dataplane_resync_seconds.unwrap_or(10);
+        if resync == 0 {
+            return Err(ConfigError::Invalid {
+                field: "dataplaneResyncSeconds",
+                reason: "0 is not a positive number of seconds".into(),
+            });
+        }
         Ok(Config {
+            dataplane_resync: Duration::from_secs(resync),
             node_address,
             underlay_interface: f
                 .underlay_interface

@@ -9,12 +9,11 @@
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod dataplane;
 pub mod datastore;
 pub mod endpoints;
-pub mod filter;
 pub mod flows;
 pub mod http;
 pub mod ipam;
-pub mod netns;
 pub mod node;
 pub mod wireguard;
