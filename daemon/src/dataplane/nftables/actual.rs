@@ -1,6 +1,6 @@
 //! What the `inet veil` table holds, in the few terms the diff needs: chains
 //! with their rules' comments (each ends in the rule's hash), sets and maps
-//! with their declaration hash (in their comment) and normalised elements,
+//! with their declaration (type, flags, timeout) and normalised elements,
 //! named counters.
 //!
 //! [`ActualTable::parse`] reads the output of `nft -j list table inet veil`
@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use nftables::expr::Expression;
 use serde_json::Value;
 
-use super::desired::{chains, fnv1a, DesiredTable, NamedSet, NamedVerdictMap, FAIL_CLOSED_COUNTER};
+use super::desired::{chains, DesiredTable, NamedSet, NamedVerdictMap, FAIL_CLOSED_COUNTER};
 
 /// A named set or map as read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualSet {
-    /// Its comment (`veil:<declaration hash>`).
-    pub comment: Option<String>,
+    /// Its declaration (type, flags, timeout) in a canonical text.
+    pub decl: String,
     /// Normalised elements (JSON text; for maps, the `[key, value]` pair).
     pub elements: BTreeSet<String>,
 }
@@ -85,7 +85,7 @@ impl ActualTable {
                         .map(|a| a.iter().map(normalise_value).collect())
                         .unwrap_or_default();
                     let s = ActualSet {
-                        comment: o.get("comment").and_then(Value::as_str).map(str::to_string),
+                        decl: decl_of(kind, o),
                         elements,
                     };
                     if kind == "set" {
@@ -118,8 +118,7 @@ impl ActualTable {
                 .iter()
                 .map(|(n, s)| {
                     let elements = s.elements.iter().map(normalise_expr).collect();
-                    let comment = Some(set_comment(s));
-                    (n.clone(), ActualSet { comment, elements })
+                    (n.clone(), ActualSet { decl: set_decl(s), elements })
                 })
                 .collect(),
             maps: desired
@@ -128,7 +127,7 @@ impl ActualTable {
                 .iter()
                 .map(|(n, m)| {
                     let elements = m.elements.iter().map(|(k, v)| map_elem_key(k, v)).collect();
-                    (n.clone(), ActualSet { comment: Some(map_comment(m)), elements })
+                    (n.clone(), ActualSet { decl: map_decl(m), elements })
                 })
                 .collect(),
             counters: BTreeSet::from([FAIL_CLOSED_COUNTER.to_string()]),
@@ -136,29 +135,40 @@ impl ActualTable {
     }
 }
 
-/// The comment naming a set's declaration (type, flags, timeout).
-pub fn set_comment(s: &NamedSet) -> String {
-    let mut flags: Vec<String> = s.flags.iter().map(|f| format!("{f:?}")).collect();
+fn decl(kind: &str, set_type: Value, mut flags: Vec<String>, timeout: Option<u64>) -> String {
     flags.sort();
-    let decl = format!(
-        "{}|{}|{:?}",
-        serde_json::to_string(&s.set_type).unwrap_or_default(),
-        flags.join(","),
-        s.timeout
-    );
-    format!("veil:{:016x}", fnv1a(decl.as_bytes()))
+    flags.dedup();
+    let timeout = timeout.map_or("-".to_string(), |t| t.to_string());
+    format!("{kind} type={set_type} flags={} timeout={timeout}", flags.join(","))
 }
 
-/// The comment naming a map's declaration (key type, flags).
-pub fn map_comment(m: &NamedVerdictMap) -> String {
-    let mut flags: Vec<String> = m.flags.iter().map(|f| format!("{f:?}")).collect();
-    flags.sort();
-    let decl = format!(
-        "map|{}|{}",
-        serde_json::to_string(&m.key_type).unwrap_or_default(),
-        flags.join(",")
-    );
-    format!("veil:{:016x}", fnv1a(decl.as_bytes()))
+pub(crate) fn decl_of(kind: &str, o: &Value) -> String {
+    let flags = match o.get("flags") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(f)) => vec![f.clone()],
+        _ => Vec::new(),
+    };
+    let timeout = o.get("timeout").and_then(Value::as_u64);
+    decl(kind, o.get("type").cloned().unwrap_or(Value::Null), flags, timeout)
+}
+
+fn flag_names(flags: &[nftables::schema::SetFlag]) -> Vec<String> {
+    flags
+        .iter()
+        .filter_map(|f| serde_json::to_value(f).ok()?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The canonical declaration of a set (as [`ActualTable::parse`] reads it).
+pub fn set_decl(s: &NamedSet) -> String {
+    let ty = serde_json::to_value(&s.set_type).unwrap_or(Value::Null);
+    decl("set", ty, flag_names(&s.flags), s.timeout.map(u64::from))
+}
+
+/// The canonical declaration of a verdict map.
+pub fn map_decl(m: &NamedVerdictMap) -> String {
+    let ty = serde_json::to_value(&m.key_type).unwrap_or(Value::Null);
+    decl("map", ty, flag_names(&m.flags), None)
 }
 
 /// The normalised text of a map element.

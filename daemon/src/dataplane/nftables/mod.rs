@@ -206,8 +206,8 @@ fn fake_exec(t: &mut Option<ActualTable>, cmd: &str, kind: &str, o: &serde_json:
         }
         ("add", "set") | ("add", "map") => {
             let m = if kind == "set" { &mut tab.sets } else { &mut tab.maps };
-            let comment = o.get("comment").and_then(Value::as_str).map(str::to_string);
-            m.entry(name).or_insert(actual::ActualSet { comment, elements: Default::default() });
+            let decl = actual::decl_of(kind, o);
+            m.entry(name).or_insert(actual::ActualSet { decl, elements: Default::default() });
         }
         ("delete", "set") => {
             tab.sets.remove(&name).ok_or("delete: no set")?;

@@ -181,11 +181,11 @@ fn declarations_changed(want: &ActualTable, actual: &ActualTable) -> bool {
     let sets = want
         .sets
         .iter()
-        .any(|(n, s)| actual.sets.get(n).is_some_and(|a| a.comment != s.comment));
+        .any(|(n, s)| actual.sets.get(n).is_some_and(|a| a.decl != s.decl));
     let maps = want
         .maps
         .iter()
-        .any(|(n, s)| actual.maps.get(n).is_some_and(|a| a.comment != s.comment));
+        .any(|(n, s)| actual.maps.get(n).is_some_and(|a| a.decl != s.decl));
     sets || maps || want.sets.keys().any(|n| actual.maps.contains_key(n))
         || want.maps.keys().any(|n| actual.sets.contains_key(n))
 }
@@ -263,7 +263,6 @@ fn declare_sets(
             set_type: s.set_type.clone(),
             flags: flag_set(&s.flags),
             timeout: s.timeout,
-            comment: Some(super::actual::set_comment(s).into()),
             ..set_ref(name)
         })));
     }
@@ -271,7 +270,6 @@ fn declare_sets(
         b.add(NfListObject::Map(Box::new(Map {
             set_type: m.key_type.clone(),
             flags: flag_set(&m.flags),
-            comment: Some(super::actual::map_comment(m).into()),
             ..map_ref(name)
         })));
     }
