@@ -24,11 +24,11 @@ use veil_api::{
 use crate::api::{api_error, ApiRegistry};
 use crate::config::{Config, WG_OVERHEAD};
 use crate::context::NodeContext;
+use crate::dataplane::nftables::{BaseFilter, DesiredTable, FilterError, FlowLogging};
+use crate::dataplane::Filter;
 use crate::datastore::local::{watch, LocalDatastore};
 use crate::datastore::{DatastoreError, EndpointRecord, NodeRecord, SharedDatastore};
 use crate::endpoints::{Endpoint, EndpointError, EndpointState, EndpointTable};
-use crate::dataplane::nftables::{BaseFilter, DesiredTable, FilterError, FlowLogging};
-use crate::dataplane::Filter;
 
 /// Link-local gateway of every pod (answered by proxy ARP on the host veth).
 pub const POD_GATEWAY_V4: &str = "169.254.1.1";

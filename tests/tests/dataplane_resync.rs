@@ -59,7 +59,11 @@ fn resync_restores_a_rule_deleted_by_hand() {
     assert!(tables.contains("table inet veil\n"), "{tables}");
     assert!(!tables.contains("veil_flows"), "{tables}");
     assert!(
-        eventually(Duration::from_secs(10), || !handles(&ns, "flows-prerouting").is_empty()),
+        eventually(Duration::from_secs(10), || !handles(
+            &ns,
+            "flows-prerouting"
+        )
+        .is_empty()),
         "flow-logging chain missing"
     );
 
@@ -67,13 +71,23 @@ fn resync_restores_a_rule_deleted_by_hand() {
     let before = handles(&ns, "forward");
     assert_eq!(before.len(), 3, "{before:?}");
     std::thread::sleep(Duration::from_millis(3500));
-    assert_eq!(handles(&ns, "forward"), before, "resync rewrote an unchanged table");
+    assert_eq!(
+        handles(&ns, "forward"),
+        before,
+        "resync rewrote an unchanged table"
+    );
 
     // Delete the first fail_closed rule by hand.
     let (rule, handle) = before[0].clone();
     assert!(rule.contains("fail_closed"), "{rule}");
-    let out = ns.exec(&["nft", "delete", "rule", "inet", "veil", "forward", "handle", &handle]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ns.exec(&[
+        "nft", "delete", "rule", "inet", "veil", "forward", "handle", &handle,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(handles(&ns, "forward").len(), 2);
 
     assert!(

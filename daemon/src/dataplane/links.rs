@@ -47,7 +47,10 @@ pub struct LinkInfo {
 /// The kernel's links.
 pub trait Links: Send + Sync {
     /// The link `name`, if it exists.
-    fn get(&self, name: &str) -> impl Future<Output = Result<Option<LinkInfo>, NetlinkError>> + Send;
+    fn get(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LinkInfo>, NetlinkError>> + Send;
     /// Sets the MTU, brings the link up and adds `addr` as a host address
     /// (idempotent).
     fn setup(

@@ -87,7 +87,11 @@ impl Filter {
 
     /// Runs the periodic resync until `shutdown`: every `every`, and a second
     /// after a failed apply or resync.
-    pub async fn resync_loop(self, every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn resync_loop(
+        self,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut delay = every;
         loop {
             tokio::select! {

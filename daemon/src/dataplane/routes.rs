@@ -34,9 +34,17 @@ pub trait Routes: Send + Sync {
     /// The main-table routes through link `index`.
     fn list(&self, index: u32) -> impl Future<Output = Result<Vec<Route>, NetlinkError>> + Send;
     /// Adds or replaces `route` through link `index`.
-    fn add(&self, index: u32, route: Route) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn add(
+        &self,
+        index: u32,
+        route: Route,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// Deletes the route to `dst` through link `index`.
-    fn delete(&self, index: u32, dst: IpNetwork) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    fn delete(
+        &self,
+        index: u32,
+        dst: IpNetwork,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
 }
 
 /// Routes through rtnetlink.
@@ -84,7 +92,9 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     let len = m.header.destination_prefix_length;
     let dst = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(a)) => IpNetwork::new((*a).into(), len).ok(),
-        RouteAttribute::Destination(RouteAddress::Inet6(a)) => IpNetwork::new((*a).into(), len).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+            IpNetwork::new((*a).into(), len).ok()
+        }
         _ => None,
     })?;
     let src = m.attributes.iter().find_map(|a| match a {
@@ -169,7 +179,10 @@ impl FakeRoutes {
                 source: rtnetlink::Error::RequestFailed,
             });
         }
-        self.writes.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(what);
         Ok(())
     }
 }
@@ -268,7 +281,10 @@ impl<R: Routes> RouteManager<R> {
             IpNetwork::V6(d) => d.ip().is_unicast_link_local() || d.prefix() == 128,
             IpNetwork::V4(_) => false,
         };
-        for r in actual.iter().filter(|r| !want.contains(r) && !kernel_own(r)) {
+        for r in actual
+            .iter()
+            .filter(|r| !want.contains(r) && !kernel_own(r))
+        {
             if self.desired.contains(&r.dst) {
                 continue; // replaced below with the right source
             }
@@ -349,7 +365,14 @@ mod tests {
         assert_eq!(m.apply().await.unwrap(), RouteChanges::default());
         let c = m.resync().await.unwrap();
         assert_eq!((c.added, c.removed), (1, 1));
-        let held: BTreeSet<IpNetwork> = m.routes.table.lock().unwrap().iter().map(|r| r.dst).collect();
+        let held: BTreeSet<IpNetwork> = m
+            .routes
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.dst)
+            .collect();
         assert_eq!(held, nets(&["10.244.0.0/16", "10.244.2.0/24"]));
     }
 
@@ -360,11 +383,28 @@ mod tests {
         m.on_update(nets(&["10.244.0.0/16", "10.244.2.0/24", "10.244.4.0/24"]));
         *m.routes.fail_next.lock().unwrap() = 1;
         assert!(m.apply().await.is_err());
-        let held: BTreeSet<IpNetwork> = m.routes.table.lock().unwrap().iter().map(|r| r.dst).collect();
+        let held: BTreeSet<IpNetwork> = m
+            .routes
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.dst)
+            .collect();
         assert_eq!(held, nets(&["10.244.0.0/16", "10.244.2.0/24"]));
         let c = m.apply().await.unwrap();
         assert_eq!((c.added, c.removed), (1, 0));
-        let held: BTreeSet<IpNetwork> = m.routes.table.lock().unwrap().iter().map(|r| r.dst).collect();
-        assert_eq!(held, nets(&["10.244.0.0/16", "10.244.2.0/24", "10.244.4.0/24"]));
+        let held: BTreeSet<IpNetwork> = m
+            .routes
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.dst)
+            .collect();
+        assert_eq!(
+            held,
+            nets(&["10.244.0.0/16", "10.244.2.0/24", "10.244.4.0/24"])
+        );
     }
 }

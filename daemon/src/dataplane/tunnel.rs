@@ -118,8 +118,10 @@ impl Tunnel for LinuxTunnel {
             fds.push(tun_open_queue(name)?);
         }
         tun_set_persist(fds[0].as_raw_fd(), true)?;
-        let offloads =
-            offload != 0 && fds.iter().all(|t| tun_set_offload(t.as_raw_fd(), offload).is_ok());
+        let offloads = offload != 0
+            && fds
+                .iter()
+                .all(|t| tun_set_offload(t.as_raw_fd(), offload).is_ok());
         if !offloads {
             for t in &fds {
                 let _ = tun_set_offload(t.as_raw_fd(), 0);

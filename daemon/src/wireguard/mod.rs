@@ -669,7 +669,11 @@ impl Manager {
         match routes.apply().await {
             Ok(c) => {
                 if c.added + c.removed > 0 {
-                    tracing::info!(added = c.added, removed = c.removed, "wireguard: routes updated");
+                    tracing::info!(
+                        added = c.added,
+                        removed = c.removed,
+                        "wireguard: routes updated"
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "wireguard: routes"),

@@ -75,7 +75,10 @@ impl ActualTable {
                 "rule" => {
                     let chain = o.get("chain").and_then(Value::as_str).unwrap_or_default();
                     let comment = o.get("comment").and_then(Value::as_str).map(str::to_string);
-                    out.chains.entry(chain.to_string()).or_default().push(comment);
+                    out.chains
+                        .entry(chain.to_string())
+                        .or_default()
+                        .push(comment);
                 }
                 "set" | "map" => {
                     let Some(n) = name(o) else { continue };
@@ -118,7 +121,13 @@ impl ActualTable {
                 .iter()
                 .map(|(n, s)| {
                     let elements = s.elements.iter().map(normalise_expr).collect();
-                    (n.clone(), ActualSet { decl: set_decl(s), elements })
+                    (
+                        n.clone(),
+                        ActualSet {
+                            decl: set_decl(s),
+                            elements,
+                        },
+                    )
                 })
                 .collect(),
             maps: desired
@@ -127,7 +136,13 @@ impl ActualTable {
                 .iter()
                 .map(|(n, m)| {
                     let elements = m.elements.iter().map(|(k, v)| map_elem_key(k, v)).collect();
-                    (n.clone(), ActualSet { decl: map_decl(m), elements })
+                    (
+                        n.clone(),
+                        ActualSet {
+                            decl: map_decl(m),
+                            elements,
+                        },
+                    )
                 })
                 .collect(),
             counters: BTreeSet::from([FAIL_CLOSED_COUNTER.to_string()]),
@@ -139,17 +154,29 @@ fn decl(kind: &str, set_type: Value, mut flags: Vec<String>, timeout: Option<u64
     flags.sort();
     flags.dedup();
     let timeout = timeout.map_or("-".to_string(), |t| t.to_string());
-    format!("{kind} type={set_type} flags={} timeout={timeout}", flags.join(","))
+    format!(
+        "{kind} type={set_type} flags={} timeout={timeout}",
+        flags.join(",")
+    )
 }
 
 pub(crate) fn decl_of(kind: &str, o: &Value) -> String {
     let flags = match o.get("flags") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
         Some(Value::String(f)) => vec![f.clone()],
         _ => Vec::new(),
     };
     let timeout = o.get("timeout").and_then(Value::as_u64);
-    decl(kind, o.get("type").cloned().unwrap_or(Value::Null), flags, timeout)
+    decl(
+        kind,
+        o.get("type").cloned().unwrap_or(Value::Null),
+        flags,
+        timeout,
+    )
 }
 
 fn flag_names(flags: &[nftables::schema::SetFlag]) -> Vec<String> {

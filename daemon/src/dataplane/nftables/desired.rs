@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ipnetwork::IpNetwork;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT};
+use nftables::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
+};
 use nftables::schema::{SetFlag, SetTypeValue};
 use nftables::stmt::{Counter, JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfHook};
@@ -181,13 +183,21 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             "input" => PolicyHook::Input,
             _ => PolicyHook::Output,
         };
-        if let Some(extra) = desired.policy.hooks.get(&hook_kind).filter(|r| !r.is_empty()) {
+        if let Some(extra) = desired
+            .policy
+            .hooks
+            .get(&hook_kind)
+            .filter(|r| !r.is_empty())
+        {
             rules.push(rule(
-                vec![match_(
-                    ct("state"),
-                    Expression::List(vec![str_("established"), str_("related")]),
-                    Operator::IN,
-                ), Statement::Accept(None)],
+                vec![
+                    match_(
+                        ct("state"),
+                        Expression::List(vec![str_("established"), str_("related")]),
+                        Operator::IN,
+                    ),
+                    Statement::Accept(None),
+                ],
                 "established and related connections before policy",
             ));
             rules.extend(extra.iter().map(render_rule));
@@ -217,7 +227,11 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
         let mut pre = vec![rule(new_counter(), "make the kernel track new connections")];
         pre.push(rule(
             vec![
-                match_(payload("udp", "sport"), Expression::Number(53), Operator::EQ),
+                match_(
+                    payload("udp", "sport"),
+                    Expression::Number(53),
+                    Operator::EQ,
+                ),
                 Statement::Log(Some(Log::new(Some(u32::from(f.dns_nflog_group))))),
             ],
             "DNS answers to the flow collector",
@@ -260,9 +274,25 @@ pub const RESERVED_CHAINS: [&str; 6] = [
 ];
 
 fn base_rules(b: &BaseFilter) -> BTreeMap<&'static str, Vec<RenderedRule>> {
-    let ip = if b.cluster_cidr.is_ipv4() { "ip" } else { "ip6" };
-    let under = || match_(meta(MetaKey::Oifname), str_(&b.underlay_interface), Operator::EQ);
-    let from_under = || match_(meta(MetaKey::Iifname), str_(&b.underlay_interface), Operator::EQ);
+    let ip = if b.cluster_cidr.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    };
+    let under = || {
+        match_(
+            meta(MetaKey::Oifname),
+            str_(&b.underlay_interface),
+            Operator::EQ,
+        )
+    };
+    let from_under = || {
+        match_(
+            meta(MetaKey::Iifname),
+            str_(&b.underlay_interface),
+            Operator::EQ,
+        )
+    };
     let addr = |field: &str, net: IpNetwork, op| match_(payload(ip, field), prefix(net), op);
     let fail_closed = || Statement::Counter(Counter::Named(FAIL_CLOSED_COUNTER.into()));
     let drop = || Statement::Drop(None);
@@ -271,7 +301,12 @@ fn base_rules(b: &BaseFilter) -> BTreeMap<&'static str, Vec<RenderedRule>> {
             "forward",
             vec![
                 rule(
-                    vec![under(), addr("daddr", b.cluster_cidr, Operator::EQ), fail_closed(), drop()],
+                    vec![
+                        under(),
+                        addr("daddr", b.cluster_cidr, Operator::EQ),
+                        fail_closed(),
+                        drop(),
+                    ],
                     "pod traffic between nodes only through veil-wg",
                 ),
                 rule(
@@ -284,7 +319,12 @@ fn base_rules(b: &BaseFilter) -> BTreeMap<&'static str, Vec<RenderedRule>> {
                     "replies to pods' masqueraded connections",
                 ),
                 rule(
-                    vec![from_under(), addr("daddr", b.cluster_cidr, Operator::EQ), fail_closed(), drop()],
+                    vec![
+                        from_under(),
+                        addr("daddr", b.cluster_cidr, Operator::EQ),
+                        fail_closed(),
+                        drop(),
+                    ],
                     "no clear pod traffic from the underlay",
                 ),
             ],
@@ -292,14 +332,24 @@ fn base_rules(b: &BaseFilter) -> BTreeMap<&'static str, Vec<RenderedRule>> {
         (
             "output",
             vec![rule(
-                vec![under(), addr("daddr", b.cluster_cidr, Operator::EQ), fail_closed(), drop()],
+                vec![
+                    under(),
+                    addr("daddr", b.cluster_cidr, Operator::EQ),
+                    fail_closed(),
+                    drop(),
+                ],
                 "node to remote pods only through veil-wg",
             )],
         ),
         (
             "input",
             vec![rule(
-                vec![from_under(), addr("saddr", b.cluster_cidr, Operator::EQ), fail_closed(), drop()],
+                vec![
+                    from_under(),
+                    addr("saddr", b.cluster_cidr, Operator::EQ),
+                    fail_closed(),
+                    drop(),
+                ],
                 "no clear pod traffic from the underlay",
             )],
         ),
@@ -350,7 +400,11 @@ pub fn flag_set(flags: &[SetFlag]) -> Option<HashSet<SetFlag>> {
     (!flags.is_empty()).then(|| flags.iter().copied().collect())
 }
 
-fn match_(left: Expression<'static>, right: Expression<'static>, op: Operator) -> Statement<'static> {
+fn match_(
+    left: Expression<'static>,
+    right: Expression<'static>,
+    op: Operator,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
@@ -363,10 +417,12 @@ fn meta(key: MetaKey) -> Expression<'static> {
 }
 
 fn payload(protocol: &str, field: &str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.to_string().into(),
-        field: field.to_string().into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.to_string().into(),
+            field: field.to_string().into(),
+        },
+    )))
 }
 
 fn ct(key: &str) -> Expression<'static> {

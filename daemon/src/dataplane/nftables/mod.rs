@@ -165,9 +165,18 @@ impl FakeFilter {
     }
 }
 
-fn fake_exec(t: &mut Option<ActualTable>, cmd: &str, kind: &str, o: &serde_json::Value) -> Result<(), String> {
+fn fake_exec(
+    t: &mut Option<ActualTable>,
+    cmd: &str,
+    kind: &str,
+    o: &serde_json::Value,
+) -> Result<(), String> {
     use serde_json::Value;
-    let name = o.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = o
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if kind == "table" {
         match cmd {
             "add" => {
@@ -178,7 +187,9 @@ fn fake_exec(t: &mut Option<ActualTable>, cmd: &str, kind: &str, o: &serde_json:
         }
         return Ok(());
     }
-    let tab = t.as_mut().ok_or_else(|| format!("{cmd} {kind}: no table"))?;
+    let tab = t
+        .as_mut()
+        .ok_or_else(|| format!("{cmd} {kind}: no table"))?;
     let elems = || -> Vec<String> {
         o.get("elem")
             .and_then(Value::as_array)
@@ -202,12 +213,22 @@ fn fake_exec(t: &mut Option<ActualTable>, cmd: &str, kind: &str, o: &serde_json:
         ("add", "rule") => {
             let chain = o.get("chain").and_then(Value::as_str).unwrap_or_default();
             let comment = o.get("comment").and_then(Value::as_str).map(str::to_string);
-            tab.chains.get_mut(chain).ok_or("add rule: no chain")?.push(comment);
+            tab.chains
+                .get_mut(chain)
+                .ok_or("add rule: no chain")?
+                .push(comment);
         }
         ("add", "set") | ("add", "map") => {
-            let m = if kind == "set" { &mut tab.sets } else { &mut tab.maps };
+            let m = if kind == "set" {
+                &mut tab.sets
+            } else {
+                &mut tab.maps
+            };
             let decl = actual::decl_of(kind, o);
-            m.entry(name).or_insert(actual::ActualSet { decl, elements: Default::default() });
+            m.entry(name).or_insert(actual::ActualSet {
+                decl,
+                elements: Default::default(),
+            });
         }
         ("delete", "set") => {
             tab.sets.remove(&name).ok_or("delete: no set")?;
@@ -216,7 +237,11 @@ fn fake_exec(t: &mut Option<ActualTable>, cmd: &str, kind: &str, o: &serde_json:
             tab.maps.remove(&name).ok_or("delete: no map")?;
         }
         ("add", "element") => {
-            let s = tab.sets.get_mut(&name).or(tab.maps.get_mut(&name)).ok_or("add element: no set")?;
+            let s = tab
+                .sets
+                .get_mut(&name)
+                .or(tab.maps.get_mut(&name))
+                .ok_or("add element: no set")?;
             s.elements.extend(elems());
         }
         ("delete", "element") => {
@@ -252,8 +277,14 @@ impl PacketFilter for FakeFilter {
         let v = plan::to_json(batch).map_err(FilterError::Json)?;
         let mut t = s.table.clone();
         for c in v["nftables"].as_array().into_iter().flatten() {
-            let (cmd, inner) = c.as_object().and_then(|m| m.iter().next()).ok_or_else(|| FilterError::Refused("fake: not a command".into()))?;
-            let (kind, o) = inner.as_object().and_then(|m| m.iter().next()).ok_or_else(|| FilterError::Refused("fake: no object".into()))?;
+            let (cmd, inner) = c
+                .as_object()
+                .and_then(|m| m.iter().next())
+                .ok_or_else(|| FilterError::Refused("fake: not a command".into()))?;
+            let (kind, o) = inner
+                .as_object()
+                .and_then(|m| m.iter().next())
+                .ok_or_else(|| FilterError::Refused("fake: no object".into()))?;
             fake_exec(&mut t, cmd, kind, o).map_err(FilterError::Refused)?;
         }
         s.table = t;

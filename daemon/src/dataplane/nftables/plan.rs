@@ -17,13 +17,16 @@ use std::collections::BTreeSet;
 use nftables::batch::Batch;
 use nftables::expr::Expression;
 use nftables::schema::{
-    Chain, Counter, Element, FlushObject, Map, NfCmd, NfListObject, Nftables, Rule, Set,
-    SetTypeValue, SetType, Table,
+    Chain, Counter, Element, FlushObject, Map, NfCmd, NfListObject, Nftables, Rule, Set, SetType,
+    SetTypeValue, Table,
 };
 use nftables::types::NfFamily;
 
 use super::actual::{element_expr, map_elem_key, normalise_expr, ActualTable};
-use super::desired::{chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, FAIL_CLOSED_COUNTER, RESERVED_CHAINS, TABLE};
+use super::desired::{
+    chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, FAIL_CLOSED_COUNTER, RESERVED_CHAINS,
+    TABLE,
+};
 
 /// A desired table that cannot be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +49,12 @@ pub fn validate(desired: &DesiredTable) -> Result<(), PlanError> {
     {
         return Err(PlanError::ReservedChain(c.clone()));
     }
-    if let Some(n) = desired.policy.sets.keys().find(|n| desired.policy.maps.contains_key(*n)) {
+    if let Some(n) = desired
+        .policy
+        .sets
+        .keys()
+        .find(|n| desired.policy.maps.contains_key(*n))
+    {
         return Err(PlanError::DuplicateName(n.clone()));
     }
     Ok(())
@@ -115,7 +123,9 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
     // Map elements whose key went or whose verdict changed go first: a chain
     // they jump to may be deleted below.
     for (name, m) in &desired.policy.maps {
-        let Some(have) = actual.maps.get(name) else { continue };
+        let Some(have) = actual.maps.get(name) else {
+            continue;
+        };
         let want_elems = &want.maps[name].elements;
         let del: Vec<_> = have
             .elements
@@ -161,7 +171,11 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
             delete_elements(&mut b, name, del);
         }
     }
-    let gone: Vec<&String> = actual.chains.keys().filter(|c| !specs.contains_key(*c)).collect();
+    let gone: Vec<&String> = actual
+        .chains
+        .keys()
+        .filter(|c| !specs.contains_key(*c))
+        .collect();
     for c in &gone {
         b.add_cmd(NfCmd::Flush(FlushObject::Chain(named_chain(c))));
     }
@@ -186,7 +200,8 @@ fn declarations_changed(want: &ActualTable, actual: &ActualTable) -> bool {
         .maps
         .iter()
         .any(|(n, s)| actual.maps.get(n).is_some_and(|a| a.decl != s.decl));
-    sets || maps || want.sets.keys().any(|n| actual.maps.contains_key(n))
+    sets || maps
+        || want.sets.keys().any(|n| actual.maps.contains_key(n))
         || want.maps.keys().any(|n| actual.sets.contains_key(n))
 }
 
@@ -258,7 +273,12 @@ fn declare_sets(
     have_sets: &BTreeSet<String>,
     have_maps: &BTreeSet<String>,
 ) {
-    for (name, s) in desired.policy.sets.iter().filter(|(n, _)| !have_sets.contains(*n)) {
+    for (name, s) in desired
+        .policy
+        .sets
+        .iter()
+        .filter(|(n, _)| !have_sets.contains(*n))
+    {
         b.add(NfListObject::Set(Box::new(Set {
             set_type: s.set_type.clone(),
             flags: flag_set(&s.flags),
@@ -266,7 +286,12 @@ fn declare_sets(
             ..set_ref(name)
         })));
     }
-    for (name, m) in desired.policy.maps.iter().filter(|(n, _)| !have_maps.contains(*n)) {
+    for (name, m) in desired
+        .policy
+        .maps
+        .iter()
+        .filter(|(n, _)| !have_maps.contains(*n))
+    {
         b.add(NfListObject::Map(Box::new(Map {
             set_type: m.key_type.clone(),
             flags: flag_set(&m.flags),

@@ -25,10 +25,12 @@ fn addr(s: &str) -> Expression<'static> {
 
 fn daddr_in(set: &str) -> Statement<'static> {
     Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-            protocol: "ip".into(),
-            field: "daddr".into(),
-        }))),
+        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: "ip".into(),
+                field: "daddr".into(),
+            },
+        ))),
         right: Expression::String(format!("@{set}").into()),
         op: Operator::EQ,
     })
@@ -102,7 +104,10 @@ fn golden(name: &str, got: &serde_json::Value) {
         std::fs::write(&path, &got).unwrap();
     }
     let want = std::fs::read_to_string(&path).expect("golden file (VEIL_UPDATE_GOLDEN=1)");
-    assert_eq!(got, want, "refresh with VEIL_UPDATE_GOLDEN=1 and review the diff");
+    assert_eq!(
+        got, want,
+        "refresh with VEIL_UPDATE_GOLDEN=1 and review the diff"
+    );
 }
 
 #[test]
@@ -176,9 +181,19 @@ fn drift_is_repaired_by_resync() {
     assert!(m.resync().unwrap());
     assert_eq!(fake.table(), want);
     let b = &fake.batches()[1]["nftables"];
-    let cmds: Vec<String> = b.as_array().unwrap().iter().map(|c| c.to_string()).collect();
-    assert!(cmds.iter().any(|c| c.starts_with(r#"{"flush":{"chain""#) && c.contains(r#""name":"forward""#)));
-    assert!(cmds.iter().all(|c| !c.contains(r#""table":{"#)), "no table replace: {cmds:?}");
+    let cmds: Vec<String> = b
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert!(cmds
+        .iter()
+        .any(|c| c.starts_with(r#"{"flush":{"chain""#) && c.contains(r#""name":"forward""#)));
+    assert!(
+        cmds.iter().all(|c| !c.contains(r#""table":{"#)),
+        "no table replace: {cmds:?}"
+    );
 }
 
 #[test]
@@ -213,7 +228,8 @@ fn element_changes_are_element_adds_and_deletes() {
     let mut m = TableManager::new(fake.clone(), desired(policy()));
     m.apply().unwrap();
     let mut p = policy();
-    p.sets.get_mut("sel-frontend").unwrap().elements = vec![addr("10.244.1.5/32"), addr("10.244.3.7/32")];
+    p.sets.get_mut("sel-frontend").unwrap().elements =
+        vec![addr("10.244.1.5/32"), addr("10.244.3.7/32")];
     m.on_update(desired(p));
     assert!(m.apply().unwrap());
     let b = fake.batches()[1]["nftables"].clone();
@@ -233,7 +249,8 @@ fn changed_chain_is_flushed_and_refilled_in_one_batch() {
     let mut m = TableManager::new(fake.clone(), desired(policy()));
     m.apply().unwrap();
     let mut p = policy();
-    p.chains.get_mut("ep-veth1-in").unwrap()[1] = rule(vec![Statement::Reject(None)], "default deny");
+    p.chains.get_mut("ep-veth1-in").unwrap()[1] =
+        rule(vec![Statement::Reject(None)], "default deny");
     m.on_update(desired(p));
     assert!(m.apply().unwrap());
     let b = fake.batches()[1]["nftables"].clone();
@@ -241,7 +258,10 @@ fn changed_chain_is_flushed_and_refilled_in_one_batch() {
     assert_eq!(cmds.len(), 3, "{b}");
     assert_eq!(cmds[0]["flush"]["chain"]["name"], "ep-veth1-in");
     assert_eq!(cmds[1]["add"]["rule"]["chain"], "ep-veth1-in");
-    assert_eq!(cmds[2]["add"]["rule"]["expr"][0]["reject"], serde_json::Value::Null);
+    assert_eq!(
+        cmds[2]["add"]["rule"]["expr"][0]["reject"],
+        serde_json::Value::Null
+    );
     assert_eq!(fake.table(), Some(ActualTable::expected(m.desired())));
 }
 
@@ -254,13 +274,20 @@ fn chains_and_sets_no_longer_desired_go_after_what_jumps_to_them() {
     assert!(m.apply().unwrap());
     let b = fake.batches()[1]["nftables"].clone();
     let pos = |pred: &dyn Fn(&serde_json::Value) -> bool| {
-        b.as_array().unwrap().iter().position(|c| pred(c)).unwrap_or_else(|| panic!("{b}"))
+        b.as_array()
+            .unwrap()
+            .iter()
+            .position(|c| pred(c))
+            .unwrap_or_else(|| panic!("{b}"))
     };
     let refill_forward = pos(&|c| c["flush"]["chain"]["name"] == "forward");
     let drop_map = pos(&|c| c["delete"]["map"]["name"] == "to-endpoint");
     let drop_chain = pos(&|c| c["delete"]["chain"]["name"] == "ep-veth1-in");
     let drop_set = pos(&|c| c["delete"]["set"]["name"] == "sel-frontend");
-    assert!(refill_forward < drop_chain && drop_map > drop_chain && drop_set > drop_chain, "{b}");
+    assert!(
+        refill_forward < drop_chain && drop_map > drop_chain && drop_set > drop_chain,
+        "{b}"
+    );
     assert_eq!(fake.table(), Some(ActualTable::expected(m.desired())));
 }
 
@@ -270,7 +297,11 @@ fn changed_set_declaration_replaces_the_whole_table() {
     let mut m = TableManager::new(fake.clone(), desired(policy()));
     m.apply().unwrap();
     let mut p = policy();
-    p.sets.get_mut("sel-frontend").unwrap().flags.push(SetFlag::Timeout);
+    p.sets
+        .get_mut("sel-frontend")
+        .unwrap()
+        .flags
+        .push(SetFlag::Timeout);
     m.on_update(desired(p));
     assert!(m.apply().unwrap());
     assert!(fake.batches()[1]["nftables"][1]["delete"]["table"].is_object());
@@ -303,7 +334,10 @@ fn reading_back_keeps_only_our_table() {
     ]}"#;
     let t = ActualTable::parse(json, "veil").unwrap();
     assert_eq!(t.chains.len(), 1);
-    assert_eq!(t.chains["forward"], vec![Some("a [veil:1]".to_string()), None]);
+    assert_eq!(
+        t.chains["forward"],
+        vec![Some("a [veil:1]".to_string()), None]
+    );
     assert!(t.counters.contains("fail_closed"));
     let s = &t.sets["s"];
     let want = NamedSet {
@@ -313,8 +347,12 @@ fn reading_back_keeps_only_our_table() {
         elements: vec![],
     };
     assert_eq!(s.decl, actual::set_decl(&want));
-    assert!(s.elements.contains(r#"{"prefix":{"addr":"10.0.0.0","len":8}}"#));
+    assert!(s
+        .elements
+        .contains(r#"{"prefix":{"addr":"10.0.0.0","len":8}}"#));
     assert!(s.elements.contains(r#""10.1.0.1""#));
-    assert!(t.maps["m"].elements.contains(r#"["veth1",{"jump":{"target":"c"}}]"#));
+    assert!(t.maps["m"]
+        .elements
+        .contains(r#"["veth1",{"jump":{"target":"c"}}]"#));
     assert!(ActualTable::parse("not json", "veil").is_err());
 }
