@@ -288,9 +288,7 @@ impl<R: Routes> RouteManager<R> {
             if self.desired.contains(&r.dst) {
                 continue; // replaced below with the right source
             }
-            if let Err(e) = self.routes.delete(self.index, r.dst).await {
-                return Err(e);
-            }
+            self.routes.delete(self.index, r.dst).await?;
             held.remove(r);
             changes.removed += 1;
         }

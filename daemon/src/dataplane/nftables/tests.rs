@@ -277,7 +277,7 @@ fn chains_and_sets_no_longer_desired_go_after_what_jumps_to_them() {
         b.as_array()
             .unwrap()
             .iter()
-            .position(|c| pred(c))
+            .position(pred)
             .unwrap_or_else(|| panic!("{b}"))
     };
     let refill_forward = pos(&|c| c["flush"]["chain"]["name"] == "forward");
