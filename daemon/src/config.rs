@@ -72,6 +72,10 @@ pub struct Flags {
     /// Directory of the WireGuard UAPI socket.
     #[arg(long, env = "VEIL_WIREGUARD_SOCKET_DIR")]
     pub wireguard_socket_dir: Option<PathBuf>,
+    /// Seconds between reads of the kernel's dataplane state that repair
+    /// drift (default 10).
+    #[arg(long, env = "VEIL_DATAPLANE_RESYNC_SECONDS")]
+    pub dataplane_resync_seconds: Option<u64>,
     /// Log format: plain or json.
     #[arg(long, env = "VEIL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -183,6 +187,8 @@ pub struct Config {
     pub wireguard_rotation: Option<Duration>,
     /// Directory holding `veil-wg.sock`.
     pub wireguard_socket_dir: PathBuf,
+    /// Interval of the dataplane's resync (drift repair).
+    pub dataplane_resync: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
@@ -397,6 +403,13 @@ impl Config {
             .wireguard_rotation_seconds
             .or(c.wireguard_rotation_seconds)
             .unwrap_or(0);
+        let resync = f.dataplane_resync_seconds.unwrap_or(10);
+        if resync == 0 {
+            return Err(ConfigError::Invalid {
+                field: "dataplaneResyncSeconds",
+                reason: "0 is not a positive number of seconds".into(),
+            });
+        }
         let wireguard_tuning = WireguardTuning {
             no_offload: f.wg_no_offload.or(c.wg_no_offload).unwrap_or(false),
             no_gso: f.wg_no_gso.or(c.wg_no_gso).unwrap_or(false),
@@ -404,6 +417,7 @@ impl Config {
             no_coalesce: f.wg_no_coalesce.or(c.wg_no_coalesce).unwrap_or(false),
         };
         Ok(Config {
+            dataplane_resync: Duration::from_secs(resync),
             flows,
             wireguard_tuning,
             node_address,

@@ -2,7 +2,7 @@
 //!
 //! `veild` owns the node's pod CIDR, IP allocation and endpoint table, serves the
 //! CNI plugin and `veilctl` on a unix socket, publishes the node to the datastore,
-//! keeps the node's base packet filter (fail-closed), runs the WireGuard datapath
+//! keeps the node's kernel state through `dataplane` (the fail-closed `inet veil` table first), runs the WireGuard datapath
 //! and the flow collector, and serves `/metrics`, `/healthz`, `/readyz` and the
 //! graph API over HTTP. The data flow: `datastore` (watch → keyed store) →
 //! `controller` (pure: WireGuard peers, the policy program compiled with
@@ -13,13 +13,12 @@ pub mod api;
 pub mod config;
 pub mod context;
 pub mod controller;
+pub mod dataplane;
 pub mod datastore;
 pub mod endpoints;
-pub mod filter;
 pub mod flows;
 pub mod fsutil;
 pub mod http;
 pub mod ipam;
-pub mod netns;
 pub mod node;
 pub mod wireguard;

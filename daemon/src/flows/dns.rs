@@ -1,6 +1,6 @@
 //! External hosts by the DNS name they were resolved from: DNS responses
 //! crossing the node (UDP source port 53, copied to NFLOG group
-//! [`NFLOG_GROUP`] by a rule of the `inet veil_flows` table) are parsed, and
+//! [`NFLOG_GROUP`] by a rule of the dataplane's `inet veil` table) are parsed, and
 //! each A/AAAA answer teaches the address book that the address is
 //! `external:<queried name>`. A DNS proxy, when there is one, can call
 //! [`super::Flows::learn_dns`] directly instead.

@@ -18,7 +18,7 @@
 //! - Metric labels are workloads, namespaces, port, protocol and verdict,
 //!   never addresses or pod names; the series are bounded by the graph's
 //!   edge cap and edges idle for 15 minutes are forgotten.
-//! - Accounting (`nf_conntrack_acct`) and the nftables table that makes
+//! - Accounting (`nf_conntrack_acct`) and the dataplane's rules that make
 //!   conntrack track the namespace are set in the daemon's namespace only,
 //!   and never in the machine's initial namespace unless
 //!   `VEIL_FLOW_HOST_NETNS=1` says the daemon owns the host (hostNetwork).
@@ -128,6 +128,9 @@ impl FlowOptions {
 pub struct FlowHandle {
     /// The node's flows.
     pub flows: Arc<Flows>,
+    /// The collector wants the dataplane's flow-logging rules (connection
+    /// tracking, DNS answers to NFLOG group [`dns::NFLOG_GROUP`]).
+    pub track_connections: bool,
 }
 
 fn resolver_of(ctx: &NodeContext, networks: &[NamedNetwork]) -> Resolver {
@@ -162,72 +165,19 @@ fn in_initial_netns() -> bool {
     !named
 }
 
-/// The nftables table whose `ct` expressions make the kernel track the
-/// namespace's connections (conntrack is off in a namespace nobody asks it of).
-const CONNTRACK_TABLE: &str = "table inet veil_flows {
-  chain prerouting {
-    type filter hook prerouting priority -150; policy accept;
-    ct state new counter
-  }
-  chain output {
-    type filter hook output priority -150; policy accept;
-    ct state new counter
-  }
-}
-";
-
-/// Turns on conntrack accounting and tracking in the current namespace.
-fn prepare_namespace(opts: &FlowOptions) {
+/// Turns on conntrack accounting in the current namespace, and says whether
+/// the collector wants the dataplane's flow-logging rules (`ct state new`
+/// tracking, DNS answers to NFLOG) in `inet veil`: not in the machine's
+/// initial namespace unless asked.
+fn prepare_namespace(opts: &FlowOptions) -> bool {
     if in_initial_netns() && !opts.host_netns {
         tracing::warn!("flow collector in the machine's initial network namespace: not enabling conntrack accounting nor tracking (set VEIL_FLOW_HOST_NETNS=1 when veild owns the host)");
-        return;
+        return false;
     }
     if let Err(e) = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1") {
         tracing::warn!(error = %e, "cannot enable conntrack accounting: byte counts will be zero");
     }
-    let run = |args: &[&str], stdin: Option<&str>| -> Result<(), String> {
-        use std::io::Write;
-        let mut c = std::process::Command::new("nft");
-        c.args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().map_err(|e| e.to_string())?;
-        if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-            let _ = i.write_all(s.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    };
-    let _ = run(&["delete", "table", "inet", "veil_flows"], None);
-    if let Err(e) = run(&["-f", "-"], Some(CONNTRACK_TABLE)) {
-        tracing::warn!(error = %e, "cannot install the conntrack table inet veil_flows: flows may not be seen");
-        return;
-    }
-    // DNS responses to NFLOG, to name external hosts (apart: NFLOG may be missing).
-    let group = dns::NFLOG_GROUP.to_string();
-    if let Err(e) = run(
-        &[
-            "add",
-            "rule",
-            "inet",
-            "veil_flows",
-            "prerouting",
-            "udp",
-            "sport",
-            "53",
-            "log",
-            "group",
-            &group,
-        ],
-        None,
-    ) {
-        tracing::warn!(error = %e, "cannot copy DNS responses to NFLOG: external hosts are not named by DNS");
-    }
+    true
 }
 
 /// Starts the collector with the options of the daemon's configuration
@@ -243,7 +193,7 @@ pub fn start(ctx: &NodeContext) -> Result<FlowHandle, FlowError> {
 /// routes, socket methods and metrics on `ctx`, and runs the collector thread
 /// until `ctx.shutdown`.
 pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, FlowError> {
-    prepare_namespace(&opts);
+    let track_connections = prepare_namespace(&opts);
     let source = NetlinkConntrack::open(opts.receive_buffer)?;
     tracing::info!(
         receive_buffer = source.receive_buffer(),
@@ -292,7 +242,10 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
         .name("veil-flows-dns".into())
         .spawn(move || dns::run(f3, || *shutdown.borrow()))
         .map_err(FlowError::Thread)?;
-    Ok(FlowHandle { flows })
+    Ok(FlowHandle {
+        flows,
+        track_connections,
+    })
 }
 
 pub use veil_api::{GraphParams, GraphReply};

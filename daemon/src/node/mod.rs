@@ -22,10 +22,11 @@ use prometheus_client::registry::Registry;
 use crate::api::ApiRegistry;
 use crate::config::{Config, WG_OVERHEAD};
 use crate::context::NodeContext;
+use crate::dataplane::nftables::{BaseFilter, DesiredTable, FilterError, FlowLogging};
+use crate::dataplane::Filter;
 use crate::datastore::local::LocalDatastore;
 use crate::datastore::{DatastoreError, NodeRecord, SharedDatastore};
 use crate::endpoints::{EndpointError, EndpointTable};
-use crate::filter::{render_base, BaseFilter, FilterError, Nft, PacketFilter};
 
 pub use cni::POD_GATEWAY_V4;
 pub use status::{EndpointStatus, NodeStatus};
@@ -104,7 +105,7 @@ fn enable_forwarding(config: &Config) {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
-    Nft.apply(&render_base(&BaseFilter {
+    let filter = Filter::install(DesiredTable::new(BaseFilter {
         underlay_interface: config.underlay_interface.clone(),
         cluster_cidr: config.cluster_cidr,
         pod_cidr: config.pod_cidr,
@@ -162,9 +163,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             part: "wireguard",
             reason: e.to_string(),
         })?;
-    if let Err(e) = crate::flows::start(&ctx) {
-        tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node");
+    match crate::flows::start(&ctx) {
+        Ok(h) if h.track_connections => {
+            let flow_logging = Some(FlowLogging {
+                dns_nflog_group: crate::flows::dns::NFLOG_GROUP,
+            });
+            if let Err(e) = filter.update(|d| d.flow_logging = flow_logging) {
+                tracing::warn!(error = %e, "flow-logging rules not installed yet: flows may not be seen");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
+        }
     }
+    tokio::spawn(filter.resync_loop(config.dataplane_resync, ctx.shutdown.clone()));
 
     tokio::spawn(sync::resync(ctx.clone()));
 

@@ -16,8 +16,10 @@
 //! - serves `wg show veil-wg` (UAPI socket), `wireguard.status` and
 //!   `wireguard.rotate-key` on the daemon socket, and `/metrics`.
 //!
-//! What it does not do: filter traffic (the node's nftables fail-closed table,
-//! which stays while `veild` is down, is the integrator's `filter` module).
+//! What it does not do: write kernel state itself. The device, its address and
+//! its routes are the dataplane's ([`crate::dataplane::tunnel`],
+//! [`crate::dataplane::links`], [`crate::dataplane::routes`]); filtering is the
+//! dataplane's `inet veil` table, which stays while `veild` is down.
 //!
 //! Key rotation is make-before-break: the new key is saved and published; each
 //! peer keeps the old `Tunn` (old keys) carrying traffic while a new `Tunn`
@@ -28,7 +30,6 @@
 pub mod datapath;
 pub mod io;
 pub mod keys;
-pub mod netlink;
 pub mod offload;
 pub mod peers;
 pub mod sys;
@@ -49,6 +50,9 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{WG_DEVICE, WG_OVERHEAD};
 use crate::context::NodeContext;
+use crate::dataplane::links::{self as dp_links, Links, RtLinks};
+use crate::dataplane::routes::{RouteManager, RtRoutes};
+use crate::dataplane::tunnel::{self, LinuxTunnel, Tunnel};
 use crate::datastore::{NodeRecord, Snapshot, ANNOTATION_WG_ENDPOINT, ANNOTATION_WG_PUBLIC_KEY};
 use datapath::{Counters, Shared, Table};
 use keys::KeyPair;
@@ -61,7 +65,7 @@ pub enum WireguardError {
     Key(#[from] keys::KeyError),
     /// A netlink operation.
     #[error(transparent)]
-    Netlink(#[from] netlink::NetlinkError),
+    Netlink(#[from] crate::dataplane::links::NetlinkError),
     /// Opening or configuring the TUN device.
     #[error("wireguard: tun device {WG_DEVICE}: {0}")]
     Tun(#[source] std::io::Error),
@@ -122,9 +126,7 @@ struct Manager {
     gso: bool,
     refused: Mutex<Vec<String>>,
     metrics: Metrics,
-    netlink: rtnetlink::Handle,
-    link_index: u32,
-    routes: tokio::sync::Mutex<Option<BTreeSet<IpNetwork>>>,
+    routes: tokio::sync::Mutex<RouteManager<RtRoutes>>,
     wake: tokio::sync::Notify,
 }
 
@@ -193,12 +195,14 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
     let cfg = ctx.config.clone();
     let key = keys::load_or_generate(&cfg.state_dir)?;
-    let nl = netlink::connect().map_err(WireguardError::NetlinkSocket)?;
+    let nl = dp_links::connect().map_err(WireguardError::NetlinkSocket)?;
+    let links = RtLinks(nl.clone());
     let underlay_mtu = match cfg.underlay_mtu {
         Some(m) => m,
-        None => netlink::link(&nl, &cfg.underlay_interface)
+        None => links
+            .get(&cfg.underlay_interface)
             .await?
-            .map(|(_, m)| m)
+            .map(|l| l.mtu)
             .ok_or_else(|| WireguardError::NoUnderlay(cfg.underlay_interface.clone()))?,
     };
     let mtu = underlay_mtu.saturating_sub(WG_OVERHEAD);
@@ -209,27 +213,23 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    let mut tuns: Vec<Arc<OwnedFd>> = Vec::new();
-    for _ in 0..queues {
-        let fd = sys::tun_open_queue(WG_DEVICE).map_err(WireguardError::Tun)?;
-        tuns.push(Arc::new(fd));
-    }
-    sys::tun_set_persist(tuns[0].as_raw_fd(), true).map_err(WireguardError::Tun)?;
-    let offload = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6;
-    let offloads_on = !cfg.wireguard_tuning.no_offload
-        && tuns
-            .iter()
-            .all(|t| sys::tun_set_offload(t.as_raw_fd(), offload).is_ok());
-    if !offloads_on {
-        for t in &tuns {
-            let _ = sys::tun_set_offload(t.as_raw_fd(), 0);
-        }
-    }
-    let (link_index, _) = netlink::link(&nl, WG_DEVICE)
+    let offload = if !cfg.wireguard_tuning.no_offload {
+        tunnel::TUN_F_CSUM | tunnel::TUN_F_TSO4 | tunnel::TUN_F_TSO6
+    } else {
+        0
+    };
+    let dev = LinuxTunnel
+        .open(WG_DEVICE, queues, offload)
+        .map_err(WireguardError::Tun)?;
+    let offloads_on = dev.offloads;
+    let tuns: Vec<Arc<OwnedFd>> = dev.queues.into_iter().map(Arc::new).collect();
+    let link_index = links
+        .get(WG_DEVICE)
         .await?
+        .map(|l| l.index)
         .ok_or_else(|| WireguardError::Tun(std::io::Error::other("device vanished")))?;
     let tunnel_addr = crate::ipam::Allocator::new(cfg.pod_cidr).node_address();
-    netlink::setup_device(&nl, link_index, mtu, tunnel_addr).await?;
+    links.setup(link_index, mtu, tunnel_addr).await?;
 
     let bind = SocketAddr::new(
         sys::unspecified(cfg.node_address.is_ipv6()),
@@ -278,9 +278,11 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         gso,
         refused: Mutex::new(Vec::new()),
         metrics,
-        netlink: nl,
-        link_index,
-        routes: tokio::sync::Mutex::new(None),
+        routes: tokio::sync::Mutex::new(RouteManager::new(
+            RtRoutes::new(nl),
+            link_index,
+            tunnel_addr,
+        )),
         wake: tokio::sync::Notify::new(),
     });
 
@@ -542,7 +544,7 @@ impl Manager {
                 }
                 _ = self.wake.notified() => {}
                 _ = resync.tick() => {
-                    *self.routes.lock().await = None;
+                    self.routes.lock().await.invalidate();
                 }
             }
             let snap = snaps.borrow_and_update().clone();
@@ -608,22 +610,19 @@ impl Manager {
             .flat_map(|d| d.allowed.iter().copied())
             .collect();
         want.insert(self.ctx.config.cluster_cidr);
-        let mut have = self.routes.lock().await;
-        if have.as_ref() != Some(&want) {
-            match netlink::sync_routes(&self.netlink, self.link_index, &want, self.tunnel_addr)
-                .await
-            {
-                Ok((added, removed)) => {
-                    if added + removed > 0 {
-                        tracing::info!(added, removed, "wireguard: routes updated");
-                    }
-                    *have = Some(want);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "wireguard: routes");
-                    *have = None;
+        let mut routes = self.routes.lock().await;
+        routes.on_update(want);
+        match routes.apply().await {
+            Ok(c) => {
+                if c.added + c.removed > 0 {
+                    tracing::info!(
+                        added = c.added,
+                        removed = c.removed,
+                        "wireguard: routes updated"
+                    );
                 }
             }
+            Err(e) => tracing::error!(error = %e, "wireguard: routes"),
         }
     }
 

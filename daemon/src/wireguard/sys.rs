@@ -1,10 +1,10 @@
-//! The kernel calls of the WireGuard datapath: opening the multi-queue TUN
-//! device with virtio-net headers and offloads, and batched UDP IO
-//! (`recvmmsg`/`sendmmsg`, `UDP_SEGMENT` GSO, `UDP_GRO`).
+//! The kernel calls of the WireGuard datapath's packet IO: reads and writes
+//! on TUN queues, and batched UDP IO (`recvmmsg`/`sendmmsg`, `UDP_SEGMENT`
+//! GSO, `UDP_GRO`). Creating and configuring the TUN device is the
+//! dataplane's ([`crate::dataplane::tunnel`]).
 //!
 //! This is the only unsafe module of the datapath. It exists because neither
-//! `std` nor `nix` expose TUN ioctls (`TUNSETIFF`, `TUNSETOFFLOAD`,
-//! `TUNSETPERSIST`) or `recvmmsg`/`sendmmsg` with per-message control data in a
+//! `std` nor `nix` expose `recvmmsg`/`sendmmsg` with per-message control data in a
 //! form we can batch without allocating. Every function checks the kernel's
 //! return value and turns it into an `io::Error`; buffers handed to the kernel
 //! are slices owned by the caller and outlive the call.
@@ -12,35 +12,13 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-
-/// TUN offload flags (`TUN_F_*`).
-pub const TUN_F_CSUM: u32 = 0x01;
-/// TCP segmentation offload, IPv4.
-pub const TUN_F_TSO4: u32 = 0x02;
-/// TCP segmentation offload, IPv6.
-pub const TUN_F_TSO6: u32 = 0x04;
+use std::os::fd::RawFd;
 
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
 /// Size of `struct virtio_net_hdr` prepended to every TUN packet.
 pub const VNET_HDR_LEN: usize = 10;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -56,51 +34,6 @@ fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     } else {
         Ok(r as usize)
     }
-}
-
-/// Opens one queue of the multi-queue TUN device `name` (created if absent)
-/// with virtio-net headers. The device is made persistent so that its address
-/// and routes survive a daemon restart.
-pub fn tun_open_queue(name: &str) -> io::Result<OwnedFd> {
-    if name.len() >= libc::IFNAMSIZ || name.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {name:?}"),
-        ));
-    }
-    // SAFETY: a NUL-terminated literal path; the returned fd is checked.
-    let fd = cvt(unsafe {
-        libc::open(
-            c"/dev/net/tun".as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
-    })?;
-    // SAFETY: `fd` is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq` lays out.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) })?;
-    Ok(fd)
-}
-
-/// Marks the device of `fd` persistent (it outlives the process).
-pub fn tun_set_persist(fd: RawFd, persist: bool) -> io::Result<()> {
-    // SAFETY: TUNSETPERSIST takes an integer argument.
-    cvt(unsafe { libc::ioctl(fd, TUNSETPERSIST, libc::c_ulong::from(persist)) })?;
-    Ok(())
-}
-
-/// Enables TUN offloads (`TUN_F_*`): the kernel may then hand us packets with
-/// partial checksums and TCP super-packets described by the virtio-net header.
-pub fn tun_set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
-    // SAFETY: TUNSETOFFLOAD takes an integer argument.
-    cvt(unsafe { libc::ioctl(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)) })?;
-    Ok(())
 }
 
 /// `read(2)` on a raw descriptor.
