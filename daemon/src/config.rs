@@ -75,6 +75,14 @@ pub struct Flags {
     /// Node label `key=value` (repeatable).
     #[arg(long = "node-label", env = "VEIL_NODE_LABELS", value_delimiter = ',')]
     pub node_labels: Vec<String>,
+    /// CNI configuration directory (e.g. /etc/cni/net.d): write Veil's conflist
+    /// there once ready, remove it on shutdown (default: off).
+    #[arg(long, env = "VEIL_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// On shutdown, also remove the nftables table `inet veil` and `veil-wg`
+    /// (uninstalling; normally both outlive veild so that the node stays fail-closed).
+    #[arg(long, env = "VEIL_UNINSTALL_ON_EXIT")]
+    pub uninstall_on_exit: bool,
 }
 
 /// The configuration file: the same fields as the flags, camelCase.
@@ -98,6 +106,9 @@ pub struct FileConfig {
     log_format: Option<String>,
     #[serde(default)]
     node_labels: BTreeMap<String, String>,
+    cni_conf_dir: Option<PathBuf>,
+    #[serde(default)]
+    uninstall_on_exit: bool,
 }
 
 /// Log output format.
@@ -142,6 +153,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
     pub node_labels: BTreeMap<String, String>,
+    /// Where to install the conflist once ready (`None`: nowhere).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Remove the nftables table and `veil-wg` on shutdown.
+    pub uninstall_on_exit: bool,
 }
 
 /// A configuration problem, naming the field.
@@ -339,6 +354,8 @@ impl Config {
             log_format,
             node_labels,
             node_name,
+            cni_conf_dir: f.cni_conf_dir.or(c.cni_conf_dir),
+            uninstall_on_exit: f.uninstall_on_exit || c.uninstall_on_exit,
         })
     }
 }
@@ -365,6 +382,18 @@ mod tests {
         assert_eq!(c.wireguard_port, 5000);
         assert_eq!(c.http_listen.port(), 9590);
         assert_eq!(c.node_labels["kubernetes.io/hostname"], "node-a");
+    }
+
+    #[test]
+    fn cni_conf_dir_and_uninstall_are_off_unless_asked() {
+        let c = Config::merge(flags(), FileConfig::default()).unwrap();
+        assert_eq!(c.cni_conf_dir, None);
+        assert!(!c.uninstall_on_exit);
+        let file: FileConfig =
+            serde_yaml::from_str("cniConfDir: /etc/cni/net.d\nuninstallOnExit: true\n").unwrap();
+        let c = Config::merge(flags(), file).unwrap();
+        assert_eq!(c.cni_conf_dir, Some(PathBuf::from("/etc/cni/net.d")));
+        assert!(c.uninstall_on_exit);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! graph API over HTTP. It does not decide policy: that is `veil-policy`.
 
 pub mod api;
+pub mod cni_install;
 pub mod config;
 pub mod context;
 pub mod datastore;
