@@ -56,11 +56,7 @@ pub enum CniInstallError {
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CniInstallError {
     let path = path.to_path_buf();
-    move |source| CniInstallError::Io {
-        what,
-        path,
-        source,
-    }
+    move |source| CniInstallError::Io { what, path, source }
 }
 
 /// Writes `bytes` as `dir/name` with `mode`: a temporary file in `dir`,
@@ -296,10 +292,7 @@ mod tests {
         );
         c.remove();
         c.remove(); // absent is fine
-        assert_eq!(
-            names(dir.path()),
-            ["05-other.conflist", "99-loopback.conf"]
-        );
+        assert_eq!(names(dir.path()), ["05-other.conflist", "99-loopback.conf"]);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("05-other.conflist")).unwrap(),
             "{}"

@@ -23,6 +23,7 @@
 //!   interpreter and incremental updates.
 //! - [`scenario`]: the scenario file format (FORMAT.md) and its runner.
 //! - [`crd`]: CustomResourceDefinitions of the `veil.dev` kinds.
+//! - [`status`]: their `status` (conditions `Accepted` / `Invalid`).
 //! - [`testgen`]: random clusters/policies/flows for the differential tests.
 //!
 //! Invariants:
@@ -52,6 +53,7 @@ pub mod net;
 pub mod policyset;
 pub mod scenario;
 pub mod selector;
+pub mod status;
 pub mod testgen;
 
 pub use cluster::Cluster;

@@ -144,19 +144,23 @@ fn uninstall_on_exit_removes_the_table_and_the_wireguard_device() {
     let prefix = unique_prefix();
     let ns = node(&prefix, "unin");
     let dir = TempDir::new(&prefix, "unin");
-    let mut d = start(
-        &ns,
-        dir.path(),
-        &["--uninstall-on-exit"],
+    let mut d = start(&ns, dir.path(), &["--uninstall-on-exit"]);
+    assert!(
+        ns.links().iter().any(|l| l == "veil-wg"),
+        "{:?}",
+        ns.links()
     );
-    assert!(ns.links().iter().any(|l| l == "veil-wg"), "{:?}", ns.links());
     assert!(ns
         .exec(&["nft", "list", "table", "inet", "veil"])
         .status
         .success());
     sigterm_and_wait(&mut d);
     assert!(!dir.join("net.d/10-veil.conflist").exists());
-    assert!(!ns.links().iter().any(|l| l == "veil-wg"), "{:?}", ns.links());
+    assert!(
+        !ns.links().iter().any(|l| l == "veil-wg"),
+        "{:?}",
+        ns.links()
+    );
     assert!(!ns
         .exec(&["nft", "list", "table", "inet", "veil"])
         .status
