@@ -114,6 +114,14 @@ pub struct Flags {
     /// Turn the coalescing of decrypted packets into TUN super-packets off.
     #[arg(long, env = "VEIL_WG_NO_COALESCE", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub wg_no_coalesce: Option<bool>,
+    /// CNI configuration directory (e.g. /etc/cni/net.d): write Veil's conflist
+    /// there once ready, remove it on shutdown (default: off).
+    #[arg(long, env = "VEIL_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// On shutdown, also remove the nftables table `inet veil` and `veil-wg`
+    /// (uninstalling; normally both outlive veild so that the node stays fail-closed).
+    #[arg(long, env = "VEIL_UNINSTALL_ON_EXIT")]
+    pub uninstall_on_exit: bool,
 }
 
 /// The configuration file: the same fields as the flags, camelCase.
@@ -147,6 +155,9 @@ pub struct FileConfig {
     wg_no_gso: Option<bool>,
     wg_no_gro: Option<bool>,
     wg_no_coalesce: Option<bool>,
+    cni_conf_dir: Option<PathBuf>,
+    #[serde(default)]
+    uninstall_on_exit: bool,
 }
 
 /// Log output format.
@@ -189,6 +200,10 @@ pub struct Config {
     pub wireguard_socket_dir: PathBuf,
     /// Interval of the dataplane's resync (drift repair).
     pub dataplane_resync: Duration,
+    /// Where to install the conflist once ready (`None`: nowhere).
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Remove the nftables table and `veil-wg` on shutdown.
+    pub uninstall_on_exit: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Node labels (kubernetes.io/hostname and kubernetes.io/os are added).
@@ -453,6 +468,8 @@ impl Config {
             log_format,
             node_labels,
             node_name,
+            cni_conf_dir: f.cni_conf_dir.or(c.cni_conf_dir),
+            uninstall_on_exit: f.uninstall_on_exit || c.uninstall_on_exit,
         })
     }
 }
@@ -520,6 +537,18 @@ mod tests {
         assert_eq!(c.wireguard_port, 5000);
         assert_eq!(c.http_listen.port(), 9590);
         assert_eq!(c.node_labels["kubernetes.io/hostname"], "node-a");
+    }
+
+    #[test]
+    fn cni_conf_dir_and_uninstall_are_off_unless_asked() {
+        let c = Config::merge(flags(), FileConfig::default()).unwrap();
+        assert_eq!(c.cni_conf_dir, None);
+        assert!(!c.uninstall_on_exit);
+        let file: FileConfig =
+            serde_yaml::from_str("cniConfDir: /etc/cni/net.d\nuninstallOnExit: true\n").unwrap();
+        let c = Config::merge(flags(), file).unwrap();
+        assert_eq!(c.cni_conf_dir, Some(PathBuf::from("/etc/cni/net.d")));
+        assert!(c.uninstall_on_exit);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! itself: that is `veil-policy`.
 
 pub mod api;
+pub mod cni_install;
 pub mod config;
 pub mod context;
 pub mod controller;

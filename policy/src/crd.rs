@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::kinds::{GlobalNetworkPolicySpec, NetworkPolicySpec, TierSpec};
+use crate::status::PolicyStatus;
 
 fn schema_of<T: JsonSchema>() -> Value {
     let settings = SchemaSettings::openapi3().with(|s| {
@@ -161,6 +162,7 @@ fn crd(kind: &str, plural: &str, scope: &str, spec: Value, root_rules: Option<Va
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": spec,
+            "status": schema_of::<PolicyStatus>(),
         }
     });
     if let (Some(r), Value::Object(m)) = (root_rules, &mut root) {
@@ -184,6 +186,7 @@ fn crd(kind: &str, plural: &str, scope: &str, spec: Value, root_rules: Option<Va
                 "served": true,
                 "storage": true,
                 "schema": {"openAPIV3Schema": root},
+                "subresources": {"status": {}},
             }]
         }
     })
@@ -283,6 +286,7 @@ mod tests {
         for (_, y) in c {
             assert!(y.contains("group: veil.dev"));
             assert!(y.contains("openAPIV3Schema"));
+            assert!(y.contains("subresources:\n      status: {}"), "{y}");
         }
     }
 }

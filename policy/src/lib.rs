@@ -22,6 +22,7 @@
 //! - [`compile`]: the compiler to a dataplane-neutral program, its
 //!   interpreter and incremental updates.
 //! - [`crd`]: CustomResourceDefinitions of the `veil.dev` kinds.
+//! - [`status`]: their `status` (conditions `Accepted` / `Invalid`).
 //!
 //! Invariants:
 //! - An invalid object never enters a [`PolicySet`]: every update is
@@ -52,6 +53,7 @@ pub mod model;
 pub mod net;
 pub mod policyset;
 pub mod selector;
+pub mod status;
 
 pub use cluster::Cluster;
 pub use error::PolicyError;

@@ -1,5 +1,7 @@
 //! `veild`: the Veil node daemon. Parses configuration, starts tracing, runs.
 //! Bad configuration exits with code 64 and a message naming the field.
+//! `veild install-cni` copies the CNI plugin into place (the DaemonSet's init
+//! container) and exits.
 //! Logs go to stderr, coloured only when stderr is a terminal.
 
 use std::io::IsTerminal;
@@ -9,6 +11,11 @@ use tracing_subscriber::EnvFilter;
 use veil_daemon::config::{Config, Flags, LogFormat};
 
 fn main() {
+    // `veild install-cni`: the init container's one job, before any flag parsing.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "install-cni") {
+        std::process::exit(veil_daemon::cni_install::install_cni_command(args));
+    }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) if e.use_stderr() => {

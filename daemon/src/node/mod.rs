@@ -104,6 +104,7 @@ fn enable_forwarding(config: &Config) {
 /// Starts the daemon and runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
+    let cni_conf = crate::cni_install::CniConf::prepare(&config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
     let filter = Filter::install(DesiredTable::new(BaseFilter {
         underlay_interface: config.underlay_interface.clone(),
@@ -199,6 +200,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Bind before announcing readiness so a client never races the socket.
     let serve = tokio::spawn(async move { api_server.serve(&socket).await });
     ready.store(true, Ordering::SeqCst);
+    if let Some(c) = &cni_conf {
+        c.install().map_err(|e| StartError::Part {
+            part: "CNI configuration",
+            reason: e.to_string(),
+        })?;
+    }
     tracing::info!(
         node = %config.node_name,
         pod_cidr = %config.pod_cidr,
@@ -229,10 +236,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
     }
     tracing::info!("veild stopping");
+    // First: the kubelet must stop sending pods here before the socket goes.
+    if let Some(c) = &cni_conf {
+        c.remove();
+    }
     let _ = shutdown_tx.send(true);
     // Give parts a moment to stop; kernel state (links, routes, filter) stays.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = std::fs::remove_file(&config.socket);
+    if config.uninstall_on_exit {
+        if let Err(e) = crate::cni_install::uninstall_kernel_state().await {
+            tracing::error!(error = %e, "uninstall on exit");
+        }
+    }
     Ok(())
 }
 
