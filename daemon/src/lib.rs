@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod dataplane;
 pub mod datastore;
 pub mod endpoints;
 pub mod filter;

@@ -1,0 +1,2 @@
+//! The only code in veild that writes kernel state.
+pub mod nftables;

@@ -1,0 +1,2 @@
+//! The `inet veil` table.
+pub mod policy;
