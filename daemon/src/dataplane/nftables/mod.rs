@@ -20,6 +20,7 @@
 pub mod actual;
 pub mod desired;
 pub mod plan;
+pub mod policy;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,0 +1,458 @@
+//! The renderer: [`Program`] + local endpoints → [`RenderedPolicy`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use veil_policy::compile::{CPeer, CPort, CRule, ChainTier, Program, SetKey};
+use veil_policy::model::{Action, Direction, Protocol, TierDefault};
+use veil_policy::net::Cidr;
+
+use super::chains::*;
+use super::prefix::{LogAction, LogPrefix};
+use super::{
+    Element, RenderedPolicy, SetKind, SetSpec, DISPATCH_EGRESS, DISPATCH_INGRESS, LOG_BURST,
+    LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
+    NFLOG_GROUP_LOG, OPEN_CHAIN,
+};
+
+/// A pod of this node: its host-side interface and its address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LocalEndpoint {
+    /// The host end of the pod's veth (`veil` + 11 hex digits).
+    pub ifname: String,
+    /// The pod's address.
+    pub ip: IpAddr,
+    /// Whether the pod has a Kubernetes identity (`namespace/name`). Without
+    /// one (the plugin used outside Kubernetes) no policy can select it, and
+    /// it is dispatched to the open chain.
+    pub identified: bool,
+}
+
+fn dir_tag(d: Direction) -> &'static str {
+    match d {
+        Direction::Egress => "eg",
+        Direction::Ingress => "in",
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Renders the policy part of the node's table.
+pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy {
+    let mut r = Renderer {
+        program,
+        out: RenderedPolicy::default(),
+        policy_chains: BTreeMap::new(),
+        tier_denies: BTreeSet::new(),
+    };
+    r.out.chains.insert(OPEN_CHAIN.to_string(), Vec::new());
+    let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
+    eps.sort();
+    let mut egress = Vec::new();
+    let mut ingress = Vec::new();
+    for ep in eps {
+        if !ep.identified {
+            egress.push((ep.ifname.clone(), OPEN_CHAIN.to_string()));
+            ingress.push((ep.ifname.clone(), OPEN_CHAIN.to_string()));
+            continue;
+        }
+        let Some(prog) = program.endpoints.get(&ep.ip) else {
+            // Not compiled yet: left out of the maps, so its packets are
+            // dropped until it is.
+            continue;
+        };
+        egress.push((
+            ep.ifname.clone(),
+            r.endpoint_chain(&ep.ifname, Direction::Egress, &prog.egress),
+        ));
+        ingress.push((
+            ep.ifname.clone(),
+            r.endpoint_chain(&ep.ifname, Direction::Ingress, &prog.ingress),
+        ));
+    }
+    r.dispatch(DISPATCH_EGRESS, MAP_EGRESS, false, egress);
+    r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
+    r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
+    r.out
+}
+
+struct Renderer<'a> {
+    program: &'a Program,
+    out: RenderedPolicy,
+    /// (policy index, direction) → chain name, rendered once.
+    policy_chains: BTreeMap<(u32, Direction), String>,
+    tier_denies: BTreeSet<(u32, Direction)>,
+}
+
+impl Renderer<'_> {
+    fn dispatch(&mut self, name: &str, map: &str, ingress: bool, entries: Vec<(String, String)>) {
+        let rules = vec![
+            vec![ifname_vmap(ingress, map)],
+            vec![
+                ifname_is(ingress, "veil*", true),
+                ifname_is(ingress, "veil-wg", false),
+                counter(),
+                drop(),
+            ],
+        ];
+        self.out.chains.insert(name.to_string(), rules);
+        self.out
+            .maps
+            .insert(map.to_string(), entries.into_iter().collect());
+    }
+
+    fn endpoint_chain(&mut self, ifname: &str, dir: Direction, tiers: &[ChainTier]) -> String {
+        if tiers.is_empty() {
+            return OPEN_CHAIN.to_string();
+        }
+        let name = format!("e-{ifname}-{}", dir_tag(dir));
+        let mut rules = vec![vec![clear_mark(MARK_ALLOW | MARK_PASS)]];
+        for (i, ct) in tiers.iter().enumerate() {
+            if i > 0 {
+                rules.push(vec![clear_mark(MARK_PASS)]);
+            }
+            for &pi in &ct.policies {
+                let chain = self.policy_chain(pi, dir);
+                rules.push(vec![mark_clear(MARK_PASS), jump(&chain)]);
+                rules.push(vec![mark_is_set(MARK_ALLOW), ret()]);
+            }
+            if self.program.tiers[ct.tier as usize].default_action == TierDefault::Deny {
+                let deny = self.tier_deny_chain(ct.tier, dir);
+                rules.push(vec![mark_clear(MARK_PASS), goto(&deny)]);
+            }
+        }
+        self.out.chains.insert(name.clone(), rules);
+        name
+    }
+
+    fn tier_deny_chain(&mut self, tier: u32, dir: Direction) -> String {
+        let t = &self.program.tiers[tier as usize];
+        let name = format!("t-{}-{}-deny", t.name, dir_tag(dir));
+        if self.tier_denies.insert((tier, dir)) {
+            let prefix = self.out.prefixes.intern(LogPrefix {
+                action: LogAction::Deny,
+                direction: dir,
+                tier: t.name.clone(),
+                policy: None,
+                rule: None,
+            });
+            self.out
+                .chains
+                .insert(name.clone(), log_chain(NFLOG_GROUP_DENY, &prefix, true));
+        }
+        name
+    }
+
+    fn policy_chain(&mut self, pi: u32, dir: Direction) -> String {
+        if let Some(n) = self.policy_chains.get(&(pi, dir)) {
+            return n.clone();
+        }
+        let p = &self.program.policies[pi as usize];
+        let kind = format!("{:?}", p.key.kind);
+        let base = format!(
+            "p-{:012x}-{}",
+            fnv(&format!("{kind}/{}", p.key.full_name())) >> 16,
+            dir_tag(dir)
+        );
+        self.policy_chains.insert((pi, dir), base.clone());
+        let (start, end) = match dir {
+            Direction::Egress => p.egress,
+            Direction::Ingress => p.ingress,
+        };
+        let tier = self.program.tiers[p.tier as usize].name.clone();
+        let key = p.key.clone();
+        let mut rules = Vec::new();
+        for cr in &self.program.rules[start as usize..end as usize] {
+            let action: Vec<Stmt> = match cr.action {
+                Action::Allow => vec![set_mark(MARK_ALLOW), ret()],
+                Action::Pass => vec![set_mark(MARK_PASS), ret()],
+                Action::Deny | Action::Log => {
+                    let deny = cr.action == Action::Deny;
+                    let prefix = self.out.prefixes.intern(LogPrefix {
+                        action: if deny {
+                            LogAction::Deny
+                        } else {
+                            LogAction::Log
+                        },
+                        direction: dir,
+                        tier: tier.clone(),
+                        policy: Some(key.clone()),
+                        rule: Some(cr.index),
+                    });
+                    let chain = format!("{base}-{}{}", if deny { 'd' } else { 'l' }, cr.index);
+                    let group = if deny {
+                        NFLOG_GROUP_DENY
+                    } else {
+                        NFLOG_GROUP_LOG
+                    };
+                    self.out
+                        .chains
+                        .insert(chain.clone(), log_chain(group, &prefix, deny));
+                    if deny {
+                        vec![goto(&chain)]
+                    } else {
+                        vec![jump(&chain)]
+                    }
+                }
+            };
+            for m in self.rule_matches(cr, dir) {
+                let mut rule = m;
+                rule.extend(action.iter().cloned());
+                rules.push(rule);
+            }
+        }
+        self.out.chains.insert(base.clone(), rules);
+        base
+    }
+
+    /// The alternatives (ORed) of a rule's match, each a list of statements
+    /// (ANDed). Empty when the rule can never match here.
+    fn rule_matches(&mut self, r: &CRule, dir: Direction) -> Vec<Vec<Stmt>> {
+        let peer_is_dst = dir == Direction::Egress;
+        let mut peers: Vec<Vec<Stmt>> = Vec::new();
+        if r.peers.is_empty() {
+            peers.push(Vec::new());
+        }
+        for p in &r.peers {
+            peers.extend(self.peer_matches(p, peer_is_dst));
+        }
+        let ports = self.port_matches(r);
+        let mut out = Vec::new();
+        for pm in &peers {
+            for po in &ports {
+                let mut v = Vec::new();
+                v.extend(pm.iter().cloned());
+                v.extend(po.iter().cloned());
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    fn port_matches(&mut self, r: &CRule) -> Vec<Vec<Stmt>> {
+        if r.ports.is_empty() {
+            return vec![r.protocol.map(l4proto).into_iter().collect()];
+        }
+        // Ranges grouped by their effective protocol, in first-seen order.
+        let mut groups: Vec<(Option<Protocol>, Vec<(u16, u16)>)> = Vec::new();
+        let mut out = Vec::new();
+        for m in &r.ports {
+            match m {
+                CPort::Range { protocol, from, to } => {
+                    let p = protocol.or(r.protocol);
+                    if p == Some(Protocol::Icmp) {
+                        continue;
+                    }
+                    match groups.iter_mut().find(|g| g.0 == p) {
+                        Some(g) => g.1.push((*from, *to)),
+                        None => groups.push((p, vec![(*from, *to)])),
+                    }
+                }
+                CPort::Named { protocol, set } => {
+                    let name = self.named_port_set(*set);
+                    let mut v: Vec<Stmt> =
+                        protocol.or(r.protocol).map(l4proto).into_iter().collect();
+                    v.push(eq(
+                        concat(vec![
+                            addr_field(false, true),
+                            meta(nftables::expr::MetaKey::L4proto),
+                            payload("th", "dport"),
+                        ]),
+                        set_ref(&name),
+                    ));
+                    out.push(v);
+                }
+            }
+        }
+        let mut ranged: Vec<Vec<Stmt>> = groups
+            .into_iter()
+            .map(|(p, rs)| {
+                let proto = match p {
+                    Some(p) => l4proto(p),
+                    None => l4proto_ported(),
+                };
+                let ports = if rs.len() == 1 {
+                    range(u32::from(rs[0].0), u32::from(rs[0].1))
+                } else {
+                    anon_set(
+                        rs.iter()
+                            .map(|&(a, b)| range(u32::from(a), u32::from(b)))
+                            .collect(),
+                    )
+                };
+                vec![proto, dport(ports)]
+            })
+            .collect();
+        ranged.extend(out);
+        ranged
+    }
+
+    fn peer_matches(&mut self, p: &CPeer, dst: bool) -> Vec<Vec<Stmt>> {
+        if !p.domains.is_empty() {
+            // Addresses resolved from names are added by the DNS proxy; a
+            // direct connection never matches a `domains` peer.
+            return Vec::new();
+        }
+        let (nets4, nets6) = split_family(&p.nets);
+        let (not4, not6) = split_family(&p.not_nets);
+        let mut alts = Vec::new();
+        if p.pods.is_some() || p.nodes.is_some() {
+            // Selector sets hold IPv4 addresses: the peer is IPv4 only.
+            if !p.nets.is_empty() && nets4.is_empty() {
+                return alts;
+            }
+            let mut v = Vec::new();
+            for s in [p.pods, p.nodes].into_iter().flatten() {
+                let name = self.addr_set(s);
+                v.push(eq(addr_field(false, dst), set_ref(&name)));
+            }
+            self.net_conds(&mut v, false, dst, &nets4, &not4);
+            alts.push(v);
+            return alts;
+        }
+        if p.nets.is_empty() && p.not_nets.is_empty() {
+            alts.push(Vec::new());
+            return alts;
+        }
+        for (v6, nets, not) in [(false, &nets4, &not4), (true, &nets6, &not6)] {
+            if !p.nets.is_empty() && nets.is_empty() {
+                continue;
+            }
+            let mut v = Vec::new();
+            if nets.is_empty() && not.is_empty() {
+                v.push(eq(
+                    meta(nftables::expr::MetaKey::Nfproto),
+                    s(if v6 { "ipv6" } else { "ipv4" }),
+                ));
+            }
+            self.net_conds(&mut v, v6, dst, nets, not);
+            alts.push(v);
+        }
+        alts
+    }
+
+    fn net_conds(&mut self, v: &mut Vec<Stmt>, v6: bool, dst: bool, nets: &[Cidr], not: &[Cidr]) {
+        if !nets.is_empty() {
+            let name = self.net_set(v6, nets);
+            v.push(eq(addr_field(v6, dst), set_ref(&name)));
+        }
+        if !not.is_empty() {
+            let name = self.net_set(v6, not);
+            v.push(matches(
+                addr_field(v6, dst),
+                nftables::stmt::Operator::NEQ,
+                set_ref(&name),
+            ));
+        }
+    }
+
+    fn net_set(&mut self, v6: bool, nets: &[Cidr]) -> String {
+        let nets = minimal_cover(nets);
+        let key: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let name = format!("n{:012x}", fnv(&key.join(",")) >> 16);
+        self.out
+            .sets
+            .entry(name.clone())
+            .or_insert_with(|| SetSpec {
+                kind: if v6 { SetKind::Net6 } else { SetKind::Net4 },
+                elements: nets.into_iter().map(Element::Net).collect(),
+            });
+        name
+    }
+
+    fn addr_set(&mut self, id: u32) -> String {
+        let name = format!("s{id}");
+        if !self.out.sets.contains_key(&name) {
+            let elements = self.program.sets[id as usize]
+                .as_ref()
+                .map(|s| {
+                    s.addrs
+                        .iter()
+                        .filter(|a| a.is_ipv4())
+                        .map(|a| Element::Addr(*a))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.out.sets.insert(
+                name.clone(),
+                SetSpec {
+                    kind: SetKind::Addr4,
+                    elements,
+                },
+            );
+        }
+        name
+    }
+
+    fn named_port_set(&mut self, id: u32) -> String {
+        let name = format!("np{id}");
+        if !self.out.sets.contains_key(&name) {
+            let elements = self.program.sets[id as usize]
+                .as_ref()
+                .filter(|s| matches!(s.key, SetKey::NamedPort(_)))
+                .map(|s| {
+                    s.ports
+                        .iter()
+                        .filter(|(a, p, _)| a.is_ipv4() && p.has_ports())
+                        .map(|&(a, p, port)| Element::NamedPort(a, p, port))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.out.sets.insert(
+                name.clone(),
+                SetSpec {
+                    kind: SetKind::NamedPort4,
+                    elements,
+                },
+            );
+        }
+        name
+    }
+}
+
+/// A chain that logs (rate-limited) and then drops (`deny`) or returns; the
+/// entries over the limit are counted by the second rule's counter.
+fn log_chain(group: u32, prefix: &str, deny: bool) -> Vec<Vec<Stmt>> {
+    let verdict = if deny { drop() } else { ret() };
+    vec![
+        vec![
+            limit(LOG_RATE_PER_SECOND, LOG_BURST),
+            nflog(group, prefix),
+            verdict.clone(),
+        ],
+        vec![counter(), verdict],
+    ]
+}
+
+fn split_family(nets: &[Cidr]) -> (Vec<Cidr>, Vec<Cidr>) {
+    nets.iter().partition(|c| c.addr().is_ipv4())
+}
+
+/// The networks of `nets` not contained in another one, sorted: an interval
+/// set refuses overlapping elements.
+fn minimal_cover(nets: &[Cidr]) -> Vec<Cidr> {
+    let mut v: Vec<Cidr> = nets.to_vec();
+    v.sort_by_key(|c| (c.prefix(), c.addr()));
+    v.dedup();
+    let mut out: Vec<Cidr> = Vec::new();
+    for c in v {
+        if !out
+            .iter()
+            .any(|o| o.contains(c.addr()) && o.prefix() <= c.prefix())
+        {
+            out.push(c);
+        }
+    }
+    out.sort_by_key(|c| (c.addr(), c.prefix()));
+    out
+}
+
+#[cfg(test)]
+mod tests;

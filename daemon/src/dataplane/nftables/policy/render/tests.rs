@@ -1,0 +1,203 @@
+use std::collections::BTreeMap;
+
+use veil_scenario::Scenario;
+
+use super::*;
+use crate::dataplane::nftables::policy::prefix::LogPrefix;
+
+/// Compiles a scenario and renders the first node's part of it, with
+/// interface names `veil<index>` for its pods.
+fn render_scenario(yaml: &str) -> (RenderedPolicy, BTreeMap<String, String>) {
+    let sc = Scenario::parse(yaml).expect("scenario parses");
+    let st = sc.initial_state().expect("valid policies");
+    let compiled = veil_policy::compile::Compiled::new(&st.cluster, &st.policies);
+    let node = st.cluster.nodes[0].name.clone();
+    let mut names = BTreeMap::new();
+    let eps: Vec<LocalEndpoint> = st
+        .cluster
+        .pods
+        .values()
+        .filter(|p| p.node == node && !p.host_network)
+        .enumerate()
+        .map(|(i, p)| {
+            let ifname = format!("veil{i:011x}");
+            names.insert(p.key(), ifname.clone());
+            LocalEndpoint {
+                ifname,
+                ip: p.ip,
+                identified: true,
+            }
+        })
+        .collect();
+    (render(compiled.program(), &eps), names)
+}
+
+const DENY_DB: &str = r#"
+name: deny-db
+cluster: {nodes: [node-a]}
+namespaces: [{name: shop}]
+pods:
+  - {name: shop/web, labels: {app: web}, node: node-a}
+  - {name: shop/db, labels: {app: db}, node: node-a}
+  - {name: shop/other, labels: {app: other}, node: node-a}
+policies:
+  - apiVersion: veil.dev/v1alpha1
+    kind: GlobalNetworkPolicy
+    metadata: {name: block-db}
+    spec:
+      selector: {matchLabels: {app: db}}
+      ingress:
+        - action: Allow
+          protocol: TCP
+          source: {selector: {matchLabels: {app: web}}}
+          destination: {ports: [5432, "8000:8080"]}
+        - action: Deny
+          source: {nets: [10.0.0.0/8, 10.1.0.0/16]}
+probes: []
+"#;
+
+#[test]
+fn pod_without_policy_dispatches_to_the_open_chain() {
+    let (o, names) = render_scenario(DENY_DB);
+    let web = &names["shop/web"];
+    assert_eq!(o.maps[MAP_EGRESS][web], OPEN_CHAIN);
+    assert!(!o.chains.contains_key(&format!("e-{web}-eg")));
+}
+
+#[test]
+fn selected_pod_gets_a_chain_per_direction_that_ends_with_the_tier_default() {
+    let (o, names) = render_scenario(DENY_DB);
+    let db = &names["shop/db"];
+    let chain = &o.chains[&format!("e-{db}-in")];
+    let last = serde_json::to_string(chain.last().unwrap()).unwrap();
+    assert!(last.contains("t-default-in-deny"), "{last}");
+    let deny = serde_json::to_string(&o.chains["t-default-in-deny"]).unwrap();
+    assert!(deny.contains("D|I|default|default"), "{deny}");
+    assert!(deny.contains("\"drop\""), "{deny}");
+    // Egress of db is not selected: open.
+    assert!(!o.chains.contains_key(&format!("e-{db}-eg")));
+}
+
+#[test]
+fn deny_rule_is_logged_with_a_prefix_naming_tier_policy_and_rule() {
+    let (o, _) = render_scenario(DENY_DB);
+    let want = "D|I|default|gnp:block-db|1";
+    assert!(o.prefixes.lookup(want).is_some());
+    let p = LogPrefix::parse(want).unwrap();
+    assert_eq!(p.rule, Some(1));
+    let found = o
+        .chains
+        .values()
+        .any(|c| serde_json::to_string(c).unwrap().contains(want));
+    assert!(found);
+}
+
+#[test]
+fn overlapping_nets_become_one_interval_each() {
+    let (o, _) = render_scenario(DENY_DB);
+    let nets: Vec<&SetSpec> = o
+        .sets
+        .values()
+        .filter(|s| s.kind == SetKind::Net4)
+        .collect();
+    assert_eq!(nets.len(), 1);
+    assert_eq!(nets[0].elements.len(), 1, "10.1.0.0/16 lies in 10.0.0.0/8");
+}
+
+#[test]
+fn selector_peer_is_a_named_set_of_the_selected_addresses() {
+    let (o, _) = render_scenario(DENY_DB);
+    let addr_sets: Vec<&SetSpec> = o
+        .sets
+        .values()
+        .filter(|s| s.kind == SetKind::Addr4)
+        .collect();
+    assert_eq!(addr_sets.len(), 1);
+    assert_eq!(addr_sets[0].elements.len(), 1, "only shop/web");
+}
+
+#[test]
+fn ports_and_ranges_share_one_anonymous_set() {
+    let (o, _) = render_scenario(DENY_DB);
+    let pol = o
+        .chains
+        .iter()
+        .find(|(k, _)| k.starts_with("p-") && k.ends_with("-in"))
+        .map(|(_, v)| v)
+        .unwrap();
+    let first = serde_json::to_string(&pol[0]).unwrap();
+    assert!(
+        first.contains("5432") && first.contains("8000") && first.contains("8080"),
+        "{first}"
+    );
+}
+
+#[test]
+fn unknown_endpoint_is_left_out_of_the_maps() {
+    let sc = Scenario::parse(DENY_DB).unwrap();
+    let st = sc.initial_state().unwrap();
+    let c = veil_policy::compile::Compiled::new(&st.cluster, &st.policies);
+    let o = render(
+        c.program(),
+        &[LocalEndpoint {
+            ifname: "veil00000000abc".into(),
+            ip: "10.244.99.99".parse().unwrap(),
+            identified: true,
+        }],
+    );
+    assert!(o.maps[MAP_EGRESS].is_empty(), "not dispatched: dropped");
+    assert!(o.maps[MAP_INGRESS].is_empty(), "not dispatched: dropped");
+    let o = render(
+        c.program(),
+        &[LocalEndpoint {
+            ifname: "veil00000000abc".into(),
+            ip: "10.244.99.99".parse().unwrap(),
+            identified: false,
+        }],
+    );
+    assert_eq!(
+        o.maps[MAP_EGRESS]["veil00000000abc"], OPEN_CHAIN,
+        "no identity: open"
+    );
+}
+
+#[test]
+fn domain_peers_never_match_a_direct_connection() {
+    let yaml = r#"
+name: domains
+cluster: {nodes: [node-a]}
+namespaces: [{name: app}]
+pods:
+  - {name: app/client, labels: {app: client}, node: node-a}
+policies:
+  - apiVersion: veil.dev/v1alpha1
+    kind: GlobalNetworkPolicy
+    metadata: {name: only-example}
+    spec:
+      selector: {matchLabels: {app: client}}
+      egress:
+        - action: Allow
+          destination: {domains: [api.example.com]}
+probes: []
+"#;
+    let (o, _) = render_scenario(yaml);
+    let pol = o
+        .chains
+        .iter()
+        .find(|(k, _)| k.starts_with("p-") && k.ends_with("-eg"))
+        .map(|(_, v)| v)
+        .unwrap();
+    assert!(pol.is_empty(), "{pol:?}");
+}
+
+#[test]
+fn minimal_cover_drops_contained_networks_and_keeps_disjoint_ones() {
+    let c = |s: &str| s.parse::<Cidr>().unwrap();
+    let got = minimal_cover(&[
+        c("10.1.0.0/16"),
+        c("10.0.0.0/8"),
+        c("192.168.0.0/24"),
+        c("10.0.0.0/8"),
+    ]);
+    assert_eq!(got, vec![c("10.0.0.0/8"), c("192.168.0.0/24")]);
+}
