@@ -26,6 +26,10 @@ pub struct NodeContext {
     /// The desired state of this node's dataplane (policy program, local
     /// endpoints), from the controller.
     pub desired: watch::Receiver<Arc<Desired>>,
+    /// What the kernel holds of the policy program (generation, endpoints).
+    pub policy_applied: watch::Receiver<Arc<crate::node::policy_sync::AppliedPolicy>>,
+    /// The NFLOG prefixes of the policy in force (deny and log attribution).
+    pub log_prefixes: watch::Receiver<Arc<crate::dataplane::nftables::policy::LogPrefixes>>,
     /// This node's endpoints.
     pub endpoints: Arc<EndpointTable>,
     /// Prometheus registry encoded on `/metrics`.

@@ -28,6 +28,10 @@ pub const POD_GATEWAY_V4: &str = "169.254.1.1";
 
 /// Error code: invalid request contents (CNI "invalid network config").
 const CODE_INVALID: u32 = 7;
+/// Error code: try again later (CNI).
+const CODE_TRY_AGAIN: u32 = 11;
+/// How long `cni.commit` waits for the endpoint's policy to be in the kernel.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Error code: allocation failed (ours).
 const CODE_IPAM: u32 = 110;
 /// Error code: state could not be persisted (ours).
@@ -114,6 +118,8 @@ pub(super) struct Cni {
     pub(super) mtu: u32,
     /// Told after every change of the endpoint table (the desired state follows it).
     pub(super) endpoints_changed: Arc<tokio::sync::Notify>,
+    /// What the kernel's policy table holds.
+    pub(super) applied: tokio::sync::watch::Receiver<Arc<super::policy_sync::AppliedPolicy>>,
 }
 
 impl Cni {
@@ -247,6 +253,18 @@ impl Cni {
         if let Err(e) = self.datastore.put_endpoint(&rec) {
             // The endpoint works locally; the record is republished by the resync.
             tracing::warn!(error = %e, container = %ep.container_id, "publishing endpoint");
+        }
+        // A pod is never reachable, nor reaches out, before its policy is in
+        // place: answer once the kernel dispatches its interface.
+        self.endpoints_changed.notify_one();
+        if !super::policy_sync::wait_dispatched(&self.applied, &ep.host_ifname, COMMIT_WAIT) {
+            return Err(api_error(
+                CODE_TRY_AGAIN,
+                format!(
+                    "container {} interface {}: the dataplane did not take the endpoint's policy within {COMMIT_WAIT:?}",
+                    req.container_id, req.ifname
+                ),
+            ));
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! HTTP, mark ready, serve the socket.
 
 mod cni;
+pub mod policy_sync;
 mod status;
 pub mod sync;
 
@@ -106,13 +107,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let cni_conf = crate::cni_install::CniConf::prepare(&config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
-    let filter = Filter::install(DesiredTable::new(BaseFilter {
-        underlay_interface: config.underlay_interface.clone(),
-        cluster_cidr: config.cluster_cidr,
-        pod_cidr: config.pod_cidr,
-    }))?;
-    enable_forwarding(&config);
-
     // Watch the datastore: its initial listing is in when `start` returns.
     let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
@@ -123,6 +117,32 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         endpoints_changed.clone(),
     )
     .await?;
+    // The table (fail-closed base and the policy in force) goes in before
+    // anything else is served: with the datastore's initial listing in, so
+    // that a restart replaces the kernel's previous table with the same
+    // policy, never with an open one (until then the old table stays).
+    let initial = published.desired.borrow().clone();
+    let rendered = policy_sync::render_desired(&initial);
+    let mut table = DesiredTable::new(BaseFilter {
+        underlay_interface: config.underlay_interface.clone(),
+        cluster_cidr: config.cluster_cidr,
+        pod_cidr: config.pod_cidr,
+    });
+    table.policy = rendered.objects();
+    let filter = Filter::install(table)?;
+    let (applied_tx, applied_rx) =
+        tokio::sync::watch::channel(Arc::new(policy_sync::AppliedPolicy {
+            generation: initial.generation,
+            endpoints: rendered
+                .maps
+                .values()
+                .flat_map(|m| m.keys().cloned())
+                .collect(),
+            error: None,
+        }));
+    let (prefixes_tx, prefixes_rx) =
+        tokio::sync::watch::channel(Arc::new(rendered.prefixes.clone()));
+    enable_forwarding(&config);
     let mut snapshots = published.snapshots.clone();
     publish_node(&datastore, &config, &mut snapshots).await?;
 
@@ -137,6 +157,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         datastore: datastore.clone(),
         snapshots: snapshots.clone(),
         desired: published.desired.clone(),
+        policy_applied: applied_rx.clone(),
+        log_prefixes: prefixes_rx,
         endpoints: endpoints.clone(),
         metrics: Arc::new(Mutex::new(registry)),
         api: ApiRegistry::default(),
@@ -153,6 +175,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics,
         mtu,
         endpoints_changed,
+        applied: applied_rx,
     });
     cni::register_cni(&ctx.api, cni);
     status::register_status(&ctx, published.desired.clone(), ready.clone(), mtu);
@@ -178,6 +201,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
         }
     }
+    tokio::spawn(policy_sync::run(
+        filter.clone(),
+        published.desired.clone(),
+        applied_tx,
+        prefixes_tx,
+        ctx.shutdown.clone(),
+    ));
     tokio::spawn(filter.resync_loop(config.dataplane_resync, ctx.shutdown.clone()));
 
     tokio::spawn(sync::resync(ctx.clone()));

@@ -51,8 +51,8 @@ pub(super) fn register_status(
                     datastore_errors: snap.errors.clone(),
                     policy_generation: desired.generation,
                     policy_errors: desired.policy_errors.clone(),
-                    policy_applied_generation: 0,
-                    dataplane_error: None,
+                    policy_applied_generation: c.policy_applied.borrow().generation,
+                    dataplane_error: c.policy_applied.borrow().error.clone(),
                 })
             }
         },
