@@ -6,7 +6,8 @@
 //! - The `forward` base chain, after the fail-closed rules and
 //!   `ct state established,related accept`, jumps to [`DISPATCH_EGRESS`]
 //!   and then [`DISPATCH_INGRESS`]: each holds one `iifname`/`oifname`
-//!   verdict map from a local pod's host interface to that endpoint's chain,
+//!   verdict map from a local pod's host interface to a `goto` to that
+//!   endpoint's chain (whose return goes back to `forward`),
 //!   followed by a rule that drops packets of a pod interface that is not in
 //!   the map yet (a pod is never reachable, nor reaches out, before its
 //!   policy is in place). Endpoints coming and going are map element adds

@@ -79,7 +79,7 @@ pub fn objects(p: &RenderedPolicy) -> PolicyObjects {
                     .map(|(ifname, chain)| {
                         (
                             s(ifname.clone()),
-                            Expression::Verdict(Verdict::Jump(JumpTarget {
+                            Expression::Verdict(Verdict::Goto(JumpTarget {
                                 target: Cow::Owned(chain.clone()),
                             })),
                         )
