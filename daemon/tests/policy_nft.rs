@@ -95,7 +95,7 @@ fn every_scenario_renders_to_a_ruleset_the_kernel_accepts() {
                 .map(|(i, p)| LocalEndpoint {
                     ifname: format!("veil{i:011x}"),
                     ip: p.ip,
-                    identified: true,
+                    pod: Some(p.key()),
                 })
                 .collect();
             let o = render(c.program(), &eps);

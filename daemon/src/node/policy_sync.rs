@@ -38,7 +38,7 @@ pub fn render_desired(d: &Desired) -> RenderedPolicy {
             Some(LocalEndpoint {
                 ifname: e.host_ifname.clone(),
                 ip: e.ips.first()?.ip(),
-                identified: e.pod.is_some(),
+                pod: e.pod.clone(),
             })
         })
         .collect();

@@ -22,10 +22,11 @@ pub struct LocalEndpoint {
     pub ifname: String,
     /// The pod's address.
     pub ip: IpAddr,
-    /// Whether the pod has a Kubernetes identity (`namespace/name`). Without
-    /// one (the plugin used outside Kubernetes) no policy can select it, and
-    /// it is dispatched to the open chain.
-    pub identified: bool,
+    /// The pod's Kubernetes identity (`namespace/name`). Without one (the
+    /// plugin used outside Kubernetes) no policy can select it, and it is
+    /// dispatched to the open chain. Another attachment of a pod the program
+    /// knows (a second interface) gets that pod's chains.
+    pub pod: Option<String>,
 }
 
 fn dir_tag(d: Direction) -> &'static str {
@@ -58,12 +59,16 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     let mut egress = Vec::new();
     let mut ingress = Vec::new();
     for ep in eps {
-        if !ep.identified {
+        let Some(pod) = &ep.pod else {
             egress.push((ep.ifname.clone(), OPEN_CHAIN.to_string()));
             ingress.push((ep.ifname.clone(), OPEN_CHAIN.to_string()));
             continue;
-        }
-        let Some(prog) = program.endpoints.get(&ep.ip) else {
+        };
+        let prog = program
+            .endpoints
+            .get(&ep.ip)
+            .or_else(|| program.endpoints.values().find(|e| &e.pod == pod));
+        let Some(prog) = prog else {
             // Not compiled yet: left out of the maps, so its packets are
             // dropped until it is.
             continue;

@@ -25,7 +25,7 @@ fn render_scenario(yaml: &str) -> (RenderedPolicy, BTreeMap<String, String>) {
             LocalEndpoint {
                 ifname,
                 ip: p.ip,
-                identified: true,
+                pod: Some(p.key()),
             }
         })
         .collect();
@@ -142,7 +142,7 @@ fn unknown_endpoint_is_left_out_of_the_maps() {
         &[LocalEndpoint {
             ifname: "veil00000000abc".into(),
             ip: "10.244.99.99".parse().unwrap(),
-            identified: true,
+            pod: Some("x/y".into()),
         }],
     );
     assert!(o.maps[MAP_EGRESS].is_empty(), "not dispatched: dropped");
@@ -152,7 +152,7 @@ fn unknown_endpoint_is_left_out_of_the_maps() {
         &[LocalEndpoint {
             ifname: "veil00000000abc".into(),
             ip: "10.244.99.99".parse().unwrap(),
-            identified: false,
+            pod: None,
         }],
     );
     assert_eq!(
