@@ -90,12 +90,12 @@ fn resync_restores_a_rule_deleted_by_hand() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(handles(&ns, "forward").len(), 2);
+    assert_eq!(handles(&ns, "forward").len(), 5);
 
     assert!(
         eventually(Duration::from_secs(10), || {
             let now = handles(&ns, "forward");
-            now.len() == 3 && now[0].0 == rule
+            now.len() == 6 && now[0].0 == rule
         }),
         "the deleted rule did not come back: {:?}",
         handles(&ns, "forward")
