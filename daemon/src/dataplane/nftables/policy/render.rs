@@ -246,7 +246,7 @@ impl Renderer<'_> {
             return vec![r.protocol.map(l4proto).into_iter().collect()];
         }
         // Ranges grouped by their effective protocol, in first-seen order.
-        let mut groups: Vec<(Option<Protocol>, Vec<(u16, u16)>)> = Vec::new();
+        let mut groups: Vec<PortGroup> = Vec::new();
         let mut out = Vec::new();
         for m in &r.ports {
             match m {
@@ -421,6 +421,9 @@ impl Renderer<'_> {
         name
     }
 }
+
+/// Port ranges sharing one effective protocol (`None`: TCP, UDP and SCTP).
+type PortGroup = (Option<Protocol>, Vec<(u16, u16)>);
 
 /// A chain that logs (rate-limited) and then drops (`deny`) or returns; the
 /// entries over the limit are counted by the second rule's counter.
