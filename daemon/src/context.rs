@@ -26,6 +26,9 @@ pub struct NodeContext {
     /// The desired state of this node's dataplane (policy program, local
     /// endpoints), from the controller.
     pub desired: watch::Receiver<Arc<Desired>>,
+    /// The policy generation the dataplane (nftables) holds; its sender is
+    /// the dataplane's.
+    pub policy_applied: watch::Receiver<u64>,
     /// This node's endpoints.
     pub endpoints: Arc<EndpointTable>,
     /// Prometheus registry encoded on `/metrics`.

@@ -1,5 +1,6 @@
 //! The daemon's start-up sequence (`run`), split by concern:
-//! [`cni`] (the CNI methods), [`status`] (`node.status`), [`sync`]
+//! [`cni`] (the CNI methods), [`status`] (`node.status`), [`policy_api`]
+//! (`policy.list` and the policy gauges), [`sync`]
 //! (datastore → store → controller → desired state).
 //!
 //! Order: open the endpoint table (state survives restarts), install the base
@@ -9,6 +10,7 @@
 //! HTTP, mark ready, serve the socket.
 
 mod cni;
+mod policy_api;
 mod status;
 pub mod sync;
 
@@ -128,6 +130,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    // The dataplane reports the policy generation it holds here.
+    let (policy_applied_tx, policy_applied_rx) = tokio::sync::watch::channel(0u64);
+    let _ = &policy_applied_tx;
     let metrics = cni::NodeMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -137,6 +142,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         datastore: datastore.clone(),
         snapshots: snapshots.clone(),
         desired: published.desired.clone(),
+        policy_applied: policy_applied_rx,
         endpoints: endpoints.clone(),
         metrics: Arc::new(Mutex::new(registry)),
         api: ApiRegistry::default(),
@@ -156,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     cni::register_cni(&ctx.api, cni);
     status::register_status(&ctx, published.desired.clone(), ready.clone(), mtu);
+    policy_api::register(&ctx);
 
     // Parts started here register their methods, metrics and routes on ctx.
     let _wireguard = crate::wireguard::start(ctx.clone())

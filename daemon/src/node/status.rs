@@ -51,7 +51,7 @@ pub(super) fn register_status(
                     datastore_errors: snap.errors.clone(),
                     policy_generation: desired.generation,
                     policy_errors: desired.policy_errors.clone(),
-                    policy_applied_generation: 0,
+                    policy_applied_generation: *c.policy_applied.borrow(),
                     dataplane_error: None,
                 })
             }
