@@ -99,7 +99,12 @@ fn policy_status_shows_the_policy_written_to_the_datastore_with_its_generation()
     assert!(errors.contains("bad.yaml"), "{errors}");
 
     // The text form names the node, its generation and the policy.
-    let o = veilctl(&["policy", "status", "--socket", node.socket.to_str().unwrap()]);
+    let o = veilctl(&[
+        "policy",
+        "status",
+        "--socket",
+        node.socket.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", show(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -118,13 +123,20 @@ fn policy_status_shows_the_policy_written_to_the_datastore_with_its_generation()
         "http://127.0.0.1:19590/metrics",
     ]);
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for name in [
         "veil_policy_generation",
         "veil_policy_applied_generation",
         "veil_policy_errors",
     ] {
-        assert!(body.contains(&format!("# TYPE {name} gauge")), "{name}: {body}");
+        assert!(
+            body.contains(&format!("# TYPE {name} gauge")),
+            "{name}: {body}"
+        );
     }
     assert!(body.contains("veil_policy_errors 1"), "{body}");
 }

@@ -146,12 +146,11 @@ pub fn run(args: StatusArgs) -> i32 {
     let mut failed = false;
     for (name, socket) in sockets {
         let timeout = Duration::from_secs(5);
-        let answer = call::<_, NodeStatus>(&socket, method::NODE_STATUS, &(), timeout).and_then(
-            |status| {
+        let answer =
+            call::<_, NodeStatus>(&socket, method::NODE_STATUS, &(), timeout).and_then(|status| {
                 call::<_, PolicyList>(&socket, method::POLICY_LIST, &(), timeout)
                     .map(|list| NodePolicyStatus::new(status, list))
-            },
-        );
+            });
         match answer {
             Ok(s) => all.push(s),
             Err(e) => {
@@ -244,11 +243,27 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["TIER", "ORDER", "KIND", "POLICY", "INGRESS", "EGRESS", "ENDPOINTS"]
+            [
+                "TIER",
+                "ORDER",
+                "KIND",
+                "POLICY",
+                "INGRESS",
+                "EGRESS",
+                "ENDPOINTS"
+            ]
         );
         assert_eq!(
             lines[2].split_whitespace().collect::<Vec<_>>(),
-            ["default", "1000", "NetworkPolicy", "shop/allow-client", "2", "0", "3"]
+            [
+                "default",
+                "1000",
+                "NetworkPolicy",
+                "shop/allow-client",
+                "2",
+                "0",
+                "3"
+            ]
         );
         // Columns line up: POLICY starts where shop/allow-client starts.
         assert_eq!(lines[1].find("POLICY"), lines[2].find("shop/allow-client"));

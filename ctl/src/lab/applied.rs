@@ -37,13 +37,8 @@ impl StatusSource for Daemons {
     fn generations(&mut self) -> Result<BTreeMap<String, Generations>, String> {
         let mut out = BTreeMap::new();
         for (node, socket) in &self.0 {
-            let s: NodeStatus = call(
-                socket,
-                method::NODE_STATUS,
-                &(),
-                Duration::from_secs(2),
-            )
-            .map_err(|e| format!("node {node}: {e}"))?;
+            let s: NodeStatus = call(socket, method::NODE_STATUS, &(), Duration::from_secs(2))
+                .map_err(|e| format!("node {node}: {e}"))?;
             out.insert(
                 node.clone(),
                 Generations {
@@ -93,8 +88,9 @@ pub fn wait_applied(
         let now = source.generations();
         let pending = match &now {
             Ok(now) => before.iter().find_map(|(node, b)| match now.get(node) {
-                Some(g) if g.applied >= g.generation
-                    && (g.generation > b.generation || elapsed >= wait.quiet) =>
+                Some(g)
+                    if g.applied >= g.generation
+                        && (g.generation > b.generation || elapsed >= wait.quiet) =>
                 {
                     None
                 }
@@ -183,7 +179,10 @@ mod tests {
         let t = Instant::now();
         wait_applied(&mut s, &before(&[("a", 3), ("b", 3)]), fast()).unwrap();
         assert_eq!(s.1, 4, "returned at the first poll where both were done");
-        assert!(t.elapsed() < fast().quiet, "did not wait for the quiet time");
+        assert!(
+            t.elapsed() < fast().quiet,
+            "did not wait for the quiet time"
+        );
     }
 
     #[test]

@@ -259,7 +259,10 @@ spec:
         assert_eq!(l.node, "n1");
         assert_eq!(l.generation, d.generation);
         assert!(l.generation > 0);
-        assert!(l.tiers.iter().any(|t| t.name == "default" && t.order == 1000));
+        assert!(l
+            .tiers
+            .iter()
+            .any(|t| t.name == "default" && t.order == 1000));
         assert_eq!(l.policies.len(), 1, "{l:?}");
         let p = &l.policies[0];
         assert_eq!(p.full_name(), "shop/allow-client");
@@ -297,7 +300,10 @@ spec:
             "{out}"
         );
         assert!(
-            out.contains(&format!("veil_policy_applied_generation {}\n", d.generation)),
+            out.contains(&format!(
+                "veil_policy_applied_generation {}\n",
+                d.generation
+            )),
             "{out}"
         );
         assert!(out.contains("veil_policy_errors 1\n"), "{out}");
