@@ -6,7 +6,7 @@
 //! closes. The CNI plugin, `veilctl` and the end-to-end tests all speak it through
 //! [`call`]. Every method's name is a constant in [`method`] (written nowhere
 //! else), and every method's parameter and answer types are defined here
-//! ([`cni`], [`node`], [`wireguard`], [`flows`]), so that the daemon and its
+//! ([`cni`], [`node`], [`policy`], [`wireguard`], [`flows`]), so that the daemon and its
 //! clients cannot disagree on a shape.
 //!
 //! What it does not do: serve the socket (that is `veild`'s `ApiRegistry`), or
@@ -17,6 +17,7 @@ pub mod cni;
 pub mod flows;
 pub mod method;
 pub mod node;
+pub mod policy;
 pub mod wireguard;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub use cni::{
 };
 pub use flows::{FlowFilter, FlowPage, GraphParams, GraphReply, HealthReport};
 pub use node::{EndpointStatus, Issue, NodeStatus};
+pub use policy::{PolicyEntry, PolicyList, TierEntry};
 pub use wireguard::{PeerStatus, Rotated, Status as WireguardStatus};
 
 /// Default path of the daemon's socket.

@@ -32,6 +32,10 @@ pub const FLOWS_LIST: &str = "flows.list";
 /// collector's health.
 pub const FLOWS_HEALTH: &str = "flows.health";
 
+/// `null` → [`crate::PolicyList`]: the tiers and policies of the node's
+/// compiled policy program, with its generation.
+pub const POLICY_LIST: &str = "policy.list";
+
 /// Every method, for tests and listings.
 pub const ALL: &[&str] = &[
     CNI_ADD,
@@ -46,6 +50,7 @@ pub const ALL: &[&str] = &[
     GRAPH_GET,
     FLOWS_LIST,
     FLOWS_HEALTH,
+    POLICY_LIST,
 ];
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ struct Cli {
 enum Cmd {
     /// This node (or every lab node): endpoints, peers, health.
     Status(ctl::status::Args),
-    /// Policy scenarios: `test`, `trace`.
+    /// Policies: `test`, `trace` (scenarios), `status` (the daemons).
     Policy(ctl::policy::Args),
     /// The service dependency graph.
     Graph(ctl::graph::Args),

@@ -5,6 +5,7 @@ pub mod flows;
 pub mod graph;
 pub mod lab;
 pub mod policy;
+pub mod policy_status;
 pub mod status;
 pub mod target;
 pub mod wireguard;

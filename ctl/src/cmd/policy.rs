@@ -1,6 +1,7 @@
 //! `veilctl policy`: run scenario files through the policy engine
-//! (`test`), or explain one connection (`trace`). Both are in memory: no
-//! network, no daemon.
+//! (`test`), or explain one connection (`trace`); both are in memory (no
+//! network, no daemon). `status` asks the daemons which policies they
+//! enforce ([`super::policy_status`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ enum Cmd {
     Test(TestArgs),
     /// Explain how one connection is decided in a scenario's cluster.
     Trace(TraceArgs),
+    /// Per node: the policies in force, their generation, the errors.
+    Status(super::policy_status::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +74,7 @@ pub fn run(args: Args) -> i32 {
     match args.cmd {
         Cmd::Test(a) => test(a),
         Cmd::Trace(a) => trace(a),
+        Cmd::Status(a) => super::policy_status::run(a),
     }
 }
 

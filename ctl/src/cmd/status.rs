@@ -1,5 +1,6 @@
-//! `veilctl status`: each daemon's node, endpoints and (when the WireGuard part
-//! answers `wireguard.status`) its peers.
+//! `veilctl status`: each daemon's node, endpoints, (when the WireGuard part
+//! answers `wireguard.status`) its peers, its policy generation and the one its
+//! dataplane holds, and its datastore, policy and dataplane errors.
 
 use std::time::Duration;
 
@@ -15,6 +16,21 @@ pub struct Args {
     /// Output format: text or json.
     #[arg(long, default_value = "text")]
     output: String,
+}
+
+/// The policy line of a node: program generation, the generation its
+/// dataplane holds, and whether they agree.
+pub fn format_policy_generation(n: &NodeStatus) -> String {
+    format!(
+        "  policy generation {}  applied {}  {}\n",
+        n.policy_generation,
+        n.policy_applied_generation,
+        if n.policy_applied_generation >= n.policy_generation {
+            "in sync"
+        } else {
+            "applying"
+        }
+    )
 }
 
 /// Runs the command; returns the exit code.
@@ -92,11 +108,15 @@ pub fn run(args: Args) -> i32 {
                     ),
                 }
             }
+            print!("{}", format_policy_generation(n));
             for err in &n.datastore_errors {
                 println!("  datastore error: {err}");
             }
             for err in &n.policy_errors {
                 println!("  policy error: {err}");
+            }
+            if let Some(err) = &n.dataplane_error {
+                println!("  dataplane error: {err}");
             }
         }
     }
@@ -104,5 +124,38 @@ pub fn run(args: Args) -> i32 {
         1
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(generation: u64, applied: u64) -> NodeStatus {
+        NodeStatus {
+            node: "n".into(),
+            address: "198.18.0.10".into(),
+            pod_cidr: "10.244.0.0/24".into(),
+            mtu: 1420,
+            ready: true,
+            endpoints: vec![],
+            datastore_errors: vec![],
+            policy_generation: generation,
+            policy_applied_generation: applied,
+            policy_errors: vec![],
+            dataplane_error: None,
+        }
+    }
+
+    #[test]
+    fn status_shows_the_policy_generation_and_the_applied_one() {
+        assert_eq!(
+            format_policy_generation(&node(7, 7)),
+            "  policy generation 7  applied 7  in sync\n"
+        );
+        assert_eq!(
+            format_policy_generation(&node(7, 6)),
+            "  policy generation 7  applied 6  applying\n"
+        );
     }
 }

@@ -32,6 +32,7 @@
 //! scenario probes ([`probe`]) and runs whole scenarios as traffic ([`mod@test`]),
 //! judging only what the traffic did.
 
+pub mod applied;
 pub mod cni;
 pub mod dns;
 pub mod down;
@@ -121,6 +122,9 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// The daemons did not apply a change in time.
+    #[error("{0}")]
+    NotApplied(String),
     /// The lab needs root.
     #[error("the lab creates network namespaces and must run as root")]
     NotRoot,

@@ -2,7 +2,7 @@
 //! cluster in a lab of its own, writes its policies into the lab's datastore
 //! (where every node's `veild` reads them), then for each step applies its
 //! changes (policies created, replaced or deleted; pod and namespace labels),
-//! lets the daemons catch up, and sends each probe from its source pod
+//! waits until every daemon reports it applied ([`super::applied`]), and sends each probe from its source pod
 //! ([`super::probe`]). The lab is removed at the end unless kept.
 
 use std::collections::BTreeMap;
@@ -13,6 +13,7 @@ use veil_policy::eval::Verdict;
 use veil_policy::model::ObjectKey;
 use veil_scenario::{LabelChange, Probe, ProbeTarget, Scenario, NS_NAME_LABEL};
 
+use super::applied::{StatusSource, Wait};
 use super::plan::Plan;
 use super::probe::{HttpRequest, ProbeResult, ProbeSpec, Target};
 use super::state::LabState;
@@ -57,7 +58,7 @@ pub struct TestOptions {
     pub lab: String,
     /// Programs.
     pub binaries: Binaries,
-    /// How long the daemons get to apply a change before probes run.
+    /// Extra time after the daemons report a change applied, before probes run.
     pub settle: Duration,
     /// Keep the lab afterwards.
     pub keep: bool,
@@ -191,6 +192,14 @@ fn run_steps(
     report: &mut dyn FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, LabError> {
     let store = LocalDatastore::open(state.datastore_dir())?;
+    let mut daemons = super::applied::Daemons(
+        state
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.socket.clone()))
+            .collect(),
+    );
+    let mut before = daemons.generations().map_err(LabError::NotApplied)?;
     let mut files = PolicyFiles::new(&store);
     for (manifest, object) in &sc.policies {
         files.apply(object_key(&object.key), manifest)?;
@@ -229,7 +238,10 @@ fn run_steps(
             }
         }
         if changed {
+            super::applied::wait_applied(&mut daemons, &before, Wait::default())
+                .map_err(|e| LabError::NotApplied(format!("step {si}: {e}")))?;
             std::thread::sleep(opts.settle);
+            before = daemons.generations().map_err(LabError::NotApplied)?;
         }
         for (pi, probe) in step.probes.iter().enumerate() {
             let from = state

@@ -1,5 +1,6 @@
 //! The daemon's start-up sequence (`run`), split by concern:
-//! [`cni`] (the CNI methods), [`status`] (`node.status`), [`sync`]
+//! [`cni`] (the CNI methods), [`status`] (`node.status`), [`policy_api`]
+//! (`policy.list` and the policy gauges), [`sync`]
 //! (datastore → store → controller → desired state).
 //!
 //! Order: open the endpoint table (state survives restarts), install the base
@@ -9,6 +10,7 @@
 //! HTTP, mark ready, serve the socket.
 
 mod cni;
+mod policy_api;
 pub mod policy_sync;
 mod status;
 pub mod sync;
@@ -179,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     cni::register_cni(&ctx.api, cni);
     status::register_status(&ctx, published.desired.clone(), ready.clone(), mtu);
+    policy_api::register(&ctx);
 
     // Parts started here register their methods, metrics and routes on ctx.
     let _wireguard = crate::wireguard::start(ctx.clone())

@@ -21,8 +21,9 @@ pub(super) struct TestArgs {
     /// Keep each lab afterwards (named after its scenario's position: lt0, lt1, ...).
     #[arg(long)]
     keep: bool,
-    /// How long the daemons get to apply each change before its probes run (ms).
-    #[arg(long, default_value_t = 2000)]
+    /// Extra time after every daemon reports a change applied, before its
+    /// probes run (ms).
+    #[arg(long, default_value_t = 0)]
     settle_ms: u64,
     /// The veild binary (default: next to veilctl).
     #[arg(long)]
