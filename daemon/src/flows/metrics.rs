@@ -213,6 +213,7 @@ mod tests {
             },
             verdict: Verdict::Allowed,
             policy: None,
+            rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -260,6 +261,7 @@ mod tests {
             counters: Counters::default(),
             verdict: Verdict::Allowed,
             policy: None,
+            rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,

@@ -158,6 +158,7 @@ impl Flows {
                     counters: e.counters,
                     verdict: Verdict::Allowed,
                     policy: None,
+                    rule: None,
                     locality: Locality {
                         source_local: src.local,
                         destination_local: dst.local,

@@ -132,6 +132,7 @@ impl LogPrefix {
                 tier: tier.to_string(),
                 policy: None,
                 rule: None,
+                rule: None,
             });
         }
         let (code, full) = pol.split_once(':')?;
@@ -240,6 +241,7 @@ mod tests {
             direction: Direction::Ingress,
             tier: "default".into(),
             policy: None,
+            rule: None,
             rule: None,
         };
         assert_eq!(d.encode(), "D|I|default|default");

@@ -142,6 +142,7 @@ impl Renderer<'_> {
                 tier: t.name.clone(),
                 policy: None,
                 rule: None,
+                rule: None,
             });
             self.out
                 .chains
