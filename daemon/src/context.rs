@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::api::ApiRegistry;
 use crate::config::Config;
 use crate::controller::Desired;
+use crate::dataplane::nftables::policy::LogPrefixes;
 use crate::datastore::{SharedDatastore, Snapshot};
 use crate::endpoints::EndpointTable;
 
@@ -26,6 +27,9 @@ pub struct NodeContext {
     /// The desired state of this node's dataplane (policy program, local
     /// endpoints), from the controller.
     pub desired: watch::Receiver<Arc<Desired>>,
+    /// The NFLOG prefixes of the rendered policy (what each names), for the
+    /// flow collector to attribute denies; fed by the dataplane.
+    pub log_prefixes: watch::Receiver<Arc<LogPrefixes>>,
     /// This node's endpoints.
     pub endpoints: Arc<EndpointTable>,
     /// Prometheus registry encoded on `/metrics`.

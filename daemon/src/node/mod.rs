@@ -137,6 +137,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         datastore: datastore.clone(),
         snapshots: snapshots.clone(),
         desired: published.desired.clone(),
+        // The lead's render glue feeds this (keep the sender then).
+        log_prefixes: tokio::sync::watch::channel(Arc::new(
+            crate::dataplane::nftables::policy::LogPrefixes::default(),
+        ))
+        .1,
         endpoints: endpoints.clone(),
         metrics: Arc::new(Mutex::new(registry)),
         api: ApiRegistry::default(),

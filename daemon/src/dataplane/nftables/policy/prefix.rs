@@ -132,7 +132,6 @@ impl LogPrefix {
                 tier: tier.to_string(),
                 policy: None,
                 rule: None,
-                rule: None,
             });
         }
         let (code, full) = pol.split_once(':')?;
@@ -241,7 +240,6 @@ mod tests {
             direction: Direction::Ingress,
             tier: "default".into(),
             policy: None,
-            rule: None,
             rule: None,
         };
         assert_eq!(d.encode(), "D|I|default|default");

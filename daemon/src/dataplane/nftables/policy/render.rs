@@ -142,7 +142,6 @@ impl Renderer<'_> {
                 tier: t.name.clone(),
                 policy: None,
                 rule: None,
-                rule: None,
             });
             self.out
                 .chains
