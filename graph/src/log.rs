@@ -394,7 +394,11 @@ mod tests {
         allowed.locality.source_local = false;
         log.record(&allowed);
         let all = log.query(&FlowFilter::default());
-        assert_eq!(all.flows.len(), 1, "the allowed one counts on the source's node");
+        assert_eq!(
+            all.flows.len(),
+            1,
+            "the allowed one counts on the source's node"
+        );
         assert_eq!(
             all.flows[0].rule.as_ref().unwrap().to_string(),
             "security/knp:shop/deny-db#2 ingress"
@@ -415,7 +419,10 @@ mod tests {
         let back: FlowEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back, all.flows[0]);
         // An entry of an older daemon, without `rule`, still parses.
-        let old = json.replace(&format!(",\"rule\":{}", serde_json::to_string(&back.rule).unwrap()), "");
+        let old = json.replace(
+            &format!(",\"rule\":{}", serde_json::to_string(&back.rule).unwrap()),
+            "",
+        );
         assert!(!old.contains("rule"), "{old}");
         assert_eq!(serde_json::from_str::<FlowEntry>(&old).unwrap().rule, None);
     }

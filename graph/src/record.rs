@@ -169,7 +169,9 @@ impl fmt::Display for RuleRef {
     /// tier's default.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.policy, self.rule) {
-            (Some(p), Some(r)) => write!(f, "{}/{}:{p}#{r} {}", self.tier, self.kind, self.direction),
+            (Some(p), Some(r)) => {
+                write!(f, "{}/{}:{p}#{r} {}", self.tier, self.kind, self.direction)
+            }
             (Some(p), None) => write!(f, "{}/{}:{p} {}", self.tier, self.kind, self.direction),
             _ => write!(f, "{}/default {}", self.tier, self.direction),
         }

@@ -243,7 +243,10 @@ mod tests {
         let h = parse_header(&syn([10, 244, 1, 2], 40000, [10, 244, 1, 3], 5432)).unwrap();
         assert_eq!(h.protocol, Protocol::Tcp);
         assert_eq!(h.src, "10.244.1.2".parse::<IpAddr>().unwrap());
-        assert_eq!((h.src_port, h.dst, h.dst_port, h.length), (40000, "10.244.1.3".parse().unwrap(), 5432, 40));
+        assert_eq!(
+            (h.src_port, h.dst, h.dst_port, h.length),
+            (40000, "10.244.1.3".parse().unwrap(), 5432, 40)
+        );
         let mut icmp = syn([10, 244, 1, 2], 0, [10, 244, 1, 3], 0);
         icmp[9] = 1;
         assert_eq!(parse_header(&icmp).unwrap().dst_port, 0);
@@ -281,7 +284,13 @@ mod tests {
         assert_eq!(e.destination.port, 8080);
         let r = e.rule.as_ref().unwrap();
         assert_eq!(
-            (r.tier.as_str(), r.kind.as_str(), r.policy.as_deref(), r.rule, r.direction.as_str()),
+            (
+                r.tier.as_str(),
+                r.kind.as_str(),
+                r.policy.as_deref(),
+                r.rule,
+                r.direction.as_str()
+            ),
             ("security", "gnp", Some("block-db"), Some(2), "egress")
         );
         assert_eq!(e.policy.as_deref(), Some("security/gnp:block-db#2 egress"));
@@ -298,7 +307,15 @@ mod tests {
         let last = f.flows(&FlowFilter::default()).flows.pop().unwrap();
         assert_eq!(last.policy.as_deref(), Some("default/default ingress"));
         let m = f.policy_log.by_policy.lock().unwrap().clone();
-        assert_eq!(m.get(&("deny", "security".into(), "gnp:block-db".into(), "egress".into())), Some(&1));
+        assert_eq!(
+            m.get(&(
+                "deny",
+                "security".into(),
+                "gnp:block-db".into(),
+                "egress".into()
+            )),
+            Some(&1)
+        );
     }
 
     #[test]
@@ -322,10 +339,18 @@ mod tests {
         let e = f.flows(&FlowFilter::default()).flows.pop().unwrap();
         let r = e.rule.unwrap();
         assert_eq!(r.kind, "vnp");
-        assert_eq!(r.policy.as_deref(), Some("shop/and-an-even-longer-policy-name-that-overflows"));
+        assert_eq!(
+            r.policy.as_deref(),
+            Some("shop/and-an-even-longer-policy-name-that-overflows")
+        );
         assert_eq!(r.rule, Some(4));
         // Without the table, the same prefix names nothing: counted only.
-        f.ingest_policy_log(&s, &syn([10, 244, 1, 2], 2, [10, 244, 1, 3], 80), &LogPrefixes::default(), 2);
+        f.ingest_policy_log(
+            &s,
+            &syn([10, 244, 1, 2], 2, [10, 244, 1, 3], 80),
+            &LogPrefixes::default(),
+            2,
+        );
         assert_eq!(f.policy_log.unattributed.load(Ordering::Relaxed), 1);
     }
 
@@ -357,6 +382,14 @@ mod tests {
         );
         assert!(f.flows(&FlowFilter::default()).flows.is_empty());
         let m = f.policy_log.by_policy.lock().unwrap().clone();
-        assert_eq!(m.get(&("log", "security".into(), "gnp:audit".into(), "egress".into())), Some(&1));
+        assert_eq!(
+            m.get(&(
+                "log",
+                "security".into(),
+                "gnp:audit".into(),
+                "egress".into()
+            )),
+            Some(&1)
+        );
     }
 }

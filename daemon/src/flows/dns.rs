@@ -128,7 +128,11 @@ pub fn nflog_payloads(buf: &[u8]) -> Vec<Vec<u8>> {
 /// Opens a netfilter netlink socket in the current namespace bound to each
 /// NFLOG group of `groups` in copy-packet mode (`copy_range` bytes of each
 /// packet), delivering each packet at once, with a 0.5 s receive timeout.
-pub fn open_nflog(groups: &[u16], copy_range: u32, rx_buf: usize) -> io::Result<netlink_sys::Socket> {
+pub fn open_nflog(
+    groups: &[u16],
+    copy_range: u32,
+    rx_buf: usize,
+) -> io::Result<netlink_sys::Socket> {
     let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     let _ = sock.set_rx_buf_sz(rx_buf);

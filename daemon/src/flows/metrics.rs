@@ -108,7 +108,13 @@ impl Collector for FlowMetrics {
             }
         }
         {
-            let by_policy = self.0.policy_log.by_policy.lock().expect("policy log lock").clone();
+            let by_policy = self
+                .0
+                .policy_log
+                .by_policy
+                .lock()
+                .expect("policy log lock")
+                .clone();
             for (name, help, action) in [
                 ("veil_policy_denies", "Packets denied per policy rule's tier, policy and direction (NFLOG, rate-limited per rule in the kernel)", "deny"),
                 ("veil_policy_logged", "Packets seen by Log rules per tier, policy and direction (NFLOG, rate-limited per rule in the kernel)", "log"),
@@ -300,7 +306,9 @@ mod tests {
         f.ingest_records(&[rec.clone()]);
         rec.verdict = Verdict::Denied;
         f.ingest_records(&[rec]);
-        let mut syn = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 244, 1, 2, 10, 244, 1, 3];
+        let mut syn = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 244, 1, 2, 10, 244, 1, 3,
+        ];
         syn.extend_from_slice(&[0x9c, 0x40, 0, 80]);
         syn.extend_from_slice(&[0; 16]);
         let t = Default::default();

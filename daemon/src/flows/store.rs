@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
-    ConnKey, Counters, FlowEvent, FlowFilter, RuleRef, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView, IdentityKind,
-    Locality, Millis, ServiceGraph, Verdict,
+    ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
+    IdentityKind, Locality, Millis, RuleRef, ServiceGraph, Verdict,
 };
 
 use super::conntrack::CtEntry;
