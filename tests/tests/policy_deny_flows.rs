@@ -7,8 +7,9 @@
 //!
 //! NEEDS THE RENDER GLUE: this passes only once veild renders the compiled
 //! policy into `inet veil` and feeds `NodeContext::log_prefixes` (the lead's
-//! node/ wiring). Without it nothing is dropped and the test fails at the
-//! "the SYN was dropped" assertion; it is not ignored on purpose.
+//! node/ wiring). Without it `node.status` never reports the policy applied
+//! (policyAppliedGeneration stays behind) and the test fails there, after
+//! 30 s; it is not ignored on purpose.
 
 mod graph_support;
 
