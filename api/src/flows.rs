@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use veil_graph::{FlowEnd, FlowEntry, FlowFilter, FlowPage, GraphCounters, GraphView, Verdict};
+pub use veil_graph::{
+    FlowEnd, FlowEntry, FlowFilter, FlowPage, GraphCounters, GraphView, RuleRef, Verdict,
+};
 
 /// Parameters of `graph.get` (none yet; an object so that some can be added).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::api::ApiRegistry;
 use crate::config::Config;
 use crate::controller::Desired;
+use crate::dataplane::nftables::policy::LogPrefixes;
 use crate::datastore::{SharedDatastore, Snapshot};
 use crate::endpoints::EndpointTable;
 
@@ -29,7 +30,7 @@ pub struct NodeContext {
     /// What the kernel holds of the policy program (generation, endpoints).
     pub policy_applied: watch::Receiver<Arc<crate::node::policy_sync::AppliedPolicy>>,
     /// The NFLOG prefixes of the policy in force (deny and log attribution).
-    pub log_prefixes: watch::Receiver<Arc<crate::dataplane::nftables::policy::LogPrefixes>>,
+    pub log_prefixes: watch::Receiver<Arc<LogPrefixes>>,
     /// This node's endpoints.
     pub endpoints: Arc<EndpointTable>,
     /// Prometheus registry encoded on `/metrics`.

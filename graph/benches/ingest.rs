@@ -65,6 +65,7 @@ fn stream(n: usize, fanout: u64) -> Vec<FlowRecord> {
                 },
                 verdict: Verdict::Allowed,
                 policy: None,
+                rule: None,
                 locality: Locality {
                     source_local: true,
                     destination_local: false,
@@ -156,6 +157,7 @@ fn memory_per_100k_edges(_c: &mut Criterion) {
                 counters: Counters::default(),
                 verdict: Verdict::Allowed,
                 policy: None,
+                rule: None,
                 locality: Locality {
                     source_local: true,
                     destination_local: false,

@@ -322,7 +322,7 @@ impl ServiceGraph {
     /// Ingests one record (see [`FlowSink`]).
     pub fn ingest(&mut self, r: &FlowRecord) {
         self.counters.records += 1;
-        if !r.locality.counts(&r.source) {
+        if !r.counted_here() {
             self.counters.not_counted_here += 1;
             return;
         }

@@ -35,7 +35,8 @@ pub use graph::{EdgeStats, GraphCounters, GraphLimits, ServiceGraph, Vertex};
 pub use identity::{derive_workload, strip_generated_suffixes, Identity, IdentityKind};
 pub use log::{FlowEnd, FlowEntry, FlowFilter, FlowLog, FlowPage};
 pub use record::{
-    ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Locality, Millis, Protocol, Verdict,
+    ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Locality, Millis, Protocol, RuleRef,
+    Verdict,
 };
 pub use view::{EdgeView, GraphView, NodeView};
 pub use window::Rate;

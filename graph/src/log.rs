@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, IdentityKind};
-use crate::record::{Counters, FlowEvent, FlowRecord, FlowSink, Millis, Protocol, Verdict};
+use crate::record::{
+    Counters, FlowEvent, FlowRecord, FlowSink, Millis, Protocol, RuleRef, Verdict,
+};
 
 /// One end of a logged flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +85,9 @@ pub struct FlowEntry {
     /// Deciding policy and rule, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Deciding rule, structured (denied attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
     /// The node that logged it, filled in by whoever merges logs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
@@ -106,6 +111,9 @@ pub struct FlowFilter {
     /// Only flows with this verdict.
     #[serde(default)]
     pub verdict: Option<Verdict>,
+    /// Only flows decided by this policy (see [`RuleRef::matches_policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// At most this many (the newest); 0 means all that are kept.
     #[serde(default)]
     pub limit: usize,
@@ -131,6 +139,11 @@ impl FlowFilter {
         }
         if let Some(v) = self.verdict {
             if e.verdict != v {
+                return false;
+            }
+        }
+        if let Some(p) = &self.policy {
+            if !e.rule.as_ref().is_some_and(|r| r.matches_policy(p)) {
                 return false;
             }
         }
@@ -196,7 +209,7 @@ impl FlowLog {
 impl FlowSink for FlowLog {
     fn record(&mut self, r: &FlowRecord) {
         // Periodic readings of live connections are not events worth a line.
-        if !r.locality.counts(&r.source) || r.event == FlowEvent::Update {
+        if !r.counted_here() || r.event == FlowEvent::Update {
             return;
         }
         let e = FlowEntry {
@@ -209,6 +222,7 @@ impl FlowSink for FlowLog {
             counters: r.counters,
             verdict: r.verdict,
             policy: r.policy.as_deref().map(str::to_string),
+            rule: r.rule.as_deref().cloned(),
             node: String::new(),
         };
         self.next_seq += 1;
@@ -248,6 +262,7 @@ mod tests {
             counters: Counters::default(),
             verdict,
             policy: None,
+            rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -359,5 +374,56 @@ mod tests {
             }),
             1
         );
+    }
+
+    #[test]
+    fn a_denied_attempt_is_logged_by_the_node_that_dropped_it_and_filtered_by_policy() {
+        let mut log = FlowLog::new(10);
+        let mut r = rec(1, "frontend", "shop", Verdict::Denied);
+        // Ingress deny on the destination's node: the source is a remote pod.
+        r.locality.source_local = false;
+        r.rule = Some(Arc::new(RuleRef {
+            tier: "security".into(),
+            kind: "knp".into(),
+            policy: Some("shop/deny-db".into()),
+            rule: Some(2),
+            direction: "ingress".into(),
+        }));
+        log.record(&r);
+        let mut allowed = rec(2, "frontend", "shop", Verdict::Allowed);
+        allowed.locality.source_local = false;
+        log.record(&allowed);
+        let all = log.query(&FlowFilter::default());
+        assert_eq!(
+            all.flows.len(),
+            1,
+            "the allowed one counts on the source's node"
+        );
+        assert_eq!(
+            all.flows[0].rule.as_ref().unwrap().to_string(),
+            "security/knp:shop/deny-db#2 ingress"
+        );
+        for (p, n) in [
+            ("deny-db", 1),
+            ("shop/deny-db", 1),
+            ("knp:shop/deny-db", 1),
+            ("other", 0),
+        ] {
+            let f = FlowFilter {
+                policy: Some(p.into()),
+                ..Default::default()
+            };
+            assert_eq!(log.query(&f).flows.len(), n, "{p}");
+        }
+        let json = serde_json::to_string(&all.flows[0]).unwrap();
+        let back: FlowEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, all.flows[0]);
+        // An entry of an older daemon, without `rule`, still parses.
+        let old = json.replace(
+            &format!(",\"rule\":{}", serde_json::to_string(&back.rule).unwrap()),
+            "",
+        );
+        assert!(!old.contains("rule"), "{old}");
+        assert_eq!(serde_json::from_str::<FlowEntry>(&old).unwrap().rule, None);
     }
 }

@@ -131,6 +131,53 @@ impl FromStr for Verdict {
     }
 }
 
+/// The policy rule that decided a flow (from the dataplane's NFLOG prefix).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// Tier of the deciding rule.
+    pub tier: String,
+    /// Policy kind code (`gnp`, `knp`, `anp`, ...); empty for the tier's default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Policy name, `namespace/name` when namespaced; `None` for the tier's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Rule index in the policy's rules of that direction; `None` for the tier's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    /// `egress` (checked for the source) or `ingress` (for the destination).
+    pub direction: String,
+}
+
+impl RuleRef {
+    /// Whether `pattern` names this rule's policy: its name, `namespace/name`,
+    /// `kind:name`, or the tier's name with `default` (`security/default`).
+    pub fn matches_policy(&self, pattern: &str) -> bool {
+        match &self.policy {
+            Some(p) => {
+                p == pattern
+                    || p.rsplit('/').next() == Some(pattern)
+                    || format!("{}:{p}", self.kind) == pattern
+            }
+            None => pattern == "default" || pattern == format!("{}/default", self.tier),
+        }
+    }
+}
+
+impl fmt::Display for RuleRef {
+    /// `security/gnp:block-db#2 egress`, or `security/default ingress` for a
+    /// tier's default.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.policy, self.rule) {
+            (Some(p), Some(r)) => {
+                write!(f, "{}/{}:{p}#{r} {}", self.tier, self.kind, self.direction)
+            }
+            (Some(p), None) => write!(f, "{}/{}:{p} {}", self.tier, self.kind, self.direction),
+            _ => write!(f, "{}/default {}", self.tier, self.direction),
+        }
+    }
+}
+
 /// What happened to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -239,6 +286,9 @@ impl Locality {
     /// node A to a pod on node B crosses the conntrack tables of both A and B;
     /// only A counts it. Connections with neither end local (transit) are
     /// counted by nobody here.
+    ///
+    /// A denied attempt is seen only by the node whose policy dropped it, so
+    /// that node counts it (see [`FlowRecord::counted_here`]).
     pub fn counts(&self, source: &Identity) -> bool {
         if self.source_local {
             return true;
@@ -266,10 +316,21 @@ pub struct FlowRecord {
     pub counters: Counters,
     /// What policy decided (always [`Verdict::Allowed`] until enforcement reports drops).
     pub verdict: Verdict,
-    /// The policy and rule that decided, e.g. `default/deny-db#2`, when known.
+    /// The policy and rule that decided, e.g. `security/gnp:deny-db#2 egress`, when known.
     pub policy: Option<Arc<str>>,
+    /// The same, structured (denied records from the dataplane carry it).
+    pub rule: Option<Arc<RuleRef>>,
     /// Which ends are local to the observing node.
     pub locality: Locality,
+}
+
+impl FlowRecord {
+    /// Whether the observing node counts this record: the count-once rule of
+    /// [`Locality::counts`] for connections, always for denied attempts
+    /// (only the node that dropped the packet sees them).
+    pub fn counted_here(&self) -> bool {
+        self.verdict == Verdict::Denied || self.locality.counts(&self.source)
+    }
 }
 
 /// Where flow records go. The graph, the flow log, and a tee of both are sinks.

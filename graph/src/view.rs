@@ -423,6 +423,7 @@ mod tests {
                 },
                 verdict: Verdict::Allowed,
                 policy: None,
+                rule: None,
                 locality: Locality {
                     source_local: true,
                     destination_local: false,

@@ -1,6 +1,7 @@
 //! `veilctl flows`: recent and live flows, like `hubble observe`, from every
 //! node daemon of a lab (`--lab`) or one daemon (`--socket`), filtered by
-//! namespace, source, destination and verdict; `--follow` keeps polling with
+//! namespace, source, destination, verdict and deciding policy (denied flows
+//! name the tier, policy and rule that dropped them); `--follow` keeps polling with
 //! each daemon's cursor.
 
 use std::path::Path;
@@ -41,6 +42,9 @@ pub struct Args {
     /// Only flows with this verdict (allowed, denied).
     #[arg(long)]
     pub verdict: Option<Verdict>,
+    /// Only flows decided by this policy (`name`, `namespace/name`, `kind:name`).
+    #[arg(long)]
+    pub policy: Option<String>,
     /// At most this many recent flows per node before following (0: all kept).
     #[arg(long, default_value_t = 100)]
     pub last: usize,
@@ -56,8 +60,13 @@ fn line(e: &FlowEntry) -> String {
     };
     let secs = e.time / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let by = match (&e.rule, &e.policy) {
+        (Some(r), _) => format!(" by {r}"),
+        (None, Some(p)) => format!(" by {p}"),
+        _ => String::new(),
+    };
     format!(
-        "{h:02}:{m:02}:{s:02}.{:03} {:<8} {} -> {} {} {:?} {} {}B/{}B",
+        "{h:02}:{m:02}:{s:02}.{:03} {:<8} {} -> {} {} {:?} {}{by} {}B/{}B",
         e.time % 1000,
         e.node,
         end(&e.source),
@@ -90,6 +99,7 @@ pub fn run(args: Args) -> i32 {
         from: args.from.clone(),
         to: args.to.clone(),
         verdict: args.verdict,
+        policy: args.policy.clone(),
         limit: args.last,
     };
     let mut cursors = vec![0u64; sockets.len()];

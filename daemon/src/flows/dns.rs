@@ -65,23 +65,51 @@ pub fn learn_from_response(dns: &[u8]) -> Option<(String, Vec<IpAddr>)> {
     (!ips.is_empty() && !name.is_empty()).then_some((name, ips))
 }
 
-/// The payloads (IP packets) of the NFLOG packet messages in one datagram.
-/// Messages that are not NFLOG packets, or do not decode, are skipped.
-pub fn nflog_payloads(buf: &[u8]) -> Vec<Vec<u8>> {
+/// One NFLOG packet message: its group, the rule's prefix (empty when none)
+/// and the copied packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NflogPacket {
+    /// NFLOG group it was logged to.
+    pub group: u16,
+    /// The logging rule's prefix, without the NUL.
+    pub prefix: String,
+    /// The packet (IP header first), as much as the copy range allowed.
+    pub payload: Vec<u8>,
+}
+
+/// The NFLOG packet messages of one datagram. Messages that are not NFLOG
+/// packets, or do not decode, are skipped.
+pub fn nflog_packets(buf: &[u8]) -> Vec<NflogPacket> {
     let mut out = Vec::new();
     let mut off = 0usize;
     while let Ok(b) = NetlinkBuffer::new_checked(&buf[off..]) {
         let len = b.length() as usize;
         if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..off + len]) {
             if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                header,
                 inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
                 ..
             }) = m.payload
             {
-                out.extend(nlas.into_iter().filter_map(|n| match n {
-                    PacketNla::Payload(p) => Some(p),
-                    _ => None,
-                }));
+                let mut p = NflogPacket {
+                    group: header.res_id,
+                    prefix: String::new(),
+                    payload: Vec::new(),
+                };
+                let mut has_payload = false;
+                for n in nlas {
+                    match n {
+                        PacketNla::Payload(v) => {
+                            p.payload = v;
+                            has_payload = true;
+                        }
+                        PacketNla::Prefix(c) => p.prefix = c.to_string_lossy().into_owned(),
+                        _ => {}
+                    }
+                }
+                if has_payload {
+                    out.push(p);
+                }
             }
         }
         off += (len + 3) & !3;
@@ -90,6 +118,63 @@ pub fn nflog_payloads(buf: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     out
+}
+
+/// The payloads (IP packets) of the NFLOG packet messages in one datagram.
+pub fn nflog_payloads(buf: &[u8]) -> Vec<Vec<u8>> {
+    nflog_packets(buf).into_iter().map(|p| p.payload).collect()
+}
+
+/// Opens a netfilter netlink socket in the current namespace bound to each
+/// NFLOG group of `groups` in copy-packet mode (`copy_range` bytes of each
+/// packet), delivering each packet at once, with a 0.5 s receive timeout.
+pub fn open_nflog(
+    groups: &[u16],
+    copy_range: u32,
+    rx_buf: usize,
+) -> io::Result<netlink_sys::Socket> {
+    let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    let _ = sock.set_rx_buf_sz(rx_buf);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seq = 0u32;
+    for &group in groups {
+        // Deliver every packet at once (the kernel batches up to 100 packets
+        // or 1 s by default): a name must be known before the connection
+        // that follows its lookup is seen.
+        for nla in [
+            ConfigNla::Cmd(ConfigCmd::Bind),
+            ConfigNla::Mode(ConfigMode::new_packet(copy_range)),
+            ConfigNla::QThresh(1),
+            ConfigNla::Timeout(Timeout::new(0)),
+        ] {
+            let mut req = config_request(NetfilterProtoFamily::Unspec, group, vec![nla]);
+            seq += 1;
+            req.header.sequence_number = seq;
+            let mut msg = vec![0u8; req.buffer_len()];
+            req.serialize(&mut msg);
+            sock.send_to(&msg, &netlink_sys::SocketAddr::new(0, 0), 0)?;
+            let n = sock.recv(&mut &mut buf[..], 0)?;
+            let ack = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[..n.min(buf.len())])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            if let NetlinkPayload::Error(e) = ack.payload {
+                if e.code.is_some() {
+                    let e = e.to_io();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("binding NFLOG group {group}: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    nix::sys::socket::setsockopt(
+        &sock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 500_000),
+    )
+    .map_err(io::Error::from)?;
+    Ok(sock)
 }
 
 /// The NFLOG group of DNS responses, in the current namespace.
@@ -101,43 +186,11 @@ pub struct DnsSnoop {
 impl DnsSnoop {
     /// Binds NFLOG group [`NFLOG_GROUP`] in copy-packet mode.
     pub fn open() -> io::Result<Self> {
-        let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        let _ = sock.set_rx_buf_sz(4 << 20);
-        let mut buf = vec![0u8; 1 << 16];
-        // Deliver every packet at once (the kernel batches up to 100 packets
-        // or 1 s by default): a name must be known before the connection
-        // that follows its lookup is seen.
-        for (i, nla) in [
-            ConfigNla::Cmd(ConfigCmd::Bind),
-            ConfigNla::Mode(ConfigMode::new_packet(COPY_RANGE)),
-            ConfigNla::QThresh(1),
-            ConfigNla::Timeout(Timeout::new(0)),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let mut req = config_request(NetfilterProtoFamily::Unspec, NFLOG_GROUP, vec![nla]);
-            req.header.sequence_number = i as u32 + 1;
-            let mut msg = vec![0u8; req.buffer_len()];
-            req.serialize(&mut msg);
-            sock.send_to(&msg, &netlink_sys::SocketAddr::new(0, 0), 0)?;
-            let n = sock.recv(&mut &mut buf[..], 0)?;
-            let ack = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[..n.min(buf.len())])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            if let NetlinkPayload::Error(e) = ack.payload {
-                if e.code.is_some() {
-                    return Err(e.to_io());
-                }
-            }
-        }
-        nix::sys::socket::setsockopt(
-            &sock,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, 500_000),
-        )
-        .map_err(io::Error::from)?;
-        Ok(DnsSnoop { sock, buf })
+        let sock = open_nflog(&[NFLOG_GROUP], COPY_RANGE, 4 << 20)?;
+        Ok(DnsSnoop {
+            sock,
+            buf: vec![0u8; 1 << 16],
+        })
     }
 
     /// Waits (up to 0.5 s) for DNS responses; returns what they taught.

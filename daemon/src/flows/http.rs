@@ -203,6 +203,7 @@ struct FlowsQuery {
     from: Option<String>,
     to: Option<String>,
     verdict: Option<String>,
+    policy: Option<String>,
     #[serde(default)]
     limit: usize,
 }
@@ -218,6 +219,7 @@ async fn flows(State(st): State<AppState>, Query(q): Query<FlowsQuery>) -> Respo
         from: q.from,
         to: q.to,
         verdict,
+        policy: q.policy,
         limit: q.limit,
     };
     Json(st.flows.flows(&f)).into_response()

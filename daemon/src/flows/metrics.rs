@@ -107,6 +107,32 @@ impl Collector for FlowMetrics {
                     .encode(m.encode_family(&with(l, ("verdict", "allowed")))?)?;
             }
         }
+        {
+            let by_policy = self
+                .0
+                .policy_log
+                .by_policy
+                .lock()
+                .expect("policy log lock")
+                .clone();
+            for (name, help, action) in [
+                ("veil_policy_denies", "Packets denied per policy rule's tier, policy and direction (NFLOG, rate-limited per rule in the kernel)", "deny"),
+                ("veil_policy_logged", "Packets seen by Log rules per tier, policy and direction (NFLOG, rate-limited per rule in the kernel)", "log"),
+            ] {
+                let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for ((a, tier, policy, direction), v) in &by_policy {
+                    if *a != action {
+                        continue;
+                    }
+                    let l: Labels = vec![
+                        ("tier", tier.clone()),
+                        ("policy", policy.clone()),
+                        ("direction", direction.clone()),
+                    ];
+                    ConstCounter::new(*v).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
         let h = self.0.health_report();
         for (name, help, v) in [
             (
@@ -118,6 +144,16 @@ impl Collector for FlowMetrics {
                 "veil_flow_events_lost",
                 "Conntrack event overruns (ENOBUFS): each lost one or more events",
                 self.0.health.lost.load(Ordering::Relaxed),
+            ),
+            (
+                "veil_policy_log_lost",
+                "Policy log (NFLOG) receive buffer overruns (ENOBUFS): each lost one or more entries",
+                self.0.policy_log.lost.load(Ordering::Relaxed),
+            ),
+            (
+                "veil_policy_log_unattributed",
+                "Policy log (NFLOG) entries whose prefix or packet could not be read",
+                self.0.policy_log.unattributed.load(Ordering::Relaxed),
             ),
             (
                 "veil_flow_dumps",
@@ -213,6 +249,7 @@ mod tests {
             },
             verdict: Verdict::Allowed,
             policy: None,
+            rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -260,6 +297,7 @@ mod tests {
             counters: Counters::default(),
             verdict: Verdict::Allowed,
             policy: None,
+            rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -268,6 +306,14 @@ mod tests {
         f.ingest_records(&[rec.clone()]);
         rec.verdict = Verdict::Denied;
         f.ingest_records(&[rec]);
+        let mut syn = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 244, 1, 2, 10, 244, 1, 3,
+        ];
+        syn.extend_from_slice(&[0x9c, 0x40, 0, 80]);
+        syn.extend_from_slice(&[0; 16]);
+        let t = Default::default();
+        f.ingest_policy_log("D|E|security|gnp:block-db|2", &syn, &t, 2);
+        f.ingest_policy_log("L|E|security|gnp:audit|0", &syn, &t, 2);
         let mut reg = Registry::default();
         reg.register_collector(Box::new(FlowMetrics(f)));
         let mut out = String::new();

@@ -10,6 +10,8 @@
 //! (resolve both ends with [`resolve::Resolver`], apply the count-once rule,
 //! feed the graph and the log under one lock, per datagram). DNS answers
 //! crossing the node (NFLOG, [`dns`]) name the external addresses they gave.
+//! Packets the policy dataplane denied (NFLOG, [`deny`]) become flow records
+//! with verdict `denied` and the rule that decided.
 //!
 //! Invariants:
 //! - Every event the kernel could not deliver (ENOBUFS) is counted in
@@ -33,6 +35,7 @@
 mod collector;
 pub mod conntrack;
 mod ctnetlink;
+pub mod deny;
 pub mod dns;
 mod http;
 mod metrics;
@@ -235,6 +238,13 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
             }
             tracing::debug!("flow collector stopped");
         })
+        .map_err(FlowError::Thread)?;
+    let f4 = flows.clone();
+    let shutdown = ctx.shutdown.clone();
+    let prefixes = ctx.log_prefixes.clone();
+    std::thread::Builder::new()
+        .name("veil-flows-deny".into())
+        .spawn(move || deny::run(f4, prefixes, || *shutdown.borrow()))
         .map_err(FlowError::Thread)?;
     let f3 = flows.clone();
     let shutdown = ctx.shutdown.clone();

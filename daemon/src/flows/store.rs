@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
-    ConnKey, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView, IdentityKind,
-    Locality, Millis, ServiceGraph, Verdict,
+    ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
+    IdentityKind, Locality, Millis, RuleRef, ServiceGraph, Verdict,
 };
 
 use super::conntrack::CtEntry;
@@ -48,6 +48,8 @@ pub struct Flows {
     resolver: Mutex<Arc<Resolver>>,
     /// Health counters.
     pub health: Health,
+    /// Counters of the policy log (denies and `Log` entries per policy, losses).
+    pub policy_log: super::deny::PolicyLogCounters,
 }
 
 impl std::fmt::Debug for Flows {
@@ -87,6 +89,7 @@ impl Flows {
             }),
             resolver: Mutex::new(Arc::new(resolver)),
             health: Health::default(),
+            policy_log: Default::default(),
         }
     }
 
@@ -158,6 +161,7 @@ impl Flows {
                     counters: e.counters,
                     verdict: Verdict::Allowed,
                     policy: None,
+                    rule: None,
                     locality: Locality {
                         source_local: src.local,
                         destination_local: dst.local,
@@ -171,6 +175,41 @@ impl Flows {
         for r in &records {
             sink.record(r);
         }
+    }
+
+    /// Ingests a denied attempt (a packet the policy dataplane dropped),
+    /// resolved to identities as conntrack flows are.
+    pub fn ingest_denied(&self, h: &super::deny::PacketHeader, rule: Arc<RuleRef>, now: Millis) {
+        let resolver = self.resolver.lock().expect("resolver lock").clone();
+        let src = resolver.resolve(h.src);
+        let dst = resolver.resolve(h.dst);
+        let r = FlowRecord {
+            time: now,
+            event: FlowEvent::New,
+            conn: ConnKey {
+                protocol: h.protocol,
+                src: h.src,
+                src_port: h.src_port,
+                dst: h.dst,
+                dst_port: h.dst_port,
+                id: 0,
+            },
+            source: src.identity,
+            destination: dst.identity,
+            counters: Counters {
+                bytes_sent: h.length,
+                packets_sent: 1,
+                ..Counters::default()
+            },
+            verdict: Verdict::Denied,
+            policy: Some(Arc::from(rule.to_string())),
+            rule: Some(rule),
+            locality: Locality {
+                source_local: src.local,
+                destination_local: dst.local,
+            },
+        };
+        self.ingest_records(&[r]);
     }
 
     /// Ingests records built elsewhere (e.g. denied attempts from the policy

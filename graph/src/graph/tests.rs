@@ -40,6 +40,7 @@ fn rec(
         },
         verdict: Verdict::Allowed,
         policy: None,
+        rule: None,
         locality: Locality {
             source_local: true,
             destination_local: false,
