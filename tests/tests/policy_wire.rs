@@ -185,6 +185,24 @@ fn deleted_rule_comes_back_and_policy_outlives_a_killed_veild() {
     assert!(probe(&lab, "store/frontend", "store/api", "8080"));
     assert!(!probe(&lab, "store/frontend", "store/database", "5432"));
 
+    // The deny is attributed: a denied flow naming the tier default that
+    // dropped it (database's ingress: only the api is allowed).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let o = veilctl(&["flows", "--lab", &lab.name, "--verdict", "denied"]);
+            let out = String::from_utf8_lossy(&o.stdout);
+            out.contains("store/frontend") && out.contains("denied by default/default ingress")
+        }),
+        "{}",
+        show(&veilctl(&[
+            "flows",
+            "--lab",
+            &lab.name,
+            "--verdict",
+            "denied"
+        ]))
+    );
+
     // Drift: empty the default-deny chain by hand; the resync refills it.
     nft(
         &lab,
