@@ -168,23 +168,9 @@ pub fn base() -> BaseFilter {
 }
 
 /// The desired table holding `rendered`.
-///
-/// Workaround (reported, not fixed here): the renderer's dispatch maps
-/// `jump` to the endpoint chain, so when that chain returns (allowed, or the
-/// empty open chain) the packet falls through to the dispatch chain's next
-/// rule, the `veil*` "pod not programmed yet" drop: every pod is cut off.
-/// The benchmark dispatches with `goto` instead, which returns to `forward`
-/// (the evaluation the renderer intends).
 pub fn desired(rendered: &RenderedPolicy) -> DesiredTable {
     let mut d = DesiredTable::new(base());
     d.policy = rendered.objects();
-    for m in d.policy.maps.values_mut() {
-        for (_, v) in &mut m.elements {
-            if let Expression::Verdict(Verdict::Jump(t)) = v {
-                *v = Expression::Verdict(Verdict::Goto(t.clone()));
-            }
-        }
-    }
     d
 }
 
