@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 
-use nftables::expr::{Expression, Verdict};
 use veil_daemon::dataplane::nftables::policy::{render, LocalEndpoint, RenderedPolicy};
 use veil_daemon::dataplane::nftables::{BaseFilter, DesiredTable};
 use veil_policy::cluster::{Cluster, Node, Pod};
@@ -152,7 +151,7 @@ pub fn endpoints(c: &Cluster) -> Vec<LocalEndpoint> {
                 _ => format!("veil{k:011x}"),
             },
             ip: p.ip,
-            identified: true,
+            pod: Some(p.key()),
         })
         .collect()
 }
