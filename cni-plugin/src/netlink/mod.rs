@@ -86,7 +86,6 @@ fn errno_of(e: &io::Error) -> Option<i32> {
     e.raw_os_error()
 }
 
-
 /// Whether `ns` is the namespace this process runs in.
 fn is_own_netns(ns: &File) -> bool {
     use std::os::unix::fs::MetadataExt;

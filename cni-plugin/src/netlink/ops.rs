@@ -55,7 +55,12 @@ impl Nl {
         )
     }
 
-    pub(super) fn add_permanent_neighbour(&mut self, index: u32, ip: &IpAddr, mac: &[u8]) -> io::Result<()> {
+    pub(super) fn add_permanent_neighbour(
+        &mut self,
+        index: u32,
+        ip: &IpAddr,
+        mac: &[u8],
+    ) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = family(ip);
         m.header.ifindex = index;

@@ -4,7 +4,12 @@
 
 use super::*;
 
-pub(super) fn del(env: &CniEnv, conf: &NetConf, stdin: &[u8], links: &mut dyn Links) -> Result<(), CniError> {
+pub(super) fn del(
+    env: &CniEnv,
+    conf: &NetConf,
+    stdin: &[u8],
+    links: &mut dyn Links,
+) -> Result<(), CniError> {
     let host = host_ifname(&env.container_id, &env.ifname);
     let mut link_err: Option<CniError> = None;
     // The links first: no traffic for this pod once its address is released.

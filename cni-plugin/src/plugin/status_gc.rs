@@ -43,7 +43,12 @@ pub(super) fn status(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), C
     Ok(())
 }
 
-pub(super) fn gc(env: &CniEnv, conf: &NetConf, stdin: &[u8], links: &mut dyn Links) -> Result<(), CniError> {
+pub(super) fn gc(
+    env: &CniEnv,
+    conf: &NetConf,
+    stdin: &[u8],
+    links: &mut dyn Links,
+) -> Result<(), CniError> {
     if !conf.version.has_status_and_gc() {
         return Err(CniError::IncompatibleVersion {
             msg: format!(

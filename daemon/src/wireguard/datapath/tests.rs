@@ -60,12 +60,7 @@ fn ip_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 }
 
 /// Delivers every datagram in `from_sink` to `to`, returning plain packets.
-fn deliver(
-    to: &Node,
-    from_ep: &str,
-    from_sink: &mut VecSink,
-    back: &mut VecSink,
-) -> Vec<Vec<u8>> {
+fn deliver(to: &Node, from_ep: &str, from_sink: &mut VecSink, back: &mut VecSink) -> Vec<Vec<u8>> {
     let mut plain_out = Vec::new();
     let table = to.shared.table();
     for (d, _) in std::mem::take(&mut from_sink.out) {
