@@ -1,0 +1,216 @@
+use super::*;
+
+const A_EP: &str = "198.18.0.1:51820";
+const B_EP: &str = "198.18.0.2:51820";
+
+struct Node {
+    shared: Shared,
+    key: KeyPair,
+    next: u32,
+}
+
+impl Node {
+    fn new(seed: u8) -> Self {
+        Self {
+            shared: Shared {
+                table: RwLock::new(Arc::new(Table::default())),
+                counters: Counters::default(),
+            },
+            key: KeyPair::from_secret([seed; 32]),
+            next: seed as u32 * 1000,
+        }
+    }
+    fn set_peers(&mut self, peers: &[DesiredPeer]) {
+        let old = self.shared.table();
+        let mut n = self.next;
+        let (t, _) = Table::rebuild(
+            &old,
+            &self.key,
+            peers,
+            &mut || {
+                n += 1;
+                n
+            },
+            Instant::now(),
+        );
+        self.next = n;
+        *self.shared.table.write().unwrap() = Arc::new(t);
+    }
+}
+
+fn desired(name: &str, key: &KeyPair, cidr: &str, ep: &str) -> DesiredPeer {
+    DesiredPeer {
+        node: name.into(),
+        key: key.public_bytes(),
+        endpoint: ep.parse().unwrap(),
+        allowed: vec![cidr.parse().unwrap()],
+    }
+}
+
+fn ip_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Delivers every datagram in `from_sink` to `to`, returning plain packets.
+fn deliver(to: &Node, from_ep: &str, from_sink: &mut VecSink, back: &mut VecSink) -> Vec<Vec<u8>> {
+    let mut plain_out = Vec::new();
+    let table = to.shared.table();
+    for (d, _) in std::mem::take(&mut from_sink.out) {
+        let mut plain = vec![0u8; d.len().max(148) + 64];
+        if let RxVerdict::Deliver(n) = decapsulate(
+            &to.shared,
+            &table,
+            from_ep.parse().unwrap(),
+            &d,
+            &mut plain,
+            back,
+        ) {
+            plain_out.push(plain[..n].to_vec());
+        }
+    }
+    plain_out
+}
+
+fn pair() -> (Node, Node) {
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    let bk = b.key.clone();
+    let ak = a.key.clone();
+    a.set_peers(&[desired("b", &bk, "10.244.1.0/24", B_EP)]);
+    b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+    (a, b)
+}
+
+/// Runs the handshake by sending `first` from a to b, then ping-pongs.
+fn exchange(a: &Node, b: &Node, pkt: &[u8]) -> Vec<Vec<u8>> {
+    let mut sa = VecSink::default();
+    let mut sb = VecSink::default();
+    let t = a.shared.table();
+    encapsulate(&a.shared, &t, pkt, &mut sa);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(deliver(b, A_EP, &mut sa, &mut sb));
+        got.extend(deliver(a, B_EP, &mut sb, &mut sa));
+    }
+    got
+}
+
+#[test]
+fn first_packet_waits_for_the_handshake_then_arrives_encrypted() {
+    let (a, b) = pair();
+    let pkt = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"hello pod b");
+    let mut sa = VecSink::default();
+    let t = a.shared.table();
+    assert_eq!(
+        encapsulate(&a.shared, &t, &pkt, &mut sa),
+        TxVerdict::AwaitingSession
+    );
+    // Only a handshake initiation left the node; no plaintext.
+    assert_eq!(sa.out.len(), 1);
+    assert_eq!(sa.out[0].0.len(), 148);
+    assert!(!sa.out[0].0.windows(11).any(|w| w == b"hello pod b"));
+    let mut sb = VecSink::default();
+    assert!(deliver(&b, A_EP, &mut sa, &mut sb).is_empty());
+    // b answered; a completes and flushes the queued packet.
+    let _ = deliver(&a, B_EP, &mut sb, &mut sa);
+    assert!(sa
+        .out
+        .iter()
+        .all(|(d, _)| !d.windows(11).any(|w| w == b"hello pod b")));
+    let got = deliver(&b, A_EP, &mut sa, &mut sb);
+    assert_eq!(got, vec![pkt]);
+}
+
+#[test]
+fn packet_for_no_peer_is_dropped_and_counted() {
+    let (a, _b) = pair();
+    let pkt = ip_packet([10, 244, 0, 2], [10, 244, 9, 2], b"x");
+    let mut sa = VecSink::default();
+    let t = a.shared.table();
+    assert_eq!(encapsulate(&a.shared, &t, &pkt, &mut sa), TxVerdict::NoPeer);
+    assert!(sa.out.is_empty());
+    assert_eq!(a.shared.counters.dropped_no_peer.get(), 1);
+}
+
+#[test]
+fn spoofed_source_outside_allowed_ips_is_dropped() {
+    let (a, b) = pair();
+    let good = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"ok");
+    assert_eq!(exchange(&a, &b, &good), vec![good]);
+    let bad = ip_packet([10, 244, 7, 2], [10, 244, 1, 2], b"spoof");
+    let mut sa = VecSink::default();
+    let t = a.shared.table();
+    assert_eq!(encapsulate(&a.shared, &t, &bad, &mut sa), TxVerdict::Sent);
+    let mut sb = VecSink::default();
+    assert!(deliver(&b, A_EP, &mut sa, &mut sb).is_empty());
+    assert_eq!(b.shared.counters.dropped_bad_source.get(), 1);
+}
+
+#[test]
+fn both_directions_carry_traffic_after_handshake() {
+    let (a, b) = pair();
+    let p1 = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], &[7u8; 1400]);
+    assert_eq!(exchange(&a, &b, &p1), vec![p1.clone()]);
+    let p2 = ip_packet([10, 244, 1, 2], [10, 244, 0, 2], &[9u8; 1000]);
+    assert_eq!(exchange(&b, &a, &p2), vec![p2]);
+    let t = a.shared.table();
+    assert!(t.slots[0].current.established.load(Ordering::Relaxed));
+}
+
+#[test]
+fn key_rotation_keeps_traffic_flowing_make_before_break() {
+    let (mut a, mut b) = pair();
+    let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"before");
+    assert_eq!(exchange(&a, &b, &p), vec![p]);
+    // a rotates: the old Tunn keeps sending until the new one is up.
+    a.key = KeyPair::from_secret([3; 32]);
+    let bk = b.key.clone();
+    a.set_peers(&[desired("b", &bk, "10.244.1.0/24", B_EP)]);
+    let t = a.shared.table();
+    assert!(t.slots[0].retiring.is_some());
+    assert_eq!(t.keys.len(), 2);
+    let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"during");
+    let mut sa = VecSink::default();
+    assert_eq!(encapsulate(&a.shared, &t, &p, &mut sa), TxVerdict::Sent);
+    let mut sb = VecSink::default();
+    assert_eq!(deliver(&b, A_EP, &mut sa, &mut sb), vec![p]);
+    // b learns a's new key; its new Tunn handshakes with a's new key.
+    let ak = a.key.clone();
+    b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+    let tb = b.shared.table();
+    assert!(tb.slots[0].retiring.is_some());
+    kick(&tb, &tb.slots[0].current, &mut sb);
+    for _ in 0..3 {
+        deliver(&a, B_EP, &mut sb, &mut sa);
+        deliver(&b, A_EP, &mut sa, &mut sb);
+    }
+    let ta = a.shared.table();
+    assert!(ta.slots[0].current.established.load(Ordering::Relaxed));
+    let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"after");
+    assert_eq!(exchange(&a, &b, &p), vec![p]);
+    assert!(Arc::ptr_eq(ta.slots[0].sender(), &ta.slots[0].current));
+}
+
+#[test]
+fn handshake_from_an_unknown_key_is_refused_and_counted() {
+    let (a, _b) = pair();
+    let mut c = Node::new(5);
+    let ak = a.key.clone();
+    c.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
+    let pkt = ip_packet([10, 244, 5, 2], [10, 244, 0, 2], b"intruder");
+    let mut sc = VecSink::default();
+    let t = c.shared.table();
+    encapsulate(&c.shared, &t, &pkt, &mut sc);
+    let mut sa = VecSink::default();
+    assert!(deliver(&a, "198.18.0.5:51820", &mut sc, &mut sa).is_empty());
+    assert!(sa.out.is_empty());
+    assert_eq!(a.shared.counters.handshake_failures.get(), 1);
+}
