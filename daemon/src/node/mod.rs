@@ -135,11 +135,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (applied_tx, applied_rx) =
         tokio::sync::watch::channel(Arc::new(policy_sync::AppliedPolicy {
             generation: initial.generation,
-            endpoints: rendered
-                .maps
-                .values()
-                .flat_map(|m| m.keys().cloned())
-                .collect(),
+            endpoints: policy_sync::dispatched(&rendered),
             error: None,
         }));
     let (prefixes_tx, prefixes_rx) =

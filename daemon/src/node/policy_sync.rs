@@ -45,7 +45,8 @@ pub fn render_desired(d: &Desired) -> RenderedPolicy {
     render(&d.program, &eps)
 }
 
-fn dispatched(r: &RenderedPolicy) -> BTreeSet<String> {
+/// Host interfaces the dispatch maps of `r` hold.
+pub fn dispatched(r: &RenderedPolicy) -> BTreeSet<String> {
     r.maps.values().flat_map(|m| m.keys().cloned()).collect()
 }
 
@@ -60,7 +61,8 @@ pub fn apply(filter: &Filter, d: &Desired) -> (RenderedPolicy, Result<(), String
     (r, res)
 }
 
-/// Follows `desired` until shutdown.
+/// Follows `desired` until shutdown. The state `desired` holds when called
+/// is the one veild installed at start: only changes after it are applied.
 pub async fn run(
     filter: Filter,
     mut desired: watch::Receiver<Arc<Desired>>,
@@ -68,12 +70,18 @@ pub async fn run(
     prefixes: watch::Sender<Arc<LogPrefixes>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut failed = false;
     loop {
-        let failed;
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)), if failed => {}
+            _ = shutdown.changed() => return,
+        }
         let d = desired.borrow_and_update().clone();
         let f = filter.clone();
         let d2 = d.clone();
         let out = tokio::task::spawn_blocking(move || apply(&f, &d2)).await;
+        failed = true;
         match out {
             Ok((r, Ok(()))) => {
                 failed = false;
@@ -86,7 +94,6 @@ pub async fn run(
                 tracing::debug!(generation = d.generation, "policy applied");
             }
             Ok((_, Err(e))) => {
-                failed = true;
                 tracing::warn!(generation = d.generation, error = %e, "policy not applied: the previous table stays");
                 applied.send_modify(|a| {
                     let mut n = (**a).clone();
@@ -94,15 +101,7 @@ pub async fn run(
                     *a = Arc::new(n);
                 });
             }
-            Err(e) => {
-                failed = true;
-                tracing::error!(error = %e, "policy apply task failed");
-            }
-        }
-        tokio::select! {
-            r = desired.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)), if failed => {}
-            _ = shutdown.changed() => return,
+            Err(e) => tracing::error!(error = %e, "policy apply task failed"),
         }
     }
 }

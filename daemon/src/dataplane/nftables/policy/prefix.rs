@@ -97,13 +97,9 @@ impl LogPrefix {
         if long.len() <= MAX_PREFIX {
             return long;
         }
-        // FNV-1a 64: stable across runs and versions (a kernel table written
-        // by one veild is read by the next).
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in long.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        // Stable across runs and versions: a kernel table written by one
+        // veild is read by the next.
+        let h = crate::dataplane::nftables::desired::fnv1a(long.as_bytes());
         format!("{}#{:012x}", self.head(), h >> 16)
     }
 

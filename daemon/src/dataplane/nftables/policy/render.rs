@@ -37,12 +37,7 @@ fn dir_tag(d: Direction) -> &'static str {
 }
 
 fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::dataplane::nftables::desired::fnv1a(s.as_bytes())
 }
 
 /// Renders the policy part of the node's table.
