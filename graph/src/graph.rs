@@ -19,6 +19,7 @@ use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableDiGraph};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 
 use crate::hash::SeededState;
+use crate::http::{HttpRecord, HttpStats};
 use crate::identity::Identity;
 use crate::record::{
     ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Millis, Protocol, Verdict,
@@ -95,6 +96,8 @@ pub struct EdgeStats {
     pub minute: OneMinute,
     /// The last 15 minutes.
     pub quarter: FifteenMinutes,
+    /// HTTP requests, when an L7 proxy reported some.
+    pub http: Option<Box<HttpStats>>,
 }
 
 type EdgeKey = (NodeIndex, NodeIndex, u16, Protocol);
@@ -222,6 +225,7 @@ impl ServiceGraph {
                 policy: None,
                 minute: OneMinute::default(),
                 quarter: FifteenMinutes::default(),
+                http: None,
             },
         );
         self.edges.insert(key, ix);
@@ -317,6 +321,20 @@ impl ServiceGraph {
         self.conns
             .retain(|_, t| edges.contains_key(&t.edge) || t.last_seen >= before);
         stale.len()
+    }
+
+    /// Adds one HTTP request to the edge (source, destination, port, TCP),
+    /// under the same count-once rule as connections.
+    pub fn ingest_http(&mut self, r: &HttpRecord) {
+        if !r.locality.counts(&r.source) {
+            return;
+        }
+        let src = self.vertex(&r.source, r.time);
+        let dst = self.vertex(&r.destination, r.time);
+        let eix = self.edge((src, dst, r.port, Protocol::Tcp), r.time);
+        let e = &mut self.graph[eix];
+        e.last_seen = e.last_seen.max(r.time);
+        e.http.get_or_insert_with(Default::default).add(r);
     }
 
     /// Ingests one record (see [`FlowSink`]).

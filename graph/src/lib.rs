@@ -25,14 +25,18 @@
 
 pub mod graph;
 pub mod hash;
+pub mod http;
 pub mod identity;
+pub mod lifecycle;
 pub mod log;
 pub mod record;
 pub mod view;
 pub mod window;
 
 pub use graph::{EdgeStats, GraphCounters, GraphLimits, ServiceGraph, Vertex};
+pub use http::{HttpRecord, HttpStats, HttpView, LATENCY_BOUNDS};
 pub use identity::{derive_workload, strip_generated_suffixes, Identity, IdentityKind};
+pub use lifecycle::{Lifecycle, LifecycleCounters, LifecycleLimits};
 pub use log::{FlowEnd, FlowEntry, FlowFilter, FlowLog, FlowPage};
 pub use record::{
     ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Locality, Millis, Protocol, RuleRef,

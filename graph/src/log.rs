@@ -208,8 +208,11 @@ impl FlowLog {
 
 impl FlowSink for FlowLog {
     fn record(&mut self, r: &FlowRecord) {
-        // Periodic readings of live connections are not events worth a line.
-        if !r.counted_here() || r.event == FlowEvent::Update {
+        // One line when a connection opens and one when it closes: periodic
+        // readings of live connections and the kernel forgetting a closed
+        // one are not events worth a line (a [`crate::Lifecycle`] in front
+        // makes each connection's stream one `New` and one `Closed`).
+        if !r.counted_here() || matches!(r.event, FlowEvent::Update | FlowEvent::Destroy) {
             return;
         }
         let e = FlowEntry {

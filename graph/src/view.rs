@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::ServiceGraph;
+use crate::http::HttpView;
 use crate::identity::IdentityKind;
 use crate::record::{Millis, Protocol, Verdict};
 use crate::window::Rate;
@@ -68,6 +69,9 @@ pub struct EdgeView {
     /// Policy (and rule) that decided the latest flow, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// HTTP requests on this edge, when an L7 proxy reported some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpView>,
 }
 
 impl EdgeView {
@@ -133,6 +137,7 @@ impl GraphView {
                 rate_1m: e.minute.rate(now),
                 rate_15m: e.quarter.rate(now),
                 policy: e.policy.as_deref().map(str::to_string),
+                http: e.http.as_ref().map(|h| h.view(now)),
             });
         }
         let mut v = GraphView {
@@ -180,6 +185,11 @@ impl GraphView {
                             m.policy = e.policy.clone();
                         }
                         m.last_seen = m.last_seen.max(e.last_seen);
+                        match (&mut m.http, &e.http) {
+                            (Some(a), Some(b)) => a.merge(b),
+                            (None, Some(b)) => m.http = Some(b.clone()),
+                            _ => {}
+                        }
                         for (a, b) in [(&mut m.rate_1m, &e.rate_1m), (&mut m.rate_15m, &e.rate_15m)]
                         {
                             a.connections_per_second += b.connections_per_second;
@@ -195,6 +205,24 @@ impl GraphView {
         };
         v.sort();
         v
+    }
+
+    /// Only the edges seen since `t` (ms since the epoch) and their vertices:
+    /// the graph of a time window (last 5 minutes, last hour). Counts stay
+    /// the edges' totals; the rates are the windows' own.
+    pub fn since(mut self, t: Millis) -> GraphView {
+        self.edges.retain(|e| e.last_seen >= t);
+        let used: std::collections::BTreeSet<&str> = self
+            .edges
+            .iter()
+            .flat_map(|e| [e.source.as_str(), e.target.as_str()])
+            .collect();
+        let nodes = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .filter(|n| used.contains(n.id.as_str()))
+            .collect();
+        self.nodes = nodes;
+        self
     }
 
     /// Graphviz DOT.
@@ -303,6 +331,12 @@ impl GraphView {
                     "detail__active": e.active,
                     "detail__denied": e.denied,
                     "detail__rate_1m": e.rate_1m.connections_per_second,
+                    "detail__verdict": e.verdict.as_str(),
+                    "detail__policy": e.policy.clone().unwrap_or_default(),
+                    "detail__http_rps": e.http.as_ref().map_or(0.0, |h| h.requests_per_second),
+                    "detail__http_errors_per_second": e.http.as_ref().map_or(0.0, |h| h.errors_per_second),
+                    "detail__http_p99_seconds": e.http.as_ref().map_or(0.0, |h| h.p99_seconds),
+                    "color": edge_color(e),
                 })
             })
             .collect();
@@ -331,8 +365,24 @@ impl GraphView {
                 {"field_name": "detail__active", "type": "number", "displayName": "active connections"},
                 {"field_name": "detail__denied", "type": "number", "displayName": "denied attempts"},
                 {"field_name": "detail__rate_1m", "type": "number", "displayName": "connections/s (1 min)"},
+                {"field_name": "detail__verdict", "type": "string", "displayName": "verdict"},
+                {"field_name": "detail__policy", "type": "string", "displayName": "deciding policy"},
+                {"field_name": "detail__http_rps", "type": "number", "displayName": "HTTP requests/s (1 min)"},
+                {"field_name": "detail__http_errors_per_second", "type": "number", "displayName": "HTTP errors/s (1 min)"},
+                {"field_name": "detail__http_p99_seconds", "type": "number", "displayName": "HTTP p99 (s)"},
+                {"field_name": "color", "type": "string", "displayName": "verdict colour"},
             ]
         })
+    }
+}
+
+/// The colour an edge is drawn in: red when every attempt was denied,
+/// orange when some were, grey otherwise (Grafana's Node Graph and `/ui`).
+pub fn edge_color(e: &EdgeView) -> &'static str {
+    match (e.connections, e.denied) {
+        (0, d) if d > 0 => "#dc2626",
+        (_, d) if d > 0 => "#ea580c",
+        _ => "#6b7280",
     }
 }
 
@@ -534,6 +584,64 @@ mod tests {
             edges: vec![],
         };
         assert!(v.to_dot().contains("\"a\\\"b\""));
+    }
+
+    #[test]
+    fn a_time_window_keeps_only_recent_edges_and_their_vertices() {
+        let v = GraphView::of(&sample(), 2_000);
+        let w = v.clone().since(1_002);
+        assert_eq!(w.edges.len(), 1);
+        assert_eq!(w.edges[0].target, "external:api.example.com");
+        assert_eq!(w.nodes.len(), 2);
+        assert_eq!(v.clone().since(0), v);
+    }
+
+    #[test]
+    fn http_requests_show_on_their_edge_and_merge_across_nodes() {
+        let mut g = sample();
+        let f = Arc::new(Identity::pod("shop", "frontend-0", "frontend", Default::default()));
+        let a = Arc::new(Identity::pod("shop", "a-0", "backend-a", Default::default()));
+        for (i, status) in [200u16, 200, 500, 403].into_iter().enumerate() {
+            g.ingest_http(&crate::http::HttpRecord {
+                time: 1_500 + i as u64,
+                source: f.clone(),
+                destination: a.clone(),
+                port: 8080,
+                method: "GET".into(),
+                status,
+                duration_us: 3_000,
+                locality: Locality {
+                    source_local: true,
+                    destination_local: false,
+                },
+            });
+        }
+        let v = GraphView::of(&g, 2_000);
+        let e = v.edges.iter().find(|e| e.port == 8080).unwrap();
+        let h = e.http.as_ref().unwrap();
+        assert_eq!((h.requests, h.errors, h.denied), (4, 1, 1));
+        assert_eq!(h.p99_seconds, 0.005);
+        assert!(v.edges.iter().filter(|e| e.http.is_some()).count() == 1);
+        let m = GraphView::merge([v.clone(), v.clone()]);
+        let e = m.edges.iter().find(|e| e.port == 8080).unwrap();
+        assert_eq!(e.http.as_ref().unwrap().requests, 8);
+        let d = m.grafana_data();
+        let ge = d["edges"].as_array().unwrap().iter().find(|x| x["detail__port"] == 8080).unwrap();
+        assert_eq!(ge["detail__verdict"], "allowed");
+        assert!(ge["detail__http_rps"].as_f64().unwrap() > 0.0);
+        let back: GraphView = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn denied_edges_are_red_in_grafana() {
+        let mut v = GraphView::of(&sample(), 2_000);
+        v.edges[0].connections = 0;
+        v.edges[0].denied = 3;
+        v.edges[1].denied = 1;
+        let d = v.grafana_data();
+        assert_eq!(d["edges"][0]["color"], "#dc2626");
+        assert_eq!(d["edges"][1]["color"], "#ea580c");
     }
 
     #[test]

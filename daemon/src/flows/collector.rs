@@ -72,7 +72,7 @@ impl<S: ConntrackSource> Collector<S> {
                 Ok(v) => {
                     self.flows.health.dumps.fetch_add(1, Ordering::Relaxed);
                     let now = now_ms();
-                    self.flows.ingest(&v, now);
+                    self.flows.ingest_dump(&v, now);
                     self.flows
                         .expire(now.saturating_sub(self.expire_after.as_millis() as Millis));
                 }

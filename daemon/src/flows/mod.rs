@@ -38,6 +38,8 @@ mod ctnetlink;
 pub mod deny;
 pub mod dns;
 mod http;
+#[cfg(test)]
+mod interleave_tests;
 mod metrics;
 pub mod resolve;
 mod store;
@@ -138,13 +140,15 @@ pub struct FlowHandle {
 
 fn resolver_of(ctx: &NodeContext, networks: &[NamedNetwork]) -> Resolver {
     let snap = ctx.snapshots.borrow().clone();
-    Resolver::new(
+    let mut r = Resolver::new(
         &ctx.config.node_name,
         ctx.config.node_address,
         &snap,
         &ctx.endpoints.list(),
         networks,
-    )
+    );
+    r.add_local_node_address(ctx.endpoints.node_tunnel_address());
+    r
 }
 
 /// Whether this process may be in the machine's initial network namespace:

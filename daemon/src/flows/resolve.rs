@@ -1,6 +1,7 @@
 //! Addresses to identities: local pods from the endpoint table, remote pods
 //! from the datastore's endpoint records (with their pod records' labels),
-//! nodes by their underlay address, external hosts by the DNS name they were
+//! nodes by their underlay address and their tunnel address (the first host
+//! address of each of their pod CIDRs), external hosts by the DNS name they were
 //! resolved from (when the DNS proxy reported it) or by an operator-named
 //! CIDR, and `world` for the rest.
 
@@ -48,6 +49,18 @@ impl std::str::FromStr for NamedNetwork {
     }
 }
 
+/// The first host address of `cidr` (`.1` of a pod /24): a node's tunnel address.
+pub fn tunnel_address(cidr: &IpNetwork) -> IpAddr {
+    match cidr {
+        IpNetwork::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(n.network()).wrapping_add(1),
+        )),
+        IpNetwork::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(n.network()).wrapping_add(1),
+        )),
+    }
+}
+
 /// What an address resolved to.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -82,13 +95,16 @@ impl Resolver {
             snapshot.pod(ns, name).map(|p| p.labels.clone())
         };
         for n in &snapshot.nodes {
-            by_ip.insert(
-                n.address,
-                Resolved {
-                    identity: Arc::new(Identity::node(&n.name)),
-                    local: n.name == node_name,
-                },
-            );
+            let r = Resolved {
+                identity: Arc::new(Identity::node(&n.name)),
+                local: n.name == node_name,
+            };
+            // The node's tunnel address (first host address of each of its
+            // pod CIDRs: the source of node → remote pod traffic) is the node too.
+            for cidr in &n.pod_cidrs {
+                by_ip.insert(tunnel_address(cidr), r.clone());
+            }
+            by_ip.insert(n.address, r);
         }
         by_ip.insert(
             node_address,
@@ -144,6 +160,18 @@ impl Resolver {
             networks,
             world: Arc::new(Identity::world()),
         }
+    }
+
+    /// Names `ip` as this node (its tunnel address, known before the
+    /// datastore publishes the node's pod CIDR).
+    pub fn add_local_node_address(&mut self, ip: IpAddr) {
+        self.by_ip.insert(
+            ip,
+            Resolved {
+                identity: Arc::new(Identity::node(&self.node_name)),
+                local: true,
+            },
+        );
     }
 
     /// Keeps the DNS names learnt so far from an older resolver.
@@ -291,6 +319,27 @@ mod tests {
         assert_eq!(
             r.resolve("192.0.2.1".parse().unwrap()).identity.id(),
             "external:example.com"
+        );
+    }
+
+    #[test]
+    fn node_tunnel_addresses_are_named_as_their_nodes() {
+        let mut snap = snapshot();
+        snap.nodes[0].pod_cidrs = vec!["10.244.0.0/24".parse().unwrap()];
+        snap.nodes[1].pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
+        let mut r = Resolver::new("n1", "198.18.0.1".parse().unwrap(), &snap, &[], &[]);
+        let a = r.resolve("10.244.0.1".parse().unwrap());
+        assert_eq!((a.identity.id(), a.local), ("node:n1", true));
+        let b = r.resolve("10.244.1.1".parse().unwrap());
+        assert_eq!((b.identity.id(), b.local), ("node:n2", false));
+        assert_eq!(
+            r.resolve("10.244.1.2".parse().unwrap()).identity.id(),
+            "world"
+        );
+        r.add_local_node_address("10.244.7.1".parse().unwrap());
+        assert_eq!(
+            r.resolve("10.244.7.1".parse().unwrap()).identity.id(),
+            "node:n1"
         );
     }
 

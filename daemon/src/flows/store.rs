@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
     ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
-    IdentityKind, Locality, Millis, RuleRef, ServiceGraph, Verdict,
+    IdentityKind, Lifecycle, LifecycleCounters, LifecycleLimits, Locality, Millis, RuleRef,
+    ServiceGraph, Verdict,
 };
 
 use super::conntrack::CtEntry;
@@ -34,8 +35,28 @@ pub struct Health {
 pub use veil_api::HealthReport;
 
 struct State {
+    /// Makes each connection one `New`, `Update`s, one `Closed`, one `Destroy`.
+    lifecycle: Lifecycle,
     graph: ServiceGraph,
     log: FlowLog,
+}
+
+impl State {
+    /// Feeds observations through the lifecycle into the graph and the log.
+    fn observe(&mut self, records: &[FlowRecord]) {
+        let mut out = Vec::with_capacity(records.len() + 2);
+        for r in records {
+            self.lifecycle.observe(r, &mut out);
+        }
+        self.sink(&out);
+    }
+
+    fn sink(&mut self, records: &[FlowRecord]) {
+        let mut sink = (&mut self.graph, &mut self.log);
+        for r in records {
+            sink.record(r);
+        }
+    }
 }
 
 /// The node's flows: graph, log, address book and health, shared by the
@@ -84,6 +105,11 @@ impl Flows {
             wireguard_port,
             http_port,
             state: Mutex::new(State {
+                lifecycle: Lifecycle::new(LifecycleLimits {
+                    max_connections: opts.limits.max_connections,
+                    hash_seed: opts.limits.hash_seed ^ 3,
+                    ..LifecycleLimits::default()
+                }),
                 graph: ServiceGraph::new(opts.limits),
                 log: FlowLog::new(opts.log_capacity),
             }),
@@ -122,13 +148,32 @@ impl Flows {
             && (e.orig.dst_port == self.wireguard_port || e.orig.src_port == self.wireguard_port)
     }
 
-    /// Resolves and ingests conntrack entries observed at `now`.
+    /// Resolves and ingests conntrack events observed at `now`.
     pub fn ingest(&self, entries: &[CtEntry], now: Millis) {
         if entries.is_empty() {
             return;
         }
+        let records = self.records(entries, now);
+        self.state.lock().expect("flow state lock").observe(&records);
+    }
+
+    /// Ingests a complete dump of the table read at `now`: its entries, then
+    /// the closing of open connections it no longer shows (their destroy
+    /// event was lost).
+    pub fn ingest_dump(&self, entries: &[CtEntry], now: Millis) {
+        let records = self.records(entries, now);
+        let mut st = self.state.lock().expect("flow state lock");
+        st.lifecycle.begin_dump();
+        st.observe(&records);
+        let mut ended = Vec::new();
+        st.lifecycle.end_dump(now, &mut ended);
+        st.sink(&ended);
+    }
+
+    /// Resolves conntrack entries to flow records (Veil's own traffic left out).
+    fn records(&self, entries: &[CtEntry], now: Millis) -> Vec<FlowRecord> {
         let resolver = self.resolver.lock().expect("resolver lock").clone();
-        let records: Vec<FlowRecord> = entries
+        entries
             .iter()
             .filter(|e| !self.is_infrastructure(e))
             .filter_map(|e| {
@@ -168,13 +213,7 @@ impl Flows {
                     },
                 })
             })
-            .collect();
-        let mut st = self.state.lock().expect("flow state lock");
-        let State { graph, log } = &mut *st;
-        let mut sink = (graph, log);
-        for r in &records {
-            sink.record(r);
-        }
+            .collect()
     }
 
     /// Ingests a denied attempt (a packet the policy dataplane dropped),
@@ -215,12 +254,12 @@ impl Flows {
     /// Ingests records built elsewhere (e.g. denied attempts from the policy
     /// datapath, with their verdict and deciding rule).
     pub fn ingest_records(&self, records: &[FlowRecord]) {
-        let mut st = self.state.lock().expect("flow state lock");
-        let State { graph, log } = &mut *st;
-        let mut sink = (graph, log);
-        for r in records {
-            sink.record(r);
-        }
+        self.state.lock().expect("flow state lock").observe(records);
+    }
+
+    /// The connection lifecycle's counters (opened, closed, ...).
+    pub fn lifecycle(&self) -> LifecycleCounters {
+        self.state.lock().expect("flow state lock").lifecycle.counters()
     }
 
     /// Forgets edges idle since `before`.
