@@ -127,7 +127,29 @@ mod tests {
                     500,
                 )]),
             ]),
-            table: vec![],
+            // The first step's dump reads the table as the kernel holds it
+            // then: both connections live (a dump that does not show a
+            // connection closes it).
+            table: vec![
+                entry(
+                    FlowEvent::Update,
+                    "10.244.1.2",
+                    40000,
+                    "10.244.1.3",
+                    8080,
+                    1,
+                    0,
+                ),
+                entry(
+                    FlowEvent::Update,
+                    "10.244.1.3",
+                    40001,
+                    "203.0.113.10",
+                    443,
+                    2,
+                    0,
+                ),
+            ],
             dumps: 0,
         };
         let mut c = Collector::new(fake, f.clone(), &FlowOptions::default());

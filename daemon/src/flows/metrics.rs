@@ -133,6 +133,23 @@ impl Collector for FlowMetrics {
                 }
             }
         }
+        encode_http(&self.0, &mut encoder)?;
+        let lc = self.0.lifecycle();
+        for (name, help, v) in [
+            (
+                "veil_flow_connections_opened",
+                "Connections opened (one flow record each)",
+                lc.opened,
+            ),
+            (
+                "veil_flow_connections_closed",
+                "Connections closed (one flow record each)",
+                lc.closed,
+            ),
+        ] {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m)?;
+        }
         let h = self.0.health_report();
         for (name, help, v) in [
             (
@@ -196,6 +213,70 @@ impl Collector for FlowMetrics {
         }
         Ok(())
     }
+}
+
+/// The HTTP series of the edges that have L7 data: requests, errors and
+/// L7 denies (counters) and latency (histogram), per edge.
+fn encode_http(flows: &Flows, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let rows: Vec<(Labels, veil_graph::HttpStats)> = flows.with_graph(|g| {
+        g.edges()
+            .filter_map(|(s, d, e)| {
+                let h = e.http.as_deref()?.clone();
+                let labels: Labels = vec![
+                    ("source_namespace", s.identity.namespace().to_string()),
+                    ("source_workload", s.identity.workload().to_string()),
+                    ("destination_namespace", d.identity.namespace().to_string()),
+                    ("destination_workload", d.identity.workload().to_string()),
+                    ("destination_port", e.port.to_string()),
+                ];
+                Some((labels, h))
+            })
+            .collect()
+    });
+    for (name, help, pick) in [
+        (
+            "veil_http_requests",
+            "HTTP requests per edge (L7 proxy)",
+            (|h: &veil_graph::HttpStats| h.requests) as fn(&veil_graph::HttpStats) -> u64,
+        ),
+        (
+            "veil_http_errors",
+            "HTTP requests per edge answered 5xx or not at all",
+            |h| h.errors,
+        ),
+        (
+            "veil_http_denied",
+            "HTTP requests per edge refused by an L7 rule (403 from the node)",
+            |h| h.denied,
+        ),
+    ] {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (l, h) in &rows {
+            ConstCounter::new(pick(h)).encode(m.encode_family(l)?)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "veil_http_request_duration_seconds",
+        "HTTP request latency per edge (request to response, at the L7 proxy)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (l, h) in &rows {
+        // Per-bucket counts: the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = veil_graph::LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(h.buckets.iter().copied())
+            .collect();
+        m.encode_family(l)?.encode_histogram::<Labels>(
+            h.latency_sum,
+            h.requests,
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,6 +395,19 @@ mod tests {
         let t = Default::default();
         f.ingest_policy_log("D|E|security|gnp:block-db|2", &syn, &t, 2);
         f.ingest_policy_log("L|E|security|gnp:audit|0", &syn, &t, 2);
+        f.ingest_http(&veil_graph::HttpRecord {
+            time: 3,
+            source: Arc::new(Identity::pod("a", "x", "x", Default::default())),
+            destination: Arc::new(Identity::pod("a", "y", "y", Default::default())),
+            port: 80,
+            method: "GET".into(),
+            status: 503,
+            duration_us: 2_000,
+            locality: Locality {
+                source_local: true,
+                destination_local: true,
+            },
+        });
         let mut reg = Registry::default();
         reg.register_collector(Box::new(FlowMetrics(f)));
         let mut out = String::new();
@@ -344,6 +438,8 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 8, "only {checked} series checked");
+        assert!(checked >= 15, "only {checked} series checked");
+        assert!(out.contains("veil_http_request_duration_seconds_bucket{le=\"0.0025\",source_namespace=\"a\",source_workload=\"x\",destination_namespace=\"a\",destination_workload=\"y\",destination_port=\"80\"} 1"), "{out}");
+        assert!(out.contains("veil_http_request_duration_seconds_bucket{le=\"+Inf\",source_namespace=\"a\",source_workload=\"x\",destination_namespace=\"a\",destination_workload=\"y\",destination_port=\"80\"} 1"), "{out}");
     }
 }

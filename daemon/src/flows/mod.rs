@@ -40,6 +40,7 @@ pub mod dns;
 mod http;
 #[cfg(test)]
 mod interleave_tests;
+pub mod l7;
 mod metrics;
 pub mod resolve;
 mod store;
@@ -57,6 +58,7 @@ use conntrack::NetlinkConntrack;
 use resolve::{NamedNetwork, Resolver};
 
 pub use collector::Collector;
+pub use l7::{HttpRecordSink, HttpRequest};
 pub use store::{now_ms, Flows, Health, HealthReport};
 
 /// Why the collector could not start.

@@ -262,6 +262,20 @@ impl Flows {
         self.state.lock().expect("flow state lock").lifecycle.counters()
     }
 
+    /// The current address book.
+    pub(super) fn resolver(&self) -> Arc<Resolver> {
+        self.resolver.lock().expect("resolver lock").clone()
+    }
+
+    /// Adds an HTTP request (already resolved) to its edge.
+    pub(super) fn ingest_http(&self, r: &veil_graph::HttpRecord) {
+        self.state
+            .lock()
+            .expect("flow state lock")
+            .graph
+            .ingest_http(r);
+    }
+
     /// Forgets edges idle since `before`.
     pub fn expire(&self, before: Millis) -> usize {
         self.state
