@@ -2,15 +2,16 @@
 //! default, merged from every node's `?scope=node` view; `?scope=node` for
 //! this node only), `/api/v1/flows` (the flow log), the Grafana Node Graph API
 //! data source endpoints (`/api/graph/fields`, `/api/graph/data`,
-//! `/api/health`), and the live page `/ui` with its vendored cytoscape.js.
+//! `/api/health`). The page `/ui` is in [`super::ui`]. `?window=5m|1h|all`
+//! on `/api/v1/graph` keeps the edges seen in that window.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -26,9 +27,6 @@ use super::{now_ms, Flows};
 use crate::context::NodeContext;
 use crate::datastore::Snapshot;
 
-const INDEX_HTML: &str = include_str!("../../ui/index.html");
-const CYTOSCAPE_JS: &str = include_str!("../../ui/vendor/cytoscape.min.js");
-const CYTOSCAPE_LICENSE: &str = include_str!("../../ui/vendor/cytoscape.LICENSE");
 
 /// How long a peer has to answer, connection included.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -167,9 +165,36 @@ async fn cluster_view(st: &AppState) -> (GraphView, Vec<String>) {
 struct GraphQuery {
     /// `node` or `cluster` (default).
     scope: Option<String>,
+    /// `5m`, `1h`, `30s`, or `all` (default): only edges seen that recently.
+    window: Option<String>,
+}
+
+/// A window (`30s`, `5m`, `1h`, `all`) in milliseconds; `None` for all.
+fn window_ms(w: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(w) = w.filter(|w| *w != "all") else {
+        return Ok(None);
+    };
+    let bad = || format!("window {w:?}: expected all or a duration such as 30s, 5m, 1h");
+    let (n, unit) = w.split_at(w.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(ms) {
+        Some(v) if v > 0 => Ok(Some(v)),
+        _ => Err(bad()),
+    }
 }
 
 async fn graph(State(st): State<AppState>, Query(q): Query<GraphQuery>) -> Response {
+    let window = match window_ms(q.window.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
     let (view, errors, scope) = match q.scope.as_deref() {
         Some("node") => (st.flows.view(now_ms()), Vec::new(), "node"),
         None | Some("cluster") => {
@@ -183,6 +208,10 @@ async fn graph(State(st): State<AppState>, Query(q): Query<GraphQuery>) -> Respo
             )
                 .into_response()
         }
+    };
+    let view = match window {
+        Some(w) => view.since(now_ms().saturating_sub(w)),
+        None => view,
     };
     let mut j = serde_json::to_value(&view).unwrap_or_default();
     if let Some(o) = j.as_object_mut() {
@@ -234,32 +263,6 @@ async fn grafana_fields() -> Response {
     Json(GraphView::grafana_fields()).into_response()
 }
 
-async fn ui() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
-
-async fn cytoscape() -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/javascript; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "max-age=86400"),
-        ],
-        CYTOSCAPE_JS,
-    )
-        .into_response()
-}
-
-async fn cytoscape_license() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        CYTOSCAPE_LICENSE,
-    )
-        .into_response()
-}
-
 /// The routes, ready to merge into the daemon's server.
 pub(super) fn routes(flows: Arc<Flows>, peers: Peers) -> Router {
     Router::new()
@@ -268,10 +271,6 @@ pub(super) fn routes(flows: Arc<Flows>, peers: Peers) -> Router {
         .route("/api/graph/fields", get(grafana_fields))
         .route("/api/graph/data", get(grafana_data))
         .route("/api/health", get(|| async { "OK" }))
-        .route("/ui", get(ui))
-        .route("/ui/", get(ui))
-        .route("/ui/vendor/cytoscape.min.js", get(cytoscape))
-        .route("/ui/vendor/cytoscape.LICENSE", get(cytoscape_license))
         .with_state(AppState { flows, peers })
 }
 
@@ -284,13 +283,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_page_loads_the_vendored_library_and_the_graph() {
-        assert!(INDEX_HTML.contains("/ui/vendor/cytoscape.min.js"));
-        assert!(INDEX_HTML.contains("/api/v1/graph"));
-        assert!(CYTOSCAPE_JS.len() > 100_000);
-        assert!(
-            CYTOSCAPE_LICENSE.contains("MIT")
-                || CYTOSCAPE_LICENSE.contains("Permission is hereby granted")
-        );
+    fn windows_parse_and_bad_ones_are_refused() {
+        assert_eq!(window_ms(None), Ok(None));
+        assert_eq!(window_ms(Some("all")), Ok(None));
+        assert_eq!(window_ms(Some("5m")), Ok(Some(300_000)));
+        assert_eq!(window_ms(Some("1h")), Ok(Some(3_600_000)));
+        assert_eq!(window_ms(Some("90s")), Ok(Some(90_000)));
+        assert!(window_ms(Some("soon")).is_err());
+        assert!(window_ms(Some("0m")).is_err());
     }
 }

@@ -46,6 +46,7 @@ pub mod resolve;
 mod store;
 #[cfg(test)]
 mod testutil;
+mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -304,4 +305,5 @@ pub fn register(ctx: &NodeContext, flows: Arc<Flows>) {
         .register_collector(Box::new(metrics::FlowMetrics(flows.clone())));
     let peers = http::Peers::from_context(ctx);
     ctx.add_routes(http::routes(flows, peers));
+    ctx.add_routes(ui::routes());
 }
