@@ -47,6 +47,17 @@ impl FlowEnd {
         }
     }
 
+    /// Whether this end is the pod `pattern` (`name` or `namespace/name`).
+    pub fn is_pod(&self, pattern: &str) -> bool {
+        let Some(pod) = self.pod.as_deref() else {
+            return false;
+        };
+        match pattern.split_once('/') {
+            Some((ns, name)) => ns == self.namespace && name == pod,
+            None => pattern == pod,
+        }
+    }
+
     /// Whether `pattern` names this end: its id, workload, pod name,
     /// `namespace/pod`, or address.
     pub fn matches(&self, pattern: &str) -> bool {
@@ -117,6 +128,15 @@ pub struct FlowFilter {
     /// At most this many (the newest); 0 means all that are kept.
     #[serde(default)]
     pub limit: usize,
+    /// Only flows with either end this pod (`name` or `namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Only flows to this destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Only flows logged at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Millis>,
 }
 
 impl FlowFilter {
@@ -146,6 +166,17 @@ impl FlowFilter {
             if !e.rule.as_ref().is_some_and(|r| r.matches_policy(p)) {
                 return false;
             }
+        }
+        if let Some(p) = &self.pod {
+            if !e.source.is_pod(p) && !e.destination.is_pod(p) {
+                return false;
+            }
+        }
+        if self.port.is_some_and(|p| e.destination.port != p) {
+            return false;
+        }
+        if self.since.is_some_and(|t| e.time < t) {
+            return false;
         }
         true
     }
@@ -377,6 +408,17 @@ mod tests {
             }),
             1
         );
+        for (f, n) in [
+            (FlowFilter { pod: Some("frontend-0".into()), ..Default::default() }, 1),
+            (FlowFilter { pod: Some("shop/frontend-0".into()), ..Default::default() }, 1),
+            (FlowFilter { pod: Some("other/frontend-0".into()), ..Default::default() }, 0),
+            (FlowFilter { pod: Some("db-0".into()), ..Default::default() }, 2),
+            (FlowFilter { port: Some(80), ..Default::default() }, 2),
+            (FlowFilter { port: Some(81), ..Default::default() }, 0),
+            (FlowFilter { since: Some(2), ..Default::default() }, 1),
+        ] {
+            assert_eq!(q(f.clone()), n, "{f:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `veilctl flows`: recent and live flows, like `hubble observe`, from every
 //! node daemon of a lab (`--lab`) or one daemon (`--socket`), filtered by
-//! namespace, source, destination, verdict and deciding policy (denied flows
-//! name the tier, policy and rule that dropped them); `--follow` keeps polling with
-//! each daemon's cursor.
+//! namespace, pod, source, destination, port, verdict, deciding policy and
+//! age (`--since 5m`); denied flows name the tier, policy and rule that
+//! dropped them. Each connection shows once when it opens (`new`) and once
+//! when it closes (`closed`, with its final counters). `--follow` keeps
+//! polling with each daemon's cursor; `--output text|json|yaml`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +21,8 @@ pub enum Output {
     Text,
     /// One JSON object per line.
     Json,
+    /// One YAML document per flow.
+    Yaml,
 }
 
 /// Arguments of `veilctl flows`.
@@ -45,12 +49,43 @@ pub struct Args {
     /// Only flows decided by this policy (`name`, `namespace/name`, `kind:name`).
     #[arg(long)]
     pub policy: Option<String>,
+    /// Only flows with either end this pod (`name` or `namespace/name`).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only flows to this destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only flows of the last DURATION (`30s`, `5m`, `2h`, `1d`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Duration>,
     /// At most this many recent flows per node before following (0: all kept).
     #[arg(long, default_value_t = 100)]
     pub last: usize,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
+}
+
+/// `30s`, `5m`, `2h`, `1d` (a number alone is seconds).
+pub fn parse_since(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?}: expected a duration such as 30s, 5m, 2h or 1d");
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let unit = match &s[i..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).map(Duration::from_secs).ok_or_else(bad)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn line(e: &FlowEntry) -> String {
@@ -101,6 +136,11 @@ pub fn run(args: Args) -> i32 {
         verdict: args.verdict,
         policy: args.policy.clone(),
         limit: args.last,
+        pod: args.pod.clone(),
+        port: args.port,
+        since: args
+            .since
+            .map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
     };
     let mut cursors = vec![0u64; sockets.len()];
     let mut first = true;
@@ -140,6 +180,10 @@ pub fn run(args: Args) -> i32 {
                     Ok(s) => println!("{s}"),
                     Err(err) => eprintln!("veilctl flows: cannot encode: {err}"),
                 },
+                Output::Yaml => match serde_yaml::to_string(e) {
+                    Ok(s) => print!("---\n{s}"),
+                    Err(err) => eprintln!("veilctl flows: cannot encode: {err}"),
+                },
             }
         }
         if !args.follow {
@@ -147,5 +191,22 @@ pub fn run(args: Args) -> i32 {
         }
         first = false;
         std::thread::sleep(Duration::from_millis(1000));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_hubble_style_durations() {
+        assert_eq!(parse_since("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_since("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_since("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_since("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_since("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_since("5 minutes").is_err());
+        assert!(parse_since("m").is_err());
+        assert!(parse_since("99999999999999999999d").is_err());
     }
 }

@@ -235,6 +235,9 @@ struct FlowsQuery {
     policy: Option<String>,
     #[serde(default)]
     limit: usize,
+    pod: Option<String>,
+    port: Option<u16>,
+    since: Option<u64>,
 }
 
 async fn flows(State(st): State<AppState>, Query(q): Query<FlowsQuery>) -> Response {
@@ -250,6 +253,9 @@ async fn flows(State(st): State<AppState>, Query(q): Query<FlowsQuery>) -> Respo
         verdict,
         policy: q.policy,
         limit: q.limit,
+        pod: q.pod,
+        port: q.port,
+        since: q.since,
     };
     Json(st.flows.flows(&f)).into_response()
 }
