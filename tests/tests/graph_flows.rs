@@ -392,6 +392,79 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         eprintln!("chromium not installed: /ui checked without a browser");
     }
 
+    // Exactly one `closed` record per connection, although each dump (every
+    // second here) sees the connection again while it sits in TIME_WAIT.
+    std::thread::sleep(Duration::from_secs(4));
+    let out = Command::new(bin("veilctl"))
+        .args(["flows", "--output", "json", "--last", "0", "--from", "shop/frontend", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let flows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |ev: &str| flows.iter().filter(|f| f["event"] == ev).count();
+    assert_eq!(
+        (count("new"), count("closed"), flows.len()),
+        (8, 8, 16),
+        "one opened and one closed record per connection: {flows:#?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .filter(|f| f["event"] == "closed")
+            .all(|f| f["counters"]["bytes_sent"].as_u64() >= Some(1000)),
+        "closed records carry the final counters: {flows:#?}"
+    );
+
+    // A long-lived connection shows its bytes while it lives (conntrack
+    // accounting in the node's namespace, read by the periodic dump).
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let server = ba.enter(move || {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("10.244.1.3:7070").expect("bind 7070");
+        let _ = ready_tx.send(());
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = vec![0u8; 40_000];
+        s.read_exact(&mut buf).expect("read");
+        s.write_all(&[b'r'; 20_000]).expect("write");
+        let _ = close_rx.recv_timeout(Duration::from_secs(60));
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("server 7070");
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let client = fe.enter(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("10.244.1.3:7070").expect("connect 7070");
+        s.write_all(&[b'q'; 40_000]).expect("send");
+        let mut buf = vec![0u8; 20_000];
+        s.read_exact(&mut buf).expect("answer");
+        let _ = hold_rx.recv_timeout(Duration::from_secs(60));
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&sock, veil_api::method::GRAPH_GET, Value::Null).unwrap();
+        let live = r["graph"]["edges"].as_array().unwrap().iter().find(|e| e["port"] == 7070).cloned();
+        if let Some(e) = &live {
+            if e["active"] == 1
+                && e["bytes_sent"].as_u64() >= Some(40_000)
+                && e["bytes_received"].as_u64() >= Some(20_000)
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a live connection's bytes never showed: {live:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = hold_tx.send(());
+    let _ = close_tx.send(());
+    client.join().unwrap();
+    server.join().unwrap();
+
     if let Ok(shot) = std::env::var("VEIL_TEST_SCREENSHOT") {
         let args = veil_tests::headless_chromium(
             &dir.join("chromium"),

@@ -26,10 +26,15 @@
 //!   `VEIL_FLOW_HOST_NETNS=1` says the daemon owns the host (hostNetwork).
 //! - WireGuard's own UDP between nodes and loopback traffic are not flows.
 //!
+//! Each connection becomes exactly one `new` and one `closed` flow record
+//! (a [`veil_graph::Lifecycle`] in front of the graph and the log; a dump
+//! closes open connections it no longer shows). HTTP requests from the L7
+//! proxy come in through [`l7::HttpRecordSink`].
+//!
 //! Parts: `store` (the node's flows, no IO), `collector` (the loop),
 //! [`conntrack`] (the netlink socket), `ctnetlink` (message codec, through
 //! `netlink-packet-netfilter`), [`dns`] (NFLOG), [`resolve`] (address book),
-//! `http` and `metrics` (the surfaces). Options come from
+//! [`l7`] (HTTP request records), `http`, `ui` and `metrics` (the surfaces). Options come from
 //! [`crate::config::FlowConfig`]; nothing here reads the environment.
 
 mod collector;
