@@ -258,7 +258,12 @@ impl Lifecycle {
                 self.counters.closed_by_dump += 1;
                 out.push(with_event(&c.last, FlowEvent::Closed, c.last.counters, now));
             } else if !c.open && c.last_seen.saturating_add(ttl) < now {
-                out.push(with_event(&c.last, FlowEvent::Destroy, c.last.counters, now));
+                out.push(with_event(
+                    &c.last,
+                    FlowEvent::Destroy,
+                    c.last.counters,
+                    now,
+                ));
                 gone.push(*k);
             }
         }

@@ -409,13 +409,55 @@ mod tests {
             1
         );
         for (f, n) in [
-            (FlowFilter { pod: Some("frontend-0".into()), ..Default::default() }, 1),
-            (FlowFilter { pod: Some("shop/frontend-0".into()), ..Default::default() }, 1),
-            (FlowFilter { pod: Some("other/frontend-0".into()), ..Default::default() }, 0),
-            (FlowFilter { pod: Some("db-0".into()), ..Default::default() }, 2),
-            (FlowFilter { port: Some(80), ..Default::default() }, 2),
-            (FlowFilter { port: Some(81), ..Default::default() }, 0),
-            (FlowFilter { since: Some(2), ..Default::default() }, 1),
+            (
+                FlowFilter {
+                    pod: Some("frontend-0".into()),
+                    ..Default::default()
+                },
+                1,
+            ),
+            (
+                FlowFilter {
+                    pod: Some("shop/frontend-0".into()),
+                    ..Default::default()
+                },
+                1,
+            ),
+            (
+                FlowFilter {
+                    pod: Some("other/frontend-0".into()),
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                FlowFilter {
+                    pod: Some("db-0".into()),
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                FlowFilter {
+                    port: Some(80),
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                FlowFilter {
+                    port: Some(81),
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                FlowFilter {
+                    since: Some(2),
+                    ..Default::default()
+                },
+                1,
+            ),
         ] {
             assert_eq!(q(f.clone()), n, "{f:?}");
         }

@@ -37,10 +37,22 @@ fn the_dashboard_has_graph_deny_and_http_panels() {
     assert!(panels.iter().any(|p| p["type"] == "nodeGraph"));
     let q = queries(&d);
     let has = |pred: &dyn Fn(&str, &str) -> bool| q.iter().any(|(t, e)| pred(t, e));
-    assert!(has(&|_, e| e.contains("verdict=\"denied\"")), "a denied-flows panel");
-    assert!(has(&|t, e| t.contains("table") || e.starts_with("topk(")), "top denied edges");
-    assert!(has(&|_, e| e.contains("rate(veil_http_requests_total")), "HTTP rate");
-    assert!(has(&|_, e| e.contains("veil_http_errors_total")), "HTTP errors");
+    assert!(
+        has(&|_, e| e.contains("verdict=\"denied\"")),
+        "a denied-flows panel"
+    );
+    assert!(
+        has(&|t, e| t.contains("table") || e.starts_with("topk(")),
+        "top denied edges"
+    );
+    assert!(
+        has(&|_, e| e.contains("rate(veil_http_requests_total")),
+        "HTTP rate"
+    );
+    assert!(
+        has(&|_, e| e.contains("veil_http_errors_total")),
+        "HTTP errors"
+    );
     assert!(
         has(&|_, e| e.starts_with("histogram_quantile(0.99")
             && e.contains("veil_http_request_duration_seconds_bucket")),
@@ -61,7 +73,8 @@ fn the_dashboard_has_graph_deny_and_http_panels() {
         .collect();
     for (i, a) in rects.iter().enumerate() {
         for b in &rects[i + 1..] {
-            let apart = a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0 || a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1;
+            let apart =
+                a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0 || a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1;
             assert!(apart, "panels at {a:?} and {b:?} overlap");
         }
     }

@@ -396,7 +396,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     // second here) sees the connection again while it sits in TIME_WAIT.
     std::thread::sleep(Duration::from_secs(4));
     let out = Command::new(bin("veilctl"))
-        .args(["flows", "--output", "json", "--last", "0", "--from", "shop/frontend", "--socket"])
+        .args([
+            "flows",
+            "--output",
+            "json",
+            "--last",
+            "0",
+            "--from",
+            "shop/frontend",
+            "--socket",
+        ])
         .arg(&sock)
         .output()
         .unwrap();
@@ -432,7 +441,9 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         s.write_all(&[b'r'; 20_000]).expect("write");
         let _ = close_rx.recv_timeout(Duration::from_secs(60));
     });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("server 7070");
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server 7070");
     let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let client = fe.enter(move || {
         use std::io::{Read, Write};
@@ -445,7 +456,12 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = call(&sock, veil_api::method::GRAPH_GET, Value::Null).unwrap();
-        let live = r["graph"]["edges"].as_array().unwrap().iter().find(|e| e["port"] == 7070).cloned();
+        let live = r["graph"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["port"] == 7070)
+            .cloned();
         if let Some(e) = &live {
             if e["active"] == 1
                 && e["bytes_sent"].as_u64() >= Some(40_000)

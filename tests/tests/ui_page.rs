@@ -29,17 +29,55 @@ fn edge(src: &str, dst: &str, port: u16, proto: &str, conns: u64, denied: u64, b
 }
 
 fn fixture() -> Value {
-    let node = |id: &str, kind: &str, ns: &str, w: &str| {
-        json!({"id": id, "namespace": ns, "workload": w, "kind": kind})
-    };
+    let node = |id: &str, kind: &str, ns: &str, w: &str| json!({"id": id, "namespace": ns, "workload": w, "kind": kind});
     let mut edges = vec![
-        edge("shop/frontend", "shop/backend-a", 8080, "TCP", 1200, 0, 80_000.0),
-        edge("shop/frontend", "shop/backend-b", 9090, "TCP", 300, 0, 2_000.0),
-        edge("shop/backend-a", "payments/ledger", 8443, "TCP", 50, 0, 300.0),
+        edge(
+            "shop/frontend",
+            "shop/backend-a",
+            8080,
+            "TCP",
+            1200,
+            0,
+            80_000.0,
+        ),
+        edge(
+            "shop/frontend",
+            "shop/backend-b",
+            9090,
+            "TCP",
+            300,
+            0,
+            2_000.0,
+        ),
+        edge(
+            "shop/backend-a",
+            "payments/ledger",
+            8443,
+            "TCP",
+            50,
+            0,
+            300.0,
+        ),
         edge("shop/frontend", "payments/db", 5432, "TCP", 0, 17, 0.0),
         edge("payments/ledger", "payments/db", 5432, "TCP", 40, 0, 500.0),
-        edge("shop/backend-a", "external:api.example.com", 443, "TCP", 8, 0, 100.0),
-        edge("shop/backend-a", "kube-system/kube-dns", 53, "UDP", 16, 0, 10.0),
+        edge(
+            "shop/backend-a",
+            "external:api.example.com",
+            443,
+            "TCP",
+            8,
+            0,
+            100.0,
+        ),
+        edge(
+            "shop/backend-a",
+            "kube-system/kube-dns",
+            53,
+            "UDP",
+            16,
+            0,
+            10.0,
+        ),
         edge("shop/frontend", "node:node-a", 10250, "TCP", 0, 3, 0.0),
         edge("shop/frontend", "node:node-b", 10250, "TCP", 2, 0, 10.0),
         edge("shop/frontend", "world", 443, "TCP", 0, 4, 0.0),
@@ -143,9 +181,18 @@ fn the_page_draws_the_graph_without_overlaps_and_denied_edges_red() {
         .nth(1)
         .and_then(|b| b.split('>').next())
         .unwrap_or_default();
-    assert_eq!(attr(body, "data-ready"), Some("1"), "page never drew: {dom}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        attr(body, "data-ready"),
+        Some("1"),
+        "page never drew: {dom}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(attr(body, "data-vertices"), Some("10"), "{body}");
-    assert_eq!(attr(body, "data-overlaps"), Some("0"), "vertices overlap: {body}");
+    assert_eq!(
+        attr(body, "data-overlaps"),
+        Some("0"),
+        "vertices overlap: {body}"
+    );
     assert!(
         dom.contains("6 workloads, 11 edges · 2 nodes · 2 outside"),
         "header: {dom}"
@@ -160,7 +207,11 @@ fn the_page_draws_the_graph_without_overlaps_and_denied_edges_red() {
             || id.ends_with("node:node-a")
             || id.ends_with("-&gt;world");
         assert_eq!(color == red, denied_only, "{id} drawn {color}");
-        assert_eq!(attr(li, "data-verdict") == Some("denied"), denied_only, "{li}");
+        assert_eq!(
+            attr(li, "data-verdict") == Some("denied"),
+            denied_only,
+            "{li}"
+        );
     }
     // The side table lists every edge per port, denied ones marked.
     assert!(dom.contains("shop/frontend → payments/db :5432/TCP"));
@@ -169,7 +220,11 @@ fn the_page_draws_the_graph_without_overlaps_and_denied_edges_red() {
     let shot = dir.0.join("shot.png");
     let o = chromium(&dir.0, &[&format!("--screenshot={}", shot.display())]);
     let len = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(len > 20_000, "screenshot {len} bytes: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        len > 20_000,
+        "screenshot {len} bytes: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     if let Ok(to) = std::env::var("VEIL_UI_SCREENSHOT") {
         std::fs::copy(&shot, &to).unwrap();
     }

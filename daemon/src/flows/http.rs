@@ -27,7 +27,6 @@ use super::{now_ms, Flows};
 use crate::context::NodeContext;
 use crate::datastore::Snapshot;
 
-
 /// How long a peer has to answer, connection included.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest graph accepted from a peer.

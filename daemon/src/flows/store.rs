@@ -154,7 +154,10 @@ impl Flows {
             return;
         }
         let records = self.records(entries, now);
-        self.state.lock().expect("flow state lock").observe(&records);
+        self.state
+            .lock()
+            .expect("flow state lock")
+            .observe(&records);
     }
 
     /// Ingests a complete dump of the table read at `now`: its entries, then
@@ -259,7 +262,11 @@ impl Flows {
 
     /// The connection lifecycle's counters (opened, closed, ...).
     pub fn lifecycle(&self) -> LifecycleCounters {
-        self.state.lock().expect("flow state lock").lifecycle.counters()
+        self.state
+            .lock()
+            .expect("flow state lock")
+            .lifecycle
+            .counters()
     }
 
     /// The current address book.

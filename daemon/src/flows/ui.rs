@@ -40,13 +40,7 @@ pub(super) fn routes() -> Router {
         )
         .route(
             "/ui/vendor/cytoscape.min.js",
-            get(|| async {
-                asset(
-                    "application/javascript; charset=utf-8",
-                    CYTOSCAPE_JS,
-                    true,
-                )
-            }),
+            get(|| async { asset("application/javascript; charset=utf-8", CYTOSCAPE_JS, true) }),
         )
         .route(
             "/ui/vendor/cytoscape.LICENSE",

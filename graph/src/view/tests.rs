@@ -173,8 +173,18 @@ fn a_time_window_keeps_only_recent_edges_and_their_vertices() {
 #[test]
 fn http_requests_show_on_their_edge_and_merge_across_nodes() {
     let mut g = sample();
-    let f = Arc::new(Identity::pod("shop", "frontend-0", "frontend", Default::default()));
-    let a = Arc::new(Identity::pod("shop", "a-0", "backend-a", Default::default()));
+    let f = Arc::new(Identity::pod(
+        "shop",
+        "frontend-0",
+        "frontend",
+        Default::default(),
+    ));
+    let a = Arc::new(Identity::pod(
+        "shop",
+        "a-0",
+        "backend-a",
+        Default::default(),
+    ));
     for (i, status) in [200u16, 200, 500, 403].into_iter().enumerate() {
         g.ingest_http(&crate::http::HttpRecord {
             time: 1_500 + i as u64,
@@ -200,7 +210,12 @@ fn http_requests_show_on_their_edge_and_merge_across_nodes() {
     let e = m.edges.iter().find(|e| e.port == 8080).unwrap();
     assert_eq!(e.http.as_ref().unwrap().requests, 8);
     let d = m.grafana_data();
-    let ge = d["edges"].as_array().unwrap().iter().find(|x| x["detail__port"] == 8080).unwrap();
+    let ge = d["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["detail__port"] == 8080)
+        .unwrap();
     assert_eq!(ge["detail__verdict"], "allowed");
     assert!(ge["detail__http_rps"].as_f64().unwrap() > 0.0);
     let back: GraphView = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
