@@ -1,6 +1,8 @@
 //! Fuzz target: an arbitrary stream of flow events (decoded from the input
-//! bytes, 8 bytes per event) into a small-capped graph and flow log. Checks
-//! the graph's invariants after every event and that every export works.
+//! bytes, 8 bytes per event) into a small-capped graph and flow log, and the
+//! same stream through a [`Lifecycle`] into a second graph and log. Checks
+//! the graph's invariants after every event, that the lifecycle opens and
+//! closes each connection at most once, and that every export works.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use veil_graph::{
     ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowRecord, FlowSink, GraphLimits,
-    GraphView, Identity, Locality, Protocol, ServiceGraph, Verdict,
+    GraphView, Identity, Lifecycle, LifecycleLimits, Locality, Protocol, ServiceGraph, Verdict,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +36,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut g = ServiceGraph::new(limits);
     let mut log = FlowLog::new(5);
+    let mut lc = Lifecycle::new(LifecycleLimits {
+        max_connections: 13,
+        tombstone_ms: 5_000,
+        hash_seed: 3,
+    });
+    let mut g2 = ServiceGraph::new(limits);
+    let mut log2 = FlowLog::new(5);
+    // Per connection: (opened, closed) as the lifecycle emitted them.
+    let mut seen: std::collections::HashMap<ConnKey, (u32, u32)> = Default::default();
+    let mut out = Vec::new();
     let mut time = 0u64;
     for c in data.chunks_exact(8) {
         time += u64::from(c[0] & 0x0f) * 997;
@@ -68,12 +80,48 @@ fuzz_target!(|data: &[u8]| {
                 Verdict::Allowed
             },
             policy: (c[5] & 0x40 != 0).then(|| Arc::from("a/p#1")),
+            rule: None,
             locality: Locality {
                 source_local: c[0] & 0x10 != 0,
                 destination_local: c[0] & 0x20 != 0,
             },
         };
         (&mut g, &mut log).record(&r);
+        out.clear();
+        if c[1] & 0x80 != 0 {
+            // A dump that shows only this entry.
+            lc.begin_dump();
+            lc.observe(&r, &mut out);
+            lc.end_dump(time, &mut out);
+        } else {
+            lc.observe(&r, &mut out);
+        }
+        for o in &out {
+            if o.verdict == Verdict::Denied {
+                continue;
+            }
+            let x = seen.entry(o.conn).or_default();
+            match o.event {
+                FlowEvent::New => {
+                    // Reopened only after it was closed and forgotten (or
+                    // evicted to stay under the cap).
+                    assert!(
+                        x.0 == x.1 || lc.counters().evicted > 0,
+                        "{:?} opened twice",
+                        o.conn
+                    );
+                    x.0 += 1;
+                }
+                FlowEvent::Closed => {
+                    x.1 += 1;
+                    assert!(x.1 <= x.0, "{:?} closed without being open", o.conn);
+                }
+                _ => assert!(x.0 > 0, "{:?} update before open", o.conn),
+            }
+            (&mut g2, &mut log2).record(o);
+        }
+        assert!(lc.tracked() <= 13);
+        assert!(g2.edge_count() <= limits.max_edges);
         assert!(g.edge_count() <= limits.max_edges);
         assert!(g.tracked_connections() <= limits.max_connections);
         let active: u64 = g.edges().map(|e| e.2.active).sum();
