@@ -345,6 +345,7 @@ fn prometheus_scrapes(lab: &Lab) {
                     ),
                 ];
                 if got == want {
+                    dashboard_queries_answer(lab);
                     return;
                 }
                 assert!(
@@ -360,4 +361,57 @@ fn prometheus_scrapes(lab: &Lab) {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Every query of the Grafana dashboard, as Grafana sends it (variables
+/// substituted), against the real Prometheus scraping the lab: each is
+/// accepted, and each returns data unless it is about denies or HTTP (this
+/// lab has no policy and no L7 traffic).
+fn dashboard_queries_answer(lab: &Lab) {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/veil-flows.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = t["expr"].as_str() else {
+                continue;
+            };
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$namespace", ".*");
+            let o = lab.exec(
+                &["--node", "node-a"],
+                &[
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "5",
+                    "-G",
+                    "http://127.0.0.1:19090/api/v1/query",
+                    "--data-urlencode",
+                    &format!("query={q}"),
+                ],
+            );
+            let v: Value = serde_json::from_slice(&o.stdout)
+                .unwrap_or_else(|_| panic!("{q}: {}", show(&o)));
+            assert_eq!(v["status"], "success", "panel {}: {q}: {v}", p["title"]);
+            let empty = v["data"]["result"].as_array().is_none_or(|a| a.is_empty());
+            let optional = ["denied", "veil_policy", "veil_http"]
+                .iter()
+                .any(|w| q.contains(w));
+            assert!(
+                optional || !empty,
+                "panel {} returns no data: {q}",
+                p["title"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "{checked} queries");
 }
