@@ -267,6 +267,16 @@ fn collector_shows_exactly_the_edges_of_real_traffic() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // A time window: the last hour has the three edges, the last second none.
+    for (since, lines) in [("1h", 3), ("0s", 1)] {
+        let out = Command::new(bin("veilctl"))
+            .args(["graph", "--since", since, "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().count(), lines, "--since {since}: {text}");
+    }
 
     // HTTP: /api/v1/graph, Grafana endpoints, /metrics, /ui.
     let curl = |path: &str| -> String {

@@ -29,6 +29,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Only edges seen in the last DURATION (`30s`, `5m`, `1h`); counts stay totals.
+    #[arg(long, value_parser = super::flows::parse_since)]
+    pub since: Option<Duration>,
 }
 
 /// Asks every targeted daemon for its graph; returns the merged view and the
@@ -74,6 +77,16 @@ pub fn run(args: Args) -> i32 {
     for e in &errors {
         eprintln!("veilctl graph: warning: {e} (graph is partial)");
     }
+    let view = match args.since {
+        Some(d) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_millis() as u64)
+                .unwrap_or(0);
+            view.since(now.saturating_sub(d.as_millis() as u64))
+        }
+        None => view,
+    };
     match args.format {
         Format::Text => print!("{}", view.to_text()),
         Format::Dot => print!("{}", view.to_dot()),
