@@ -370,7 +370,8 @@ fn prometheus_scrapes(lab: &Lab) {
 fn dashboard_queries_answer(lab: &Lab) {
     let dash: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/veil-flows.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/grafana/veil-flows.json"),
         )
         .unwrap(),
     )
@@ -398,8 +399,8 @@ fn dashboard_queries_answer(lab: &Lab) {
                     &format!("query={q}"),
                 ],
             );
-            let v: Value = serde_json::from_slice(&o.stdout)
-                .unwrap_or_else(|_| panic!("{q}: {}", show(&o)));
+            let v: Value =
+                serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{q}: {}", show(&o)));
             assert_eq!(v["status"], "success", "panel {}: {q}: {v}", p["title"]);
             let empty = v["data"]["result"].as_array().is_none_or(|a| a.is_empty());
             let optional = ["denied", "veil_policy", "veil_http"]
