@@ -10,8 +10,9 @@
 //! whole), `Expect: 100-continue` (the 100 goes out only when the request is
 //! allowed and its body is read), and Upgrade (an allowed request whose
 //! answer is 101 has both sides joined byte for byte). A request carrying
-//! both `Content-Length` and `Transfer-Encoding` (a smuggling attempt) gets
-//! 400 and the connection is closed; anything that is not HTTP/1.1 closes the
+//! both `Content-Length` and `Transfer-Encoding` (a smuggling attempt) is
+//! read by its chunked body only and the connection is closed after the
+//! answer (what follows is never read); anything that is not HTTP/1.1 closes the
 //! connection and is recorded as a denied flow.
 //!
 //! It does not cache, retry, rewrite headers or speak HTTP/2 or TLS.
@@ -78,17 +79,7 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
             // decides it any more, so it is passed as bytes.
             splice(stream, client, dst, &shared).await;
         }
-        ConnectionRules::Allowed(rules) => {
-            let st = Arc::new(ConnState {
-                shared: shared.clone(),
-                client,
-                dst,
-                rules,
-                edge,
-                upstream: Mutex::new(None),
-            });
-            serve_http(stream, st).await;
-        }
+        ConnectionRules::Allowed(rules) => serve_http(stream, client, dst, rules, edge, shared).await,
     }
 }
 
@@ -104,7 +95,24 @@ async fn splice(mut stream: TcpStream, client: SocketAddr, dst: SocketAddr, shar
     }
 }
 
-async fn serve_http(stream: TcpStream, st: Arc<ConnState>) {
+/// Serves `stream` (from `client`, for `dst`) as HTTP/1.1, checking each
+/// request against `rules`.
+pub async fn serve_http(
+    stream: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    rules: Vec<L7Rule>,
+    edge: Edge,
+    shared: Arc<Shared>,
+) {
+    let st = Arc::new(ConnState {
+        shared,
+        client,
+        dst,
+        rules,
+        edge,
+        upstream: Mutex::new(None),
+    });
     let limits = st.shared.limits;
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -169,7 +177,10 @@ pub fn policy_request<B>(req: &Request<B>) -> HttpRequest {
     }
 }
 
-/// Why a request is refused before any rule is consulted, if it is.
+/// Why a request is refused before any rule is consulted, if it is. (A
+/// request with both `Content-Length` and `Transfer-Encoding` rarely gets
+/// here: hyper drops the length, reads the chunked body and closes the
+/// connection after the answer, so a smuggled request is never read.)
 pub fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() != Version::HTTP_11 {
         return Some("not HTTP/1.1");
@@ -262,11 +273,24 @@ impl ConnState {
         if status == 101 {
             if let Some(client_upgrade) = client_upgrade {
                 let server_upgrade = hyper::upgrade::on(&mut resp);
+                // The upstream side upgrades once its (empty) body is gone.
+                let (parts, _) = resp.into_parts();
+                let resp = Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
                 tokio::spawn(async move {
-                    if let (Ok(c), Ok(s)) = tokio::join!(client_upgrade, server_upgrade) {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(s)).await;
+                    match tokio::join!(client_upgrade, server_upgrade) {
+                        (Ok(c), Ok(s)) => {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(c),
+                                &mut TokioIo::new(s),
+                            )
+                            .await;
+                        }
+                        (c, s) => {
+                            tracing::debug!(client = ?c.err(), upstream = ?s.err(), "L7 proxy: upgrade failed");
+                        }
                     }
                 });
+                return resp;
             }
         }
         resp.map(Either::Left)

@@ -28,6 +28,8 @@
 pub mod conn;
 pub mod metrics;
 pub mod net;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
