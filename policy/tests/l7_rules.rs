@@ -16,11 +16,17 @@ fn check_dir(dir: &Path) -> (usize, Vec<String>) {
         return (0, failures);
     };
     for f in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-        if !f.file_name().and_then(|n| n.to_str()).is_some_and(is_scenario_file) {
+        if !f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_scenario_file)
+        {
             continue;
         }
         let text = std::fs::read_to_string(&f).expect("readable scenario");
-        let Ok(sc) = Scenario::parse(&text) else { continue };
+        let Ok(sc) = Scenario::parse(&text) else {
+            continue;
+        };
         let _ = run_steps(&sc, sc.steps.len(), |sc, state, compiled, si| {
             for probe in &sc.steps[si].probes {
                 let (_, flow) = probe_flows(&state.cluster, sc, probe);
@@ -28,9 +34,9 @@ fn check_dir(dir: &Path) -> (usize, Vec<String>) {
                 let by_rules = match program.connection_rules(&flow) {
                     ConnectionRules::Denied(_) => Verdict::Deny,
                     ConnectionRules::Allowed(rules) => {
-                        let ok = rules.iter().all(|r| {
-                            flow.http.as_ref().is_some_and(|req| r.check(req))
-                        });
+                        let ok = rules
+                            .iter()
+                            .all(|r| flow.http.as_ref().is_some_and(|req| r.check(req)));
                         if ok {
                             Verdict::Allow
                         } else {

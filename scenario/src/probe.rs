@@ -272,7 +272,6 @@ pub fn probe_flows(cluster: &Cluster, sc: &Scenario, probe: &Probe) -> (Option<F
 /// Whether `m` is an HTTP method: a non-empty token (RFC 9110 `tchar`s).
 fn is_method_token(m: &str) -> bool {
     !m.is_empty()
-        && m.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

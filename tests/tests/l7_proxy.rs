@@ -66,7 +66,11 @@ fn l7_scenarios() -> (TempDir, Vec<String>) {
 fn lab_test_passes_every_l7_scenario_as_real_packets() {
     require_root();
     let (dir, names) = l7_scenarios();
-    for want in ["l7-path-rule.yaml", "l7-methods.yaml", "l7-both-sides-across-nodes.yaml"] {
+    for want in [
+        "l7-path-rule.yaml",
+        "l7-methods.yaml",
+        "l7-both-sides-across-nodes.yaml",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
     let d = dir.0.to_str().unwrap();
@@ -74,7 +78,11 @@ fn lab_test_passes_every_l7_scenario_as_real_packets() {
     assert!(mem.status.success(), "policy test: {}", show(&mem));
     let wire = veilctl(&["lab", "test", d]);
     let out = String::from_utf8_lossy(&wire.stdout);
-    assert!(wire.status.success(), "lab test of {names:?}: {}", show(&wire));
+    assert!(
+        wire.status.success(),
+        "lab test of {names:?}: {}",
+        show(&wire)
+    );
     assert!(out.contains(" 0 failed"), "{out}");
     assert!(out.contains("(HTTP 403)"), "the node answers 403: {out}");
     let summary = |s: &str| s.lines().last().unwrap_or_default().to_string();
@@ -93,12 +101,10 @@ fn sock(lab: &Lab, node: &str) -> PathBuf {
 
 fn applied(lab: &Lab, nodes: &[&str], min: u64) -> bool {
     nodes.iter().all(|n| {
-        veil_tests::call(&sock(lab, n), veil_api::method::NODE_STATUS, Value::Null).is_ok_and(
-            |s| {
-                let g = s["policyGeneration"].as_u64().unwrap_or(0);
-                g >= min && s["policyAppliedGeneration"].as_u64() == Some(g)
-            },
-        )
+        veil_tests::call(&sock(lab, n), veil_api::method::NODE_STATUS, Value::Null).is_ok_and(|s| {
+            let g = s["policyGeneration"].as_u64().unwrap_or(0);
+            g >= min && s["policyAppliedGeneration"].as_u64() == Some(g)
+        })
     })
 }
 
@@ -205,16 +211,29 @@ fn one_proxy_checks_both_sides_counts_per_edge_and_records_denied_flows() {
     let b = metrics(&lab, "node-b");
     let edge = "src_namespace=\"app\",src_workload=\"client\",dst_namespace=\"app\",dst_workload=\"server\"";
     assert!(
-        a.contains(&format!("veil_l7_requests_total{{{edge},method=\"GET\",status_class=\"2xx\"}} 1")),
+        a.contains(&format!(
+            "veil_l7_requests_total{{{edge},method=\"GET\",status_class=\"2xx\"}} 1"
+        )),
         "{a}"
     );
     assert!(
-        a.contains(&format!("veil_l7_denied_requests_total{{{edge},method=\"DELETE\"}} 1")),
+        a.contains(&format!(
+            "veil_l7_denied_requests_total{{{edge},method=\"DELETE\"}} 1"
+        )),
         "{a}"
     );
-    assert!(a.contains("veil_l7_request_duration_seconds_bucket{"), "{a}");
-    assert!(!a.contains("/api/items") && !a.contains("10.244."), "no paths nor addresses");
-    assert!(!b.contains("veil_l7_requests_total{"), "node-b proxied nothing: {b}");
+    assert!(
+        a.contains("veil_l7_request_duration_seconds_bucket{"),
+        "{a}"
+    );
+    assert!(
+        !a.contains("/api/items") && !a.contains("10.244."),
+        "no paths nor addresses"
+    );
+    assert!(
+        !b.contains("veil_l7_requests_total{"),
+        "node-b proxied nothing: {b}"
+    );
 
     // The denied requests are denied flows naming the rule.
     assert!(
@@ -223,9 +242,14 @@ fn one_proxy_checks_both_sides_counts_per_edge_and_records_denied_flows() {
             String::from_utf8_lossy(&o.stdout).contains("client-reads-and-writes")
         }),
         "{}",
-        show(&veilctl(&["flows", "--lab", &lab.name, "--verdict", "denied"]))
+        show(&veilctl(&[
+            "flows",
+            "--lab",
+            &lab.name,
+            "--verdict",
+            "denied"
+        ]))
     );
-
 }
 
 #[test]
@@ -254,7 +278,10 @@ fn with_the_proxy_down_steered_connections_are_refused_and_others_flow() {
     let (ok, v) = read("POST");
     assert!(!ok && v["status"].is_null(), "refused, no answer: {v}");
     let (ok, v) = read("GET");
-    assert!(!ok && v["status"].is_null(), "refused while the proxy is down: {v}");
+    assert!(
+        !ok && v["status"].is_null(),
+        "refused while the proxy is down: {v}"
+    );
     // Not steered (the reader has no http rule): flows from the kernel's table.
     assert!(
         probe_between(&lab, "docs/server", "docs/reader", "GET", "/").0,

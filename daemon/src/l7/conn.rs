@@ -25,7 +25,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -79,7 +81,9 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
             // decides it any more, so it is passed as bytes.
             splice(stream, client, dst, &shared).await;
         }
-        ConnectionRules::Allowed(rules) => serve_http(stream, client, dst, rules, edge, shared).await,
+        ConnectionRules::Allowed(rules) => {
+            serve_http(stream, client, dst, rules, edge, shared).await
+        }
     }
 }
 
@@ -125,7 +129,9 @@ pub async fn serve_http(
         let st = svc_state.clone();
         async move { Ok::<_, Infallible>(st.request(req).await) }
     });
-    let conn = b.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+    let conn = b
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     if let Err(e) = conn.await {
         let reason = if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
             "not HTTP/1.1"
@@ -246,12 +252,20 @@ impl ConnState {
                 Err(e) => {
                     tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: upstream unreachable");
                     self.shared.metrics.closed("upstream unreachable");
-                    return answer(StatusCode::BAD_GATEWAY, "upstream unreachable\n".into(), true);
+                    return answer(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream unreachable\n".into(),
+                        true,
+                    );
                 }
             }
         }
         let Some(sender) = up.as_mut() else {
-            return answer(StatusCode::BAD_GATEWAY, "upstream unreachable\n".into(), true);
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                "upstream unreachable\n".into(),
+                true,
+            );
         };
         let resp = match sender.send_request(req).await {
             Ok(r) => r,

@@ -90,7 +90,11 @@ impl Default for L7Metrics {
 
 /// A method as a label.
 pub fn method_label(m: &str) -> &str {
-    METHODS.iter().find(|x| **x == m).copied().unwrap_or("OTHER")
+    METHODS
+        .iter()
+        .find(|x| **x == m)
+        .copied()
+        .unwrap_or("OTHER")
 }
 
 /// A status as its class (`2xx`).
@@ -213,7 +217,13 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut s, &r).unwrap();
         assert!(s.contains("veil_l7_requests_total{src_namespace=\"a\",src_workload=\"w1\",dst_namespace=\"b\",dst_workload=\"x\",method=\"GET\",status_class=\"2xx\"} 1"), "{s}");
         assert!(s.contains("veil_l7_denied_requests_total{"), "{s}");
-        assert!(s.contains("veil_l7_request_duration_seconds_bucket{"), "{s}");
-        assert!(s.contains("veil_l7_connections_closed_total{reason=\"not HTTP/1.1\"} 1"), "{s}");
+        assert!(
+            s.contains("veil_l7_request_duration_seconds_bucket{"),
+            "{s}"
+        );
+        assert!(
+            s.contains("veil_l7_connections_closed_total{reason=\"not HTTP/1.1\"} 1"),
+            "{s}"
+        );
     }
 }

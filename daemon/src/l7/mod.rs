@@ -98,7 +98,10 @@ impl Shared {
                     .pod(ns, name)
                     .map(|p| p.labels.clone())
                     .unwrap_or_default();
-                return (ns.to_string(), veil_graph::derive_workload(&labels, None, name));
+                return (
+                    ns.to_string(),
+                    veil_graph::derive_workload(&labels, None, name),
+                );
             }
             if let Some(n) = program.nodes.get(&ip) {
                 return ("node".into(), n.clone());
@@ -188,7 +191,11 @@ pub async fn start(
 }
 
 /// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {
         let (stream, peer) = tokio::select! {

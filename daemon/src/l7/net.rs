@@ -61,7 +61,8 @@ pub fn listener(addr: SocketAddr) -> Result<TcpListener, NetError> {
     s.set_reuse_address(true).map_err(sock("SO_REUSEADDR"))?;
     s.set_ip_transparent_v4(true)
         .map_err(sock("IP_TRANSPARENT on the listener"))?;
-    s.set_nonblocking(true).map_err(sock("non-blocking listener"))?;
+    s.set_nonblocking(true)
+        .map_err(sock("non-blocking listener"))?;
     s.bind(&addr.into()).map_err(sock("listener bind"))?;
     s.listen(1024).map_err(sock("listen"))?;
     TcpListener::from_std(s.into()).map_err(sock("listener registration"))
@@ -85,9 +86,11 @@ pub async fn connect_upstream(src: SocketAddr, dst: SocketAddr) -> io::Result<Tc
 /// Adds the routing rule and the local route of table [`ROUTE_TABLE`]
 /// (idempotent: what exists is left).
 pub async fn install_routing() -> Result<(), NetError> {
-    let nl = |what| move |e: io::Error| NetError::Netlink {
-        what,
-        reason: e.to_string(),
+    let nl = |what| {
+        move |e: io::Error| NetError::Netlink {
+            what,
+            reason: e.to_string(),
+        }
     };
     let (conn, handle, _) = rtnetlink::new_connection().map_err(nl("netlink socket"))?;
     let task = tokio::spawn(conn);

@@ -129,7 +129,9 @@ async fn setup(limits: Limits) -> Setup {
     });
     tokio::spawn(async move {
         loop {
-            let Ok((s, peer)) = l.accept().await else { return };
+            let Ok((s, peer)) = l.accept().await else {
+                return;
+            };
             let edge = Edge {
                 src_namespace: "app".into(),
                 src_workload: "client".into(),
@@ -179,7 +181,9 @@ fn complete(t: &str) -> usize {
         }
         let lower = head.to_ascii_lowercase();
         if lower.contains("transfer-encoding: chunked") {
-            let Some(e) = body.find("\r\n0\r\n\r\n").or(body.starts_with("0\r\n\r\n").then_some(0))
+            let Some(e) = body
+                .find("\r\n0\r\n\r\n")
+                .or(body.starts_with("0\r\n\r\n").then_some(0))
             else {
                 return count;
             };
@@ -249,9 +253,15 @@ async fn keep_alive_and_pipelining_answer_in_order_and_denied_requests_never_rea
         t.contains("DELETE /api/a denied by vnp app/api-only ingress rule 0 (tier default)"),
         "{t}"
     );
-    assert_eq!(st.seen.load(Ordering::SeqCst), 2, "only allowed requests reach upstream");
+    assert_eq!(
+        st.seen.load(Ordering::SeqCst),
+        2,
+        "only allowed requests reach upstream"
+    );
     // Keep-alive: the same connection serves another request.
-    c.write_all(b"GET /api/c HTTP/1.1\r\nHost: s\r\n\r\n").await.unwrap();
+    c.write_all(b"GET /api/c HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .unwrap();
     let t = read_responses(&mut c, 1).await;
     assert!(t.contains("GET /api/c 0"), "{t}");
     let mut s = String::new();
@@ -259,7 +269,10 @@ async fn keep_alive_and_pipelining_answer_in_order_and_denied_requests_never_rea
     st.metrics.register(&mut r);
     prometheus_client::encoding::text::encode(&mut s, &r).unwrap();
     assert!(s.contains("veil_l7_denied_requests_total{src_namespace=\"app\",src_workload=\"client\",dst_namespace=\"app\",dst_workload=\"server\",method=\"DELETE\"} 1"), "{s}");
-    assert!(s.contains("method=\"OTHER\"} 1"), "lower-case get is OTHER: {s}");
+    assert!(
+        s.contains("method=\"OTHER\"} 1"),
+        "lower-case get is OTHER: {s}"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +287,11 @@ async fn chunked_and_large_bodies_are_streamed_both_ways() {
     .await
     .unwrap();
     let t = read_responses(&mut c, 1).await;
-    assert!(t.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{t}");
+    assert!(
+        t.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{t}"
+    );
     assert!(t.contains("POST /api/up 11"), "{t}");
     // 32 MiB, written while the answer is awaited: streamed, not buffered.
     let size = 32usize << 20;
@@ -293,18 +310,22 @@ async fn expect_100_continue_is_answered_only_for_allowed_requests() {
     root_or_skip!();
     let st = setup(Limits::default()).await;
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
-    c.write_all(b"POST /api/x HTTP/1.1\r\nHost: s\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
+    c.write_all(
+        b"POST /api/x HTTP/1.1\r\nHost: s\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let t = read_responses(&mut c, 1).await;
     assert!(t.starts_with("HTTP/1.1 100 Continue"), "{t}");
     c.write_all(b"data").await.unwrap();
     let t = read_responses(&mut c, 1).await;
     assert!(t.contains("POST /api/x 4"), "{t}");
     let mut d = TcpStream::connect(st.proxy).await.unwrap();
-    d.write_all(b"POST /private HTTP/1.1\r\nHost: s\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
+    d.write_all(
+        b"POST /private HTTP/1.1\r\nHost: s\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let t = read_responses(&mut d, 1).await;
     assert!(t.starts_with("HTTP/1.1 403"), "{t}");
     assert!(!t.contains("100 Continue"), "{t}");
@@ -341,17 +362,24 @@ async fn non_http_and_http_1_0_are_closed() {
     let st = setup(Limits::default()).await;
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
     // A TLS ClientHello's first bytes.
-    c.write_all(&[0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03])
-        .await
-        .unwrap();
+    c.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
     assert!(closed(&mut c).await);
     let mut d = TcpStream::connect(st.proxy).await.unwrap();
-    d.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    d.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     assert!(closed(&mut d).await);
     let mut e = TcpStream::connect(st.proxy).await.unwrap();
     e.write_all(b"GET /api/a HTTP/1.0\r\n\r\n").await.unwrap();
     let t = read_responses(&mut e, 1).await;
-    assert!(t.starts_with("HTTP/1.1 505") || t.starts_with("HTTP/1.0 505"), "{t}");
+    assert!(
+        t.starts_with("HTTP/1.1 505") || t.starts_with("HTTP/1.0 505"),
+        "{t}"
+    );
     assert!(closed(&mut e).await);
     assert_eq!(st.seen.load(Ordering::SeqCst), 0);
 }
@@ -366,14 +394,19 @@ async fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
     .await;
     // Oversized headers.
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
-    let big = format!("GET /api/a HTTP/1.1\r\nHost: s\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    let big = format!(
+        "GET /api/a HTTP/1.1\r\nHost: s\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
     let _ = c.write_all(big.as_bytes()).await;
     let t = read_responses(&mut c, 1).await;
     assert!(t.is_empty() || t.starts_with("HTTP/1.1 431"), "{t}");
     assert!(closed(&mut c).await);
     // Slowloris: a head that never ends is cut off by the header timeout.
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
-    c.write_all(b"GET /api/a HTTP/1.1\r\nHost: s\r\n").await.unwrap();
+    c.write_all(b"GET /api/a HTTP/1.1\r\nHost: s\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -387,7 +420,10 @@ async fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
         .await
         .unwrap();
     let t = read_responses(&mut c, 1).await;
-    assert!(!t.contains(" 200 OK") || !t.contains("POST /api/a 5"), "{t}");
+    assert!(
+        !t.contains(" 200 OK") || !t.contains("POST /api/a 5"),
+        "{t}"
+    );
     assert!(closed(&mut c).await);
     // Smuggling: both Content-Length and Transfer-Encoding.
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
@@ -403,7 +439,9 @@ async fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
     let before = st.seen.load(Ordering::SeqCst);
     // Still serving.
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
-    c.write_all(b"GET /api/ok HTTP/1.1\r\nHost: s\r\n\r\n").await.unwrap();
+    c.write_all(b"GET /api/ok HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .unwrap();
     let t = read_responses(&mut c, 1).await;
     assert!(t.contains("GET /api/ok 0"), "{t}");
     assert_eq!(st.seen.load(Ordering::SeqCst), before + 1);

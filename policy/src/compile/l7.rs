@@ -138,4 +138,3 @@ impl Program {
         Decided::Allow(None)
     }
 }
-

@@ -41,10 +41,10 @@ use nftables::stmt::{JumpTarget, Mangle, Operator, Reject, RejectType, Statement
 use veil_policy::compile::{ChainTier, Program};
 
 use super::chains::{
-    addr, clear_mark, counter, drop, eq, ifname_is, ifname_vmap, jump, mark_is_set, matches,
-    meta, num, payload, s, set_mark, set_ref, Stmt,
+    addr, clear_mark, counter, drop, eq, ifname_is, ifname_vmap, jump, mark_is_set, matches, meta,
+    num, payload, s, set_mark, set_ref, Stmt,
 };
-use super::{LocalEndpoint, MARK_ALLOW, MARK_PASS, MAP_EGRESS, OPEN_CHAIN};
+use super::{LocalEndpoint, MAP_EGRESS, MARK_ALLOW, MARK_PASS, OPEN_CHAIN};
 use crate::dataplane::nftables::desired::{
     NamedSet, NamedVerdictMap, PolicyHook, PolicyObjects, PolicyRule,
 };
@@ -181,7 +181,10 @@ fn dscp(v: u32) -> Stmt {
 }
 
 fn from_pod() -> [Stmt; 2] {
-    [ifname_is(false, "veil*", true), ifname_is(false, "veil-wg", false)]
+    [
+        ifname_is(false, "veil*", true),
+        ifname_is(false, "veil-wg", false),
+    ]
 }
 
 fn rule(statements: Vec<Stmt>, comment: &str) -> PolicyRule {
@@ -244,16 +247,14 @@ pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
     out.chains.insert(
         EGRESS_EVAL.to_string(),
         vec![
-            rule(vec![ifname_vmap(false, MAP_EGRESS)], "egress of the source pod"),
+            rule(
+                vec![ifname_vmap(false, MAP_EGRESS)],
+                "egress of the source pod",
+            ),
             rule(vec![counter(), drop()], "pod not programmed yet"),
         ],
     );
-    let steer = |comment| {
-        rule(
-            vec![mark_is_set(MARK_HTTP), set_mark(MARK_STEER)],
-            comment,
-        )
-    };
+    let steer = |comment| rule(vec![mark_is_set(MARK_HTTP), set_mark(MARK_STEER)], comment);
     out.chains.insert(
         CLASSIFY.to_string(),
         vec![
