@@ -35,7 +35,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use nftables::expr::{BinaryOperation, Expression, MetaKey, NamedExpression, Verdict, CT};
+use nftables::expr::{
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, Verdict, CT,
+};
 use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{JumpTarget, Mangle, Operator, Reject, RejectType, Statement, TProxy};
 use veil_policy::compile::{ChainTier, Program};
@@ -258,6 +260,19 @@ pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
     out.chains.insert(
         CLASSIFY.to_string(),
         vec![
+            rule(
+                vec![
+                    eq(
+                        Expression::Named(NamedExpression::Fib(Fib {
+                            result: FibResult::Type,
+                            flags: [FibFlag::Daddr].into_iter().collect(),
+                        })),
+                        s("local"),
+                    ),
+                    Statement::Return(None),
+                ],
+                "a pod and its own node: always allowed, never proxied",
+            ),
             rule(
                 vec![clear_mark(MARK_ALLOW | MARK_PASS | MARK_HTTP | MARK_STEER)],
                 "fresh evaluation",
