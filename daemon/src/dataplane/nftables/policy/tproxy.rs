@@ -412,3 +412,122 @@ fn ct_new() -> Stmt {
         s("new"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use veil_scenario::Scenario;
+
+    use super::super::{render, RenderedPolicy};
+    use super::*;
+
+    /// The first node's render of a scenario; pods get `veil<index>`.
+    fn render_scenario(yaml: &str) -> (RenderedPolicy, BTreeMap<String, (String, IpAddr)>) {
+        let sc = Scenario::parse(yaml).expect("scenario parses");
+        let st = sc.initial_state().expect("valid policies");
+        let compiled = veil_policy::compile::Compiled::new(&st.cluster, &st.policies);
+        let node = st.cluster.nodes[0].name.clone();
+        let mut names = BTreeMap::new();
+        let eps: Vec<LocalEndpoint> = st
+            .cluster
+            .pods
+            .values()
+            .filter(|p| p.node == node && !p.host_network)
+            .enumerate()
+            .map(|(i, p)| {
+                let ifname = format!("veil{i:011x}");
+                names.insert(p.key(), (ifname.clone(), p.ip));
+                LocalEndpoint {
+                    ifname,
+                    ip: p.ip,
+                    pod: Some(p.key()),
+                }
+            })
+            .collect();
+        (render(compiled.program(), &eps), names)
+    }
+
+    const SHOP: &str = r#"
+name: shop
+cluster: {nodes: [node-a]}
+namespaces: [{name: shop}]
+pods:
+  - {name: shop/web, labels: {app: web}, node: node-a}
+  - {name: shop/api, labels: {app: api}, node: node-a, ports: [{port: 8080}]}
+  - {name: shop/db, labels: {app: db}, node: node-a, ports: [{port: 5432}]}
+policies:
+  - apiVersion: veil.dev/v1alpha1
+    kind: NetworkPolicy
+    metadata: {name: api-reads, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: api}}
+      ingress:
+        - action: Allow
+          protocol: TCP
+          source: {selector: {matchLabels: {app: web}}}
+          http: {methods: [GET]}
+  - apiVersion: veil.dev/v1alpha1
+    kind: NetworkPolicy
+    metadata: {name: db-l4, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: db}}
+      ingress:
+        - action: Allow
+          protocol: TCP
+          source: {selector: {matchLabels: {app: api}}}
+probes: []
+"#;
+
+    #[test]
+    fn only_endpoints_with_http_rules_are_steering_candidates() {
+        let (r, names) = render_scenario(SHOP);
+        let ip = |p: &str| match names[p].1 {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(_) => unreachable!(),
+        };
+        assert!(r.steering.any_http);
+        assert!(r.steering.egress.is_empty(), "{:?}", r.steering);
+        assert_eq!(
+            r.steering.ingress.iter().copied().collect::<Vec<_>>(),
+            [ip("shop/api")]
+        );
+        // Every local pod with an ingress chain can be evaluated (a steered
+        // connection skips `forward`), not only the candidates.
+        assert!(r.steering.ingress_chains.contains_key(&ip("shop/db")));
+        assert!(r.steering.ingress_chains.contains_key(&ip("shop/api")));
+        let objects = r.objects();
+        assert!(objects.hooks.contains_key(&PolicyHook::Prerouting));
+        assert!(objects.chains.contains_key(CLASSIFY));
+        assert_eq!(objects.sets[SET_INGRESS].elements.len(), 1);
+    }
+
+    #[test]
+    fn an_http_allow_sets_the_http_mark_and_an_l4_allow_does_not() {
+        let (r, _) = render_scenario(SHOP);
+        let http_allows = r
+            .chains
+            .values()
+            .flatten()
+            .filter(|rule| rule.contains(&set_mark(MARK_ALLOW | MARK_HTTP)))
+            .count();
+        let l4_allows = r
+            .chains
+            .values()
+            .flatten()
+            .filter(|rule| rule.contains(&set_mark(MARK_ALLOW)))
+            .count();
+        assert_eq!((http_allows, l4_allows), (1, 1));
+    }
+
+    #[test]
+    fn without_http_rules_nothing_is_added() {
+        let yaml = SHOP.replace("          http: {methods: [GET]}\n", "");
+        let (r, _) = render_scenario(&yaml);
+        assert!(!r.steering.any_http && r.steering.is_empty());
+        let objects = r.objects();
+        assert!(!objects.hooks.contains_key(&PolicyHook::Prerouting));
+        assert!(!objects.hooks.contains_key(&PolicyHook::Output));
+        assert!(!objects.chains.contains_key(CLASSIFY));
+    }
+}
