@@ -21,5 +21,6 @@ pub mod flows;
 pub mod fsutil;
 pub mod http;
 pub mod ipam;
+pub mod l7;
 pub mod node;
 pub mod wireguard;

@@ -484,6 +484,21 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_with_a_lower_case_method_is_evaluated_and_a_non_token_is_not() {
+        let base = "name: n\nnamespaces: [{name: x}]\npods: [{name: x/a, ports: [{port: 80}]}, {name: x/b}]\n";
+        let sc = Scenario::parse(&format!(
+            "{base}probes: [{{from: x/b, to: x/a, port: 80, http: {{method: get, path: /}}, expect: deny}}]\n"
+        ))
+        .unwrap();
+        let http = sc.steps[0].probes[0].http.as_ref().unwrap();
+        assert_eq!(http.method, "get");
+        let e = err(&format!(
+            "{base}probes: [{{from: x/b, to: x/a, port: 80, http: {{method: \"G T\", path: /}}, expect: deny}}]\n"
+        ));
+        assert!(e.contains("not an HTTP method token"), "{e}");
+    }
+
+    #[test]
     fn nodes_get_addresses_and_slash_24s_of_the_pod_cidr_in_order() {
         let sc = Scenario::parse(
             "name: n\ncluster: {podCIDR: 10.244.0.0/16, nodes: [a, {name: b, labels: {zone: z}}]}\nprobes: []\n",

@@ -170,10 +170,13 @@ impl Scenario {
                 .and_then(|h| h.method.clone())
                 .unwrap_or_else(|| "GET".into());
             let path = h.and_then(|h| h.path.clone()).unwrap_or_else(|| "/".into());
-            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            // A probe describes a request: any valid method token is
+            // evaluated (methods are case-sensitive; `get` is valid HTTP
+            // that a rule listing `GET` does not match).
+            if !is_method_token(&method) {
                 return Err(inv(
                     format!("{f}.http.method"),
-                    format!("{method:?} is not an upper-case method"),
+                    format!("{method:?} is not an HTTP method token"),
                 ));
             }
             if !path.starts_with('/') || path.contains(char::is_whitespace) {
@@ -264,4 +267,11 @@ pub fn probe_flows(cluster: &Cluster, sc: &Scenario, probe: &Probe) -> (Option<F
         http: probe.http.clone(),
     };
     (dns, main)
+}
+
+/// Whether `m` is an HTTP method: a non-empty token (RFC 9110 `tchar`s).
+fn is_method_token(m: &str) -> bool {
+    !m.is_empty()
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

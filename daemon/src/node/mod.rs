@@ -186,7 +186,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             part: "wireguard",
             reason: e.to_string(),
         })?;
-    match crate::flows::start(&ctx) {
+    let flows = crate::flows::start(&ctx);
+    // The L7 proxy (HTTP rules); without it steered connections are refused.
+    let l7_flows = flows.as_ref().ok().map(|h| h.flows.clone());
+    if let Err(e) = crate::l7::start(&ctx, l7_flows, crate::l7::Limits::default()).await {
+        tracing::error!(error = %e, "L7 proxy not started: connections decided by http rules are refused");
+    }
+    match flows {
         Ok(h) if h.track_connections => {
             let flow_logging = Some(FlowLogging {
                 dns_nflog_group: crate::flows::dns::NFLOG_GROUP,

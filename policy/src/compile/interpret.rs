@@ -13,9 +13,9 @@ use crate::model::{Action, Direction, TierDefault};
 
 /// An address and its dense id, if it has one.
 #[derive(Debug, Clone, Copy)]
-struct Addr {
-    ip: IpAddr,
-    id: Option<u32>,
+pub(super) struct Addr {
+    pub(super) ip: IpAddr,
+    pub(super) id: Option<u32>,
 }
 
 impl Program {
@@ -111,7 +111,7 @@ impl Program {
         true
     }
 
-    fn rule_matches(
+    pub(super) fn rule_matches(
         &self,
         r: &CRule,
         dir: Direction,

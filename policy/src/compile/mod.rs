@@ -23,10 +23,12 @@ use crate::policyset::PolicySet;
 
 mod build;
 mod interpret;
+mod l7;
 mod program;
 mod update;
 
 use build::ClusterIndex;
+pub use l7::{ConnectionRules, L7Rule};
 pub use program::{
     CPeer, CPolicy, CPort, CRule, ChainTier, EndpointProgram, IpSet, Program, SetId, SetKey,
     TierInfo,

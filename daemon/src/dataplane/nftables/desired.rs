@@ -52,6 +52,10 @@ pub enum PolicyHook {
     Input,
     /// Packets from the node itself.
     Output,
+    /// Every arriving packet, before routing (filter, priority mangle; the
+    /// L7 proxy's steering). Its rules come first: no
+    /// `ct state established,related accept` is put in front of them.
+    Prerouting,
 }
 
 impl PolicyHook {
@@ -61,6 +65,7 @@ impl PolicyHook {
             PolicyHook::Forward => "forward",
             PolicyHook::Input => "input",
             PolicyHook::Output => "output",
+            PolicyHook::Prerouting => "prerouting",
         }
     }
 }
@@ -210,6 +215,20 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             },
         );
     }
+    if let Some(pre) = desired
+        .policy
+        .hooks
+        .get(&PolicyHook::Prerouting)
+        .filter(|r| !r.is_empty())
+    {
+        out.insert(
+            "prerouting".to_string(),
+            ChainSpec {
+                hook: filter(NfHook::Prerouting, -150),
+                rules: pre.iter().map(render_rule).collect(),
+            },
+        );
+    }
     out.insert(
         "postrouting".to_string(),
         ChainSpec {
@@ -264,8 +283,9 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
 }
 
 /// The names the base and flow logging use (policy must not reuse them).
-pub const RESERVED_CHAINS: [&str; 6] = [
+pub const RESERVED_CHAINS: [&str; 7] = [
     "forward",
+    "prerouting",
     "input",
     "output",
     "postrouting",

@@ -27,15 +27,18 @@
 //!   `np<id>` (named ports: address . protocol . port), `n<hash>` (CIDR
 //!   interval sets for `nets`/`ipBlock`, `notNets`/`except`).
 //!
+//! - Connections whose deciding rule has `http` are steered to veild's L7
+//!   proxy in `prerouting` ([`tproxy`]), which checks each request.
+//!
 //! What it does not do: DNS names (`domains` peers never match here; the DNS
-//! proxy adds them) and HTTP rules (enforced at L4: the L7 proxy adds the
-//! request checks). IPv6 members of selector and named-port sets are not
+//! proxy adds them). IPv6 members of selector and named-port sets are not
 //! rendered (the pod network is IPv4); IPv6 CIDRs in `nets` are.
 
 mod chains;
 pub mod prefix;
 mod render;
 pub mod schema;
+pub mod tproxy;
 
 pub use prefix::{LogPrefix, LogPrefixes};
 pub use render::{render, LocalEndpoint};
@@ -123,6 +126,8 @@ pub struct RenderedPolicy {
     pub forward: Vec<Vec<Statement<'static>>>,
     /// Log prefixes in use and what each names.
     pub prefixes: LogPrefixes,
+    /// What the L7 proxy's steering needs ([`tproxy`]).
+    pub steering: tproxy::Steering,
 }
 
 impl RenderedPolicy {

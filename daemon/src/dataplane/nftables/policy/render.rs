@@ -80,6 +80,7 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     r.dispatch(DISPATCH_EGRESS, MAP_EGRESS, false, egress);
     r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
+    r.out.steering = super::tproxy::steering(program, endpoints, &r.out.maps, MAP_INGRESS);
     r.out
 }
 
@@ -171,6 +172,10 @@ impl Renderer<'_> {
         let mut rules = Vec::new();
         for cr in &self.program.rules[start as usize..end as usize] {
             let action: Vec<Stmt> = match cr.action {
+                // An http rule also flags the L7 proxy's steering (tproxy.rs).
+                Action::Allow if cr.http.is_some() => {
+                    vec![set_mark(MARK_ALLOW | super::tproxy::MARK_HTTP), ret()]
+                }
                 Action::Allow => vec![set_mark(MARK_ALLOW), ret()],
                 Action::Pass => vec![set_mark(MARK_PASS), ret()],
                 Action::Deny | Action::Log => {

@@ -108,6 +108,7 @@ pub fn objects(p: &RenderedPolicy) -> PolicyObjects {
                 .collect(),
         );
     }
+    super::tproxy::add_objects(&p.steering, &mut out);
     if !p.forward.is_empty() {
         out.hooks.insert(
             PolicyHook::Forward,

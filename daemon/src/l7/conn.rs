@@ -1,0 +1,324 @@
+//! One steered connection: decide it from the policy program (the deciding
+//! rules of both directions), then serve it as HTTP/1.1 with hyper, checking
+//! every request against every deciding `http` rule. Allowed requests go to
+//! the original destination on one upstream connection per client
+//! connection (opened at the first allowed request, from the client's
+//! address); denied ones get 403 and never reach the application.
+//!
+//! HTTP/1.1 in full through hyper: keep-alive, pipelining (answered in
+//! order), chunked bodies both ways, bodies streamed (never buffered
+//! whole), `Expect: 100-continue` (the 100 goes out only when the request is
+//! allowed and its body is read), and Upgrade (an allowed request whose
+//! answer is 101 has both sides joined byte for byte). A request carrying
+//! both `Content-Length` and `Transfer-Encoding` (a smuggling attempt) is
+//! read by its chunked body only and the connection is closed after the
+//! answer (what follows is never read); anything that is not HTTP/1.1 closes the
+//! connection and is recorded as a denied flow.
+//!
+//! It does not cache, retry, rewrite headers or speak HTTP/2 or TLS.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use veil_policy::compile::{ConnectionRules, L7Rule};
+use veil_policy::eval::Flow;
+use veil_policy::model::{HttpRequest, Protocol};
+
+use super::metrics::Edge;
+use super::{net, Shared};
+
+/// The body of an answer: the application's, or the proxy's own.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+type Upstream = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// What a request is checked against, and where it goes.
+struct ConnState {
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    dst: SocketAddr,
+    rules: Vec<L7Rule>,
+    edge: Edge,
+    upstream: Mutex<Option<Upstream>>,
+}
+
+/// Serves one accepted connection until it ends.
+pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+    let Ok(dst) = stream.local_addr() else { return };
+    if dst == net::listen_addr() {
+        // A direct connection to the listener, not a steered one.
+        return;
+    }
+    let program = shared.desired.borrow().program.clone();
+    let flow = Flow {
+        src: client.ip(),
+        dst: dst.ip(),
+        protocol: Protocol::Tcp,
+        port: dst.port(),
+        dns_name: None,
+        http: None,
+    };
+    let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
+    match program.connection_rules(&flow) {
+        ConnectionRules::Denied(dir) => {
+            tracing::info!(src = %client, dst = %dst, direction = %dir, "L7 proxy: connection denied at L4 by the current policy; closed");
+            shared.metrics.closed("denied at L4");
+        }
+        ConnectionRules::Allowed(rules) if rules.is_empty() => {
+            // The policy changed since the kernel steered it: no http rule
+            // decides it any more, so it is passed as bytes.
+            splice(stream, client, dst, &shared).await;
+        }
+        ConnectionRules::Allowed(rules) => {
+            serve_http(stream, client, dst, rules, edge, shared).await
+        }
+    }
+}
+
+async fn splice(mut stream: TcpStream, client: SocketAddr, dst: SocketAddr, shared: &Shared) {
+    match net::connect_upstream(client, dst).await {
+        Ok(mut up) => {
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+        }
+        Err(e) => {
+            tracing::debug!(src = %client, dst = %dst, error = %e, "L7 proxy: upstream unreachable");
+            shared.metrics.closed("upstream unreachable");
+        }
+    }
+}
+
+/// Serves `stream` (from `client`, for `dst`) as HTTP/1.1, checking each
+/// request against `rules`.
+pub async fn serve_http(
+    stream: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    rules: Vec<L7Rule>,
+    edge: Edge,
+    shared: Arc<Shared>,
+) {
+    let st = Arc::new(ConnState {
+        shared,
+        client,
+        dst,
+        rules,
+        edge,
+        upstream: Mutex::new(None),
+    });
+    let limits = st.shared.limits;
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    let svc_state = st.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let st = svc_state.clone();
+        async move { Ok::<_, Infallible>(st.request(req).await) }
+    });
+    let conn = b
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        let reason = if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+            "not HTTP/1.1"
+        } else if e.is_timeout() {
+            "header timeout"
+        } else {
+            "connection error"
+        };
+        tracing::info!(src = %st.client, dst = %st.dst, reason, error = %e, "L7 proxy: connection closed");
+        st.shared.metrics.closed(reason);
+        if reason != "connection error" {
+            st.shared
+                .record_denied(st.client, st.dst, st.rules.first(), reason);
+        }
+    }
+}
+
+fn answer(status: StatusCode, text: String, close: bool) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// The request as the policy sees it.
+pub fn policy_request<B>(req: &Request<B>) -> HttpRequest {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_default();
+    HttpRequest {
+        method: req.method().as_str().to_string(),
+        path,
+        host,
+    }
+}
+
+/// Why a request is refused before any rule is consulted, if it is. (A
+/// request with both `Content-Length` and `Transfer-Encoding` rarely gets
+/// here: hyper drops the length, reads the chunked body and closes the
+/// connection after the answer, so a smuggled request is never read.)
+pub fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 {
+        return Some("not HTTP/1.1");
+    }
+    let h = req.headers();
+    if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    None
+}
+
+impl ConnState {
+    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let preq = policy_request(&req);
+        if let Some(why) = malformed(&req) {
+            tracing::info!(src = %self.client, dst = %self.dst, reason = why, "L7 proxy: request refused");
+            self.shared.metrics.closed(why);
+            self.shared
+                .record_denied(self.client, self.dst, self.rules.first(), why);
+            let status = if why == "not HTTP/1.1" {
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return answer(status, format!("{why}\n"), true);
+        }
+        if let Some(rule) = self.rules.iter().find(|r| !r.check(&preq)) {
+            let path = preq.path.split('?').next().unwrap_or("");
+            tracing::info!(
+                src = %self.client, dst = %self.dst, method = %preq.method, path,
+                policy = %rule.policy, direction = %rule.direction, rule = rule.index,
+                "L7 proxy: request denied"
+            );
+            self.shared.metrics.denied(&self.edge, &preq.method);
+            self.shared.record_denied(
+                self.client,
+                self.dst,
+                Some(rule),
+                &format!("{} {path}", preq.method),
+            );
+            return answer(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "403 Forbidden: {} {path} denied by {} {} rule {} (tier {})\n",
+                    preq.method,
+                    rule.policy,
+                    rule.direction.to_string().to_lowercase(),
+                    rule.index,
+                    rule.tier
+                ),
+                false,
+            );
+        }
+        let client_upgrade = req
+            .headers()
+            .contains_key(UPGRADE)
+            .then(|| hyper::upgrade::on(&mut req));
+        let mut up = self.upstream.lock().await;
+        if up.as_ref().is_none_or(|s| s.is_closed()) {
+            match self.connect().await {
+                Ok(s) => *up = Some(s),
+                Err(e) => {
+                    tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: upstream unreachable");
+                    self.shared.metrics.closed("upstream unreachable");
+                    return answer(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream unreachable\n".into(),
+                        true,
+                    );
+                }
+            }
+        }
+        let Some(sender) = up.as_mut() else {
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                "upstream unreachable\n".into(),
+                true,
+            );
+        };
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: upstream failed");
+                *up = None;
+                return answer(StatusCode::BAD_GATEWAY, "upstream failed\n".into(), true);
+            }
+        };
+        drop(up);
+        let status = resp.status().as_u16();
+        self.shared.metrics.request(
+            &self.edge,
+            &preq.method,
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+        let mut resp = resp;
+        if status == 101 {
+            if let Some(client_upgrade) = client_upgrade {
+                let server_upgrade = hyper::upgrade::on(&mut resp);
+                // The upstream side upgrades once its (empty) body is gone.
+                let (parts, _) = resp.into_parts();
+                let resp = Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+                tokio::spawn(async move {
+                    match tokio::join!(client_upgrade, server_upgrade) {
+                        (Ok(c), Ok(s)) => {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(c),
+                                &mut TokioIo::new(s),
+                            )
+                            .await;
+                        }
+                        (c, s) => {
+                            tracing::debug!(client = ?c.err(), upstream = ?s.err(), "L7 proxy: upgrade failed");
+                        }
+                    }
+                });
+                return resp;
+            }
+        }
+        resp.map(Either::Left)
+    }
+
+    async fn connect(&self) -> std::io::Result<Upstream> {
+        let stream = net::connect_upstream(self.client, self.dst).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+}
