@@ -222,6 +222,13 @@ impl ConnState {
                 "L7 proxy: request denied"
             );
             self.shared.metrics.denied(&self.edge, &preq.method);
+            self.shared.record_request(
+                self.client,
+                self.dst,
+                &preq.method,
+                403,
+                started.elapsed(),
+            );
             self.shared.record_denied(
                 self.client,
                 self.dst,
@@ -282,6 +289,13 @@ impl ConnState {
             &preq.method,
             status,
             started.elapsed().as_secs_f64(),
+        );
+        self.shared.record_request(
+            self.client,
+            self.dst,
+            &preq.method,
+            status,
+            started.elapsed(),
         );
         let mut resp = resp;
         if status == 101 {

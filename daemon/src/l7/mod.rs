@@ -44,7 +44,7 @@ use crate::context::NodeContext;
 use crate::controller::Desired;
 use crate::datastore::Snapshot;
 use crate::flows::deny::PacketHeader;
-use crate::flows::Flows;
+use crate::flows::{Flows, HttpRecordSink, HttpRequest as FlowHttpRequest};
 use metrics::{Edge, L7Metrics};
 
 pub use net::NetError;
@@ -116,6 +116,27 @@ impl Shared {
             dst_namespace,
             dst_workload,
         }
+    }
+
+    /// Records one answered (or refused) request on the graph's edge, so
+    /// that `/api/v1/graph`, `/ui` and the `veil_http_*` series show it.
+    pub fn record_request(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        method: &str,
+        status: u16,
+        duration: Duration,
+    ) {
+        let Some(flows) = &self.flows else { return };
+        flows.record_http(&FlowHttpRequest {
+            time: crate::flows::now_ms(),
+            client,
+            server,
+            method: method.to_string(),
+            status,
+            duration,
+        });
     }
 
     /// Records a denied request or closed connection as a denied flow.
