@@ -235,6 +235,19 @@ fn one_proxy_checks_both_sides_counts_per_edge_and_records_denied_flows() {
         "node-b proxied nothing: {b}"
     );
 
+    // The same requests are on the graph's edge (the `veil_http_*` series).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let m = metrics(&lab, "node-a");
+            m.lines()
+                .any(|l| l.starts_with("veil_http_requests_total{") && !l.ends_with(" 0"))
+                && m.lines()
+                    .any(|l| l.starts_with("veil_http_denied_total{") && !l.ends_with(" 0"))
+        }),
+        "{}",
+        metrics(&lab, "node-a")
+    );
+
     // The denied requests are denied flows naming the rule.
     assert!(
         eventually(Duration::from_secs(10), || {
