@@ -48,6 +48,10 @@ pub struct Flags {
     /// Unix socket served to the CNI plugin and veilctl.
     #[arg(long, env = "VEIL_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Group owning the socket (name or number; default: root's). Its
+    /// members may call veild (the socket is 0660).
+    #[arg(long, env = "VEIL_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
     /// State directory (allocations, endpoints, keys).
     #[arg(long, env = "VEIL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -134,6 +138,7 @@ pub struct FileConfig {
     pod_cidr: Option<IpNetwork>,
     cluster_cidr: Option<IpNetwork>,
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
     state_dir: Option<PathBuf>,
     datastore: Option<String>,
     datastore_dir: Option<PathBuf>,
@@ -184,6 +189,8 @@ pub struct Config {
     pub cluster_cidr: IpNetwork,
     /// API socket path.
     pub socket: PathBuf,
+    /// Group id owning the socket (`None`: the daemon's group).
+    pub socket_group: Option<u32>,
     /// State directory.
     pub state_dir: PathBuf,
     /// Local datastore directory.
@@ -431,7 +438,12 @@ impl Config {
             no_gro: f.wg_no_gro.or(c.wg_no_gro).unwrap_or(false),
             no_coalesce: f.wg_no_coalesce.or(c.wg_no_coalesce).unwrap_or(false),
         };
+        let socket_group = match f.socket_group.or(c.socket_group) {
+            None => None,
+            Some(g) => Some(group_id(&g)?),
+        };
         Ok(Config {
+            socket_group,
             dataplane_resync: Duration::from_secs(resync),
             flows,
             wireguard_tuning,
@@ -471,6 +483,24 @@ impl Config {
             cni_conf_dir: f.cni_conf_dir.or(c.cni_conf_dir),
             uninstall_on_exit: f.uninstall_on_exit || c.uninstall_on_exit,
         })
+    }
+}
+
+/// The id of group `g` (a name, or a number).
+fn group_id(g: &str) -> Result<u32, ConfigError> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid.as_raw()),
+        Ok(None) => Err(ConfigError::Invalid {
+            field: "socketGroup",
+            reason: format!("no group named {g:?}"),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            field: "socketGroup",
+            reason: format!("looking up group {g:?}: {e}"),
+        }),
     }
 }
 

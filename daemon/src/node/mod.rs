@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let cni_conf = crate::cni_install::CniConf::prepare(&config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
+    reap_pending(&endpoints)?;
     // Watch the datastore: its initial listing is in when `start` returns.
     let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
@@ -227,7 +228,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let api_server = ctx.api.clone();
     let socket = config.socket.clone();
     // Bind before announcing readiness so a client never races the socket.
-    let serve = tokio::spawn(async move { api_server.serve(&socket).await });
+    let socket_opts = crate::api::SocketOptions {
+        group: config.socket_group,
+        ..crate::api::SocketOptions::default()
+    };
+    let listener = crate::api::bind_socket(&socket, &socket_opts).map_err(|source| StartError::Io {
+        what: format!("API socket {}", socket.display()),
+        source,
+    })?;
+    let serve = tokio::spawn(async move { api_server.serve_listener(listener, socket_opts).await });
     ready.store(true, Ordering::SeqCst);
     if let Some(c) = &cni_conf {
         c.install().map_err(|e| StartError::Part {
@@ -277,6 +286,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         if let Err(e) = crate::cni_install::uninstall_kernel_state().await {
             tracing::error!(error = %e, "uninstall on exit");
         }
+    }
+    Ok(())
+}
+
+/// How long an endpoint may stay pending (reserved, not committed) before a
+/// start-up reaps it even though its host link exists: far longer than any
+/// ADD (the plugin's calls time out after seconds).
+pub const PENDING_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// Releases the pending endpoints a crash left (see
+/// [`EndpointTable::reap_pending`]); a host link's existence is asked of the
+/// kernel in veild's namespace.
+fn reap_pending(endpoints: &EndpointTable) -> Result<(), StartError> {
+    let reaped = endpoints.reap_pending(
+        |name| nix::net::if_::if_nametoindex(name).is_ok(),
+        PENDING_MAX_AGE,
+    )?;
+    for ep in &reaped {
+        tracing::warn!(
+            pod = %ep.display_name(),
+            container = %ep.container_id,
+            host.ifname = %ep.host_ifname,
+            ips = %ep.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+            "pending endpoint left by a crash: reaped, its addresses released"
+        );
     }
     Ok(())
 }
