@@ -64,6 +64,11 @@ pub struct Flags {
     /// HTTP listen address (/metrics, /healthz, /readyz, graph API).
     #[arg(long, env = "VEIL_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Networks whose clients may read the private HTTP routes (flows,
+    /// graph, UI), besides the peers over WireGuard (comma-separated; default
+    /// `127.0.0.0/8,::1/128`; `none` for nobody).
+    #[arg(long, env = "VEIL_HTTP_PRIVATE_NETWORKS", value_delimiter = ',')]
+    pub http_private_networks: Vec<String>,
     /// Underlay MTU (default: read from the underlay interface).
     #[arg(long, env = "VEIL_UNDERLAY_MTU")]
     pub underlay_mtu: Option<u32>,
@@ -143,6 +148,7 @@ pub struct FileConfig {
     datastore: Option<String>,
     datastore_dir: Option<PathBuf>,
     http_listen: Option<SocketAddr>,
+    http_private_networks: Option<Vec<String>>,
     underlay_mtu: Option<u32>,
     wireguard_port: Option<u16>,
     wireguard_rotation_seconds: Option<u64>,
@@ -197,6 +203,8 @@ pub struct Config {
     pub datastore_dir: PathBuf,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// Networks whose clients may read the private HTTP routes.
+    pub http_private_networks: Vec<IpNetwork>,
     /// Underlay MTU, if configured.
     pub underlay_mtu: Option<u32>,
     /// WireGuard port.
@@ -442,7 +450,13 @@ impl Config {
             None => None,
             Some(g) => Some(group_id(&g)?),
         };
+        let http_private_networks = private_networks(if f.http_private_networks.is_empty() {
+            c.http_private_networks.as_deref()
+        } else {
+            Some(&f.http_private_networks)
+        })?;
         Ok(Config {
+            http_private_networks,
             socket_group,
             dataplane_resync: Duration::from_secs(resync),
             flows,
@@ -484,6 +498,30 @@ impl Config {
             uninstall_on_exit: f.uninstall_on_exit || c.uninstall_on_exit,
         })
     }
+}
+
+/// Default of `httpPrivateNetworks`: the node's own namespace.
+pub const DEFAULT_PRIVATE_NETWORKS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// `httpPrivateNetworks`: CIDRs, or `none`; the default when not given.
+fn private_networks(given: Option<&[String]>) -> Result<Vec<IpNetwork>, ConfigError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_PRIVATE_NETWORKS
+            .iter()
+            .map(|n| n.parse().expect("literal"))
+            .collect());
+    };
+    given
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(|s| {
+            s.parse().map_err(|e| ConfigError::Invalid {
+                field: "httpPrivateNetworks (VEIL_HTTP_PRIVATE_NETWORKS)",
+                reason: format!("{s:?} is not a CIDR: {e}"),
+            })
+        })
+        .collect()
 }
 
 /// The id of group `g` (a name, or a number).

@@ -212,18 +212,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     tokio::spawn(sync::resync(ctx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
+    let listeners = crate::http::listeners(config.http_listen, endpoints.node_tunnel_address())
         .map_err(|source| StartError::Io {
             what: format!("HTTP listener {}", config.http_listen),
             source,
         })?;
     let app = crate::http::router(ctx.clone(), ready.clone());
-    tokio::spawn(async move {
-        if let Err(e) = crate::http::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    for listener in listeners {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
 
     let api_server = ctx.api.clone();
     let socket = config.socket.clone();
