@@ -132,6 +132,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         pod_cidr: config.pod_cidr,
     });
     table.policy = rendered.objects();
+    table.host = Some(crate::dataplane::nftables::host::HostProtection {
+        pod_cidr: config.pod_cidr,
+        tcp_ports: vec![config.http_listen.port()],
+        udp_ports: vec![config.wireguard_port],
+    });
     let filter = Filter::install(table)?;
     let (applied_tx, applied_rx) =
         tokio::sync::watch::channel(Arc::new(policy_sync::AppliedPolicy {
