@@ -99,7 +99,10 @@ mod tests {
             .filter(|l| l.starts_with('|'))
             .map(|l| {
                 let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
-                (cells[0].to_string(), cells.get(1).unwrap_or(&"").to_string())
+                (
+                    cells[0].to_string(),
+                    cells.get(1).unwrap_or(&"").to_string(),
+                )
             })
             .filter(|(c, _)| c.bytes().all(|b| b.is_ascii_digit()) && !c.is_empty())
             .collect()
@@ -112,7 +115,10 @@ mod tests {
             .map(|(c, m)| (c.parse().unwrap(), m))
             .collect();
         let code: Vec<(u32, String)> = TABLE.iter().map(|(c, m)| (*c, m.to_string())).collect();
-        assert_eq!(readme, code, "README.md's Error codes table and veil_api::code::TABLE differ");
+        assert_eq!(
+            readme, code,
+            "README.md's Error codes table and veil_api::code::TABLE differ"
+        );
     }
 
     #[test]

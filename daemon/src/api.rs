@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -290,7 +290,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, CODE_UNKNOWN_METHOD);
-        assert_eq!(veil_api::code::meaning(e.code), veil_api::code::meaning(105));
+        assert_eq!(
+            veil_api::code::meaning(e.code),
+            veil_api::code::meaning(105)
+        );
     }
 
     #[tokio::test]
@@ -391,7 +394,10 @@ mod tests {
         .await
         .unwrap();
         server.abort();
-        assert!(closed_after >= Duration::from_millis(250), "{closed_after:?}");
+        assert!(
+            closed_after >= Duration::from_millis(250),
+            "{closed_after:?}"
+        );
         assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
         assert_eq!(answered.unwrap(), 2);
     }
@@ -429,7 +435,13 @@ mod tests {
     #[tokio::test]
     async fn a_request_line_gets_one_answer_line_whatever_it_holds() {
         let r = registry();
-        for line in ["", "{", "null", "{\"method\": 3}", "{\"method\":\"cni.status\",\"params\":1}"] {
+        for line in [
+            "",
+            "{",
+            "null",
+            "{\"method\": 3}",
+            "{\"method\":\"cni.status\",\"params\":1}",
+        ] {
             let out = r.answer_line(line).await;
             assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "{line}");
             let _: Reply = serde_json::from_slice(&out).unwrap();

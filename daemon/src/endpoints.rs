@@ -218,7 +218,12 @@ impl EndpointTable {
         let pending_since = endpoints
             .iter()
             .filter(|(_, e)| e.state == EndpointState::Pending)
-            .map(|(k, _)| (k.clone(), pending_since.get(&key_text(k)).copied().unwrap_or(0)))
+            .map(|(k, _)| {
+                (
+                    k.clone(),
+                    pending_since.get(&key_text(k)).copied().unwrap_or(0),
+                )
+            })
             .collect();
         let mut inner = Inner {
             allocator: p.allocator,
@@ -564,10 +569,14 @@ fn consistency(inner: &Inner) -> Result<(), String> {
     let held = recovery::held_addresses(inner.endpoints.values());
     let used: BTreeSet<IpAddr> = inner.allocator.used().copied().collect();
     if let Some(ip) = held.difference(&used).next() {
-        return Err(format!("{ip} is held by an endpoint but free in the allocator"));
+        return Err(format!(
+            "{ip} is held by an endpoint but free in the allocator"
+        ));
     }
     if let Some(ip) = used.difference(&held).next() {
-        return Err(format!("{ip} is used in the allocator but held by no endpoint"));
+        return Err(format!(
+            "{ip} is used in the allocator but held by no endpoint"
+        ));
     }
     Ok(())
 }
@@ -659,7 +668,12 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().any(|n| n.starts_with("endpoints.json.corrupt-")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("endpoints.json.corrupt-")),
+            "{names:?}"
+        );
         let again: Persisted = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(again.endpoints.len(), 1);
     }
@@ -674,9 +688,17 @@ mod tests {
         drop(t);
         std::fs::write(dir.path().join("endpoints.json"), b"garbage").unwrap();
         std::fs::write(dir.path().join("endpoints.json.prev"), b"garbage").unwrap();
-        let e = EndpointTable::open(dir.path(), cidr).unwrap_err().to_string();
-        assert!(e.contains("endpoints.json") && e.contains("endpoints.json.prev"), "{e}");
-        assert_eq!(std::fs::read(dir.path().join("endpoints.json")).unwrap(), b"garbage");
+        let e = EndpointTable::open(dir.path(), cidr)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("endpoints.json") && e.contains("endpoints.json.prev"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("endpoints.json")).unwrap(),
+            b"garbage"
+        );
     }
 
     #[test]
@@ -693,7 +715,13 @@ mod tests {
         let hour = std::time::Duration::from_secs(3600);
         // Only "vwired" has a host link; "ready" is never reaped, link or not.
         let reaped = t.reap_pending(|name| name == "veilwired", hour).unwrap();
-        assert_eq!(reaped.iter().map(|e| e.container_id.as_str()).collect::<Vec<_>>(), ["lost"]);
+        assert_eq!(
+            reaped
+                .iter()
+                .map(|e| e.container_id.as_str())
+                .collect::<Vec<_>>(),
+            ["lost"]
+        );
         assert!(t.get("ready", "eth0").is_some() && t.get("wired", "eth0").is_some());
         assert!(!t.allocated().contains(&lost.ips[0].ip()));
         t.check_consistency().unwrap();
@@ -701,7 +729,9 @@ mod tests {
         let reaped = t.reap_pending(|_| true, std::time::Duration::ZERO).unwrap();
         assert!(reaped.is_empty(), "pending for less than a second: kept");
         let mut inner = t.inner.lock().unwrap();
-        inner.pending_since.insert(("wired".into(), "eth0".into()), 1);
+        inner
+            .pending_since
+            .insert(("wired".into(), "eth0".into()), 1);
         drop(inner);
         let reaped = t.reap_pending(|_| true, hour).unwrap();
         assert_eq!(reaped.len(), 1);

@@ -131,7 +131,10 @@ pub(crate) mod tests {
         let deep = d.path().join("a/b");
         with_umask(0, || create_private_dir(&deep, 0o750).unwrap());
         for p in [d.path().join("a"), deep] {
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o750);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o750
+            );
         }
         assert_eq!(
             std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777,

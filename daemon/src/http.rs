@@ -214,7 +214,10 @@ pub fn listeners(
     let mut out = vec![bind(listen, false)?];
     let covered = listen.ip().is_unspecified() || listen.ip() == tunnel;
     if !covered {
-        out.push(bind(std::net::SocketAddr::new(tunnel, listen.port()), true)?);
+        out.push(bind(
+            std::net::SocketAddr::new(tunnel, listen.port()),
+            true,
+        )?);
     }
     Ok(out)
 }

@@ -35,7 +35,8 @@ impl Rng {
 
 /// Checks the state file: the allocator against the endpoints.
 fn check_state(node: &Node) -> Vec<Value> {
-    let text = std::fs::read_to_string(node.state_dir.join("endpoints.json")).expect("endpoints.json");
+    let text =
+        std::fs::read_to_string(node.state_dir.join("endpoints.json")).expect("endpoints.json");
     let state: Value = serde_json::from_str(&text).expect("endpoints.json parses");
     let used: BTreeSet<String> = state["allocator"]["used"]
         .as_array()
@@ -122,7 +123,8 @@ fn sigkill_during_concurrent_adds_leaves_a_consistent_state() {
                 }
                 Err(veil_api::CallError::Daemon(e)) => {
                     assert!(
-                        e.code == veil_api::code::TRY_AGAIN_LATER || e.code == veil_api::code::INVALID_CONFIG,
+                        e.code == veil_api::code::TRY_AGAIN_LATER
+                            || e.code == veil_api::code::INVALID_CONFIG,
                         "round {round} (seed {seed}): {e:?}"
                     );
                 }

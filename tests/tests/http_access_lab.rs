@@ -71,7 +71,8 @@ fn pods_get_nothing_of_the_flow_log_and_veilctl_still_does() {
     let _ = std::fs::remove_file(&path);
     let server = lab.pod_ip("app/server");
     assert!(
-        lab.curl("app/client", &format!("http://{server}:8080/"), 10).is_some(),
+        lab.curl("app/client", &format!("http://{server}:8080/"), 10)
+            .is_some(),
         "client -> server never worked"
     );
     let n = nodes(&lab);
@@ -81,14 +82,25 @@ fn pods_get_nothing_of_the_flow_log_and_veilctl_still_does() {
     // The client's own node: nothing answers on 9590 (host endpoint
     // protection drops the SYN), on either of its addresses.
     for addr in [&a.2, &a.1] {
-        let (code, body) = curl(&lab, "app/client", &format!("http://{addr}:9590/api/v1/flows"));
+        let (code, body) = curl(
+            &lab,
+            "app/client",
+            &format!("http://{addr}:9590/api/v1/flows"),
+        );
         assert_ne!(code, 0, "a pod reached its node's {addr}:9590: {body}");
         assert!(!body.contains("flows"), "{body}");
         let (code, _) = curl(&lab, "app/client", &format!("http://{addr}:9590/metrics"));
-        assert_ne!(code, 0, "no policy allows the pod to scrape its node's metrics");
+        assert_ne!(
+            code, 0,
+            "no policy allows the pod to scrape its node's metrics"
+        );
     }
     // The other node's underlay address: 403, never the flows.
-    let (code, body) = curl(&lab, "app/client", &format!("http://{}:9590/api/v1/flows", b.1));
+    let (code, body) = curl(
+        &lab,
+        "app/client",
+        &format!("http://{}:9590/api/v1/flows", b.1),
+    );
     assert_eq!(code, 0, "the underlay address answers: {body}");
     assert!(body.starts_with("forbidden"), "{body}");
     for route in ["/api/v1/graph?scope=node", "/api/graph/data", "/ui"] {
@@ -100,13 +112,25 @@ fn pods_get_nothing_of_the_flow_log_and_veilctl_still_does() {
     assert_eq!((code, body.as_str()), (0, "ok\n"));
     // The other node's tunnel address, through WireGuard from a pod address:
     // dropped (only peers' tunnel addresses reach it).
-    let (code, body) = curl(&lab, "app/client", &format!("http://{}:9590/api/v1/flows", b.2));
+    let (code, body) = curl(
+        &lab,
+        "app/client",
+        &format!("http://{}:9590/api/v1/flows", b.2),
+    );
     assert_ne!(code, 0, "a remote pod reached the node API: {body}");
 
     // A node reads its peer's flows over WireGuard (from its tunnel address).
     let o = lab.exec(
         &["--node", "node-a"],
-        &["curl", "-sS", "-m", "5", "--interface", &a.2, &format!("http://{}:9590/api/v1/flows", b.2)],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            "--interface",
+            &a.2,
+            &format!("http://{}:9590/api/v1/flows", b.2),
+        ],
     );
     assert!(o.status.success(), "{}", show(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", show(&o)));
@@ -114,9 +138,19 @@ fn pods_get_nothing_of_the_flow_log_and_veilctl_still_does() {
     // ... but not from its underlay address.
     let o = lab.exec(
         &["--node", "node-a"],
-        &["curl", "-sS", "-m", "5", &format!("http://{}:9590/api/v1/flows", b.1)],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://{}:9590/api/v1/flows", b.1),
+        ],
     );
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("forbidden"), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("forbidden"),
+        "{}",
+        show(&o)
+    );
 
     // veilctl: flows and the cluster graph, through the sockets; the
     // daemons' own cluster view fetched its peer over WireGuard.
@@ -127,15 +161,28 @@ fn pods_get_nothing_of_the_flow_log_and_veilctl_still_does() {
         if String::from_utf8_lossy(&o.stdout).contains("app/server") {
             break;
         }
-        assert!(Instant::now() < deadline, "no flow to app/server: {}", show(&o));
+        assert!(
+            Instant::now() < deadline,
+            "no flow to app/server: {}",
+            show(&o)
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     let o = veilctl(&["graph", "--lab", &lab.name, "--format", "json"]);
     assert!(o.status.success(), "veilctl graph: {}", show(&o));
     let o = lab.exec(
         &["--node", "node-a"],
-        &["curl", "-sS", "-m", "10", "http://127.0.0.1:9590/api/v1/graph"],
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "http://127.0.0.1:9590/api/v1/graph",
+        ],
     );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", show(&o)));
-    assert!(v.get("errors").is_none(), "peer graph not fetched over WireGuard: {v:#}");
+    assert!(
+        v.get("errors").is_none(),
+        "peer graph not fetched over WireGuard: {v:#}"
+    );
 }

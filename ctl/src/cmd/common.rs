@@ -29,8 +29,12 @@ pub enum Output {
 pub fn port(s: &str) -> Result<u16, String> {
     match s.trim().parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        Ok(p) => Err(format!("{p} is not a port: expected a number from 1 to 65535")),
-        Err(_) => Err(format!("{s:?} is not a port: expected a number from 1 to 65535")),
+        Ok(p) => Err(format!(
+            "{p} is not a port: expected a number from 1 to 65535"
+        )),
+        Err(_) => Err(format!(
+            "{s:?} is not a port: expected a number from 1 to 65535"
+        )),
     }
 }
 

@@ -399,8 +399,14 @@ mod tests {
         let p = dir.path().join("hostname");
         std::fs::write(&p, "myhost\n").unwrap();
         let e = load(&p).unwrap_err();
-        assert!(e.contains("not a scenario") && e.contains("plain text"), "{e}");
+        assert!(
+            e.contains("not a scenario") && e.contains("plain text"),
+            "{e}"
+        );
         assert!(!e.contains("Raw"), "{e}");
-        assert_eq!(humanize("x: expected struct RawPod at line 1"), "x: expected a mapping at line 1");
+        assert_eq!(
+            humanize("x: expected struct RawPod at line 1"),
+            "x: expected a mapping at line 1"
+        );
     }
 }

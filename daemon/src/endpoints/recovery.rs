@@ -84,7 +84,10 @@ pub(super) fn load(path: &Path) -> Result<Loaded, EndpointError> {
             None => return Ok(Loaded::Fresh),
             Some(_) => EndpointError::Io {
                 path: path.display().to_string(),
-                source: io::Error::new(io::ErrorKind::NotFound, "missing, but a previous copy exists"),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "missing, but a previous copy exists",
+                ),
             },
         },
     };

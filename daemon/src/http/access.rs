@@ -12,6 +12,7 @@
 //!   - the networks of `httpPrivateNetworks` (default: loopback, i.e. the
 //!     node's own network namespace; add Grafana's address, or set it empty
 //!     to leave the unix socket as the only local way in).
+//!
 //!   Everyone else gets 403 and a one-line reason.
 //!
 //! It does not authenticate anything itself: it trusts the addresses that
@@ -103,12 +104,7 @@ impl Access {
 
     /// Why `conn` may not read the private routes, or `None` when it may.
     pub fn refusal(&self, conn: ConnAddrs) -> Option<String> {
-        decide(
-            conn,
-            self.tunnel,
-            &self.networks,
-            &self.peer_tunnels(),
-        )
+        decide(conn, self.tunnel, &self.networks, &self.peer_tunnels())
     }
 }
 
@@ -177,21 +173,36 @@ mod tests {
     fn check(local: &str, remote: &str) -> bool {
         let nets: Vec<IpNetwork> = vec!["127.0.0.0/8".parse().unwrap()];
         let peers = BTreeSet::from(["10.244.1.1".parse().unwrap()]);
-        decide(conn(local, remote), "10.244.0.1".parse().unwrap(), &nets, &peers).is_none()
+        decide(
+            conn(local, remote),
+            "10.244.0.1".parse().unwrap(),
+            &nets,
+            &peers,
+        )
+        .is_none()
     }
 
     #[test]
     fn peers_read_private_routes_only_on_the_tunnel_address() {
         assert!(check("10.244.0.1", "10.244.1.1"));
         assert!(!check("198.18.0.10", "10.244.1.1"), "not on the underlay");
-        assert!(!check("198.18.0.10", "198.18.0.11"), "a node's underlay address is no proof");
+        assert!(
+            !check("198.18.0.10", "198.18.0.11"),
+            "a node's underlay address is no proof"
+        );
     }
 
     #[test]
     fn pods_never_read_private_routes() {
         assert!(!check("10.244.0.1", "10.244.0.5"), "a local pod");
-        assert!(!check("10.244.0.1", "10.244.1.7"), "a remote pod through WireGuard");
-        assert!(!check("198.18.0.10", "198.18.0.11"), "a remote pod masqueraded");
+        assert!(
+            !check("10.244.0.1", "10.244.1.7"),
+            "a remote pod through WireGuard"
+        );
+        assert!(
+            !check("198.18.0.10", "198.18.0.11"),
+            "a remote pod masqueraded"
+        );
     }
 
     #[test]

@@ -239,10 +239,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         group: config.socket_group,
         ..crate::api::SocketOptions::default()
     };
-    let listener = crate::api::bind_socket(&socket, &socket_opts).map_err(|source| StartError::Io {
-        what: format!("API socket {}", socket.display()),
-        source,
-    })?;
+    let listener =
+        crate::api::bind_socket(&socket, &socket_opts).map_err(|source| StartError::Io {
+            what: format!("API socket {}", socket.display()),
+            source,
+        })?;
     let serve = tokio::spawn(async move { api_server.serve_listener(listener, socket_opts).await });
     ready.store(true, Ordering::SeqCst);
     if let Some(c) = &cni_conf {

@@ -183,7 +183,10 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
         let mut rules = base_rules.get(name).cloned().unwrap_or_default();
         if let (Some(h), "input") = (&desired.host, name) {
             // Host endpoint protection: a small hook, rules in super::host.
-            let host: Vec<RenderedRule> = super::host::input_rules(h).iter().map(render_rule).collect();
+            let host: Vec<RenderedRule> = super::host::input_rules(h)
+                .iter()
+                .map(render_rule)
+                .collect();
             rules.splice(0..0, host);
         }
         let hook_kind = match name {
@@ -264,7 +267,10 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             super::host::HOST_CHAIN.to_string(),
             ChainSpec {
                 hook: None,
-                rules: super::host::chain_rules(&desired.policy).iter().map(render_rule).collect(),
+                rules: super::host::chain_rules(&desired.policy)
+                    .iter()
+                    .map(render_rule)
+                    .collect(),
             },
         );
     }

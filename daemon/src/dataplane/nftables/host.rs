@@ -22,7 +22,9 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem};
+use nftables::expr::{
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem,
+};
 use nftables::stmt::{Counter, JumpTarget, Mangle, Match, Operator, Statement};
 
 use super::desired::{PolicyObjects, PolicyRule};
@@ -55,10 +57,12 @@ fn meta(key: MetaKey) -> Expr {
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expr {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: field.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
 }
 
 fn is(left: Expr, op: Operator, right: Expr) -> Stmt {
@@ -67,7 +71,9 @@ fn is(left: Expr, op: Operator, right: Expr) -> Stmt {
 
 fn ports(p: &[u16]) -> Expr {
     Expression::Named(NamedExpression::Set(
-        p.iter().map(|p| SetItem::Element(Expression::Number(u32::from(*p)))).collect(),
+        p.iter()
+            .map(|p| SetItem::Element(Expression::Number(u32::from(*p))))
+            .collect(),
     ))
 }
 
@@ -96,7 +102,11 @@ fn rule(statements: Vec<Stmt>, comment: &str) -> PolicyRule {
 fn tunnel_and_hostmask(cidr: IpNetwork) -> Option<(IpAddr, IpAddr, IpAddr)> {
     let IpNetwork::V4(v4) = cidr else { return None };
     let net = u32::from(v4.network());
-    let hostmask = if v4.prefix() == 0 { u32::MAX } else { u32::MAX >> v4.prefix() };
+    let hostmask = if v4.prefix() == 0 {
+        u32::MAX
+    } else {
+        u32::MAX >> v4.prefix()
+    };
     Some((
         IpAddr::V4((net + 1).into()),
         IpAddr::V4(hostmask.into()),
@@ -110,7 +120,11 @@ pub fn input_rules(h: &HostProtection) -> Vec<PolicyRule> {
     let tunnel = tunnel_and_hostmask(h.pod_cidr);
     if let Some((tunnel, _, _)) = tunnel {
         let mut st = from_local_pod();
-        st.push(is(payload("ip", "saddr"), Operator::EQ, s(tunnel.to_string())));
+        st.push(is(
+            payload("ip", "saddr"),
+            Operator::EQ,
+            s(tunnel.to_string()),
+        ));
         st.push(Statement::Drop(None));
         out.push(rule(st, "no pod speaks as the node's tunnel address"));
     }
@@ -125,16 +139,31 @@ pub fn input_rules(h: &HostProtection) -> Vec<PolicyRule> {
             st
         };
         let mut jump = base();
-        jump.push(Statement::Jump(JumpTarget { target: HOST_CHAIN.into() }));
-        out.push(rule(jump, "pods to the node's service ports: their egress policy decides"));
+        jump.push(Statement::Jump(JumpTarget {
+            target: HOST_CHAIN.into(),
+        }));
+        out.push(rule(
+            jump,
+            "pods to the node's service ports: their egress policy decides",
+        ));
         let mut allow = base();
-        allow.push(is(mark_and(MARK_ALLOW), Operator::EQ, Expression::Number(MARK_ALLOW)));
+        allow.push(is(
+            mark_and(MARK_ALLOW),
+            Operator::EQ,
+            Expression::Number(MARK_ALLOW),
+        ));
         allow.push(Statement::Accept(None));
-        out.push(rule(allow, "pods to the node's service ports: allowed by a policy"));
+        out.push(rule(
+            allow,
+            "pods to the node's service ports: allowed by a policy",
+        ));
         let mut deny = base();
         deny.push(Statement::Counter(Counter::Anonymous(None)));
         deny.push(Statement::Drop(None));
-        out.push(rule(deny, "pods to the node's service ports: no policy allows it"));
+        out.push(rule(
+            deny,
+            "pods to the node's service ports: no policy allows it",
+        ));
         if let Some((tunnel, mask, first)) = tunnel {
             let st = vec![
                 is(meta(MetaKey::Iifname), Operator::EQ, s("veil-wg")),
@@ -152,7 +181,10 @@ pub fn input_rules(h: &HostProtection) -> Vec<PolicyRule> {
                 Statement::Counter(Counter::Anonymous(None)),
                 Statement::Drop(None),
             ];
-            out.push(rule(st, "through veil-wg only peers' tunnel addresses reach the node API"));
+            out.push(rule(
+                st,
+                "through veil-wg only peers' tunnel addresses reach the node API",
+            ));
         }
     }
     out
@@ -196,7 +228,8 @@ mod tests {
         let rules = input_rules(&h());
         let comments: Vec<_> = rules.iter().map(|r| r.comment.clone().unwrap()).collect();
         assert_eq!(comments.len(), 1 + 2 * 4, "{comments:#?}");
-        let json = serde_json::to_string(&rules.iter().map(|r| &r.statements).collect::<Vec<_>>()).unwrap();
+        let json = serde_json::to_string(&rules.iter().map(|r| &r.statements).collect::<Vec<_>>())
+            .unwrap();
         assert!(json.contains("\"10.244.2.1\""), "{json}");
         assert!(json.contains("\"0.0.0.255\""), "{json}");
         assert!(json.contains("9590") && json.contains("51820"));
