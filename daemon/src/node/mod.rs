@@ -111,6 +111,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
     reap_pending(&endpoints)?;
     // Watch the datastore: its initial listing is in when `start` returns.
+    // The datastore names every pod: a directory veild creates is the owner's
+    // only (an existing one, maybe shared with the lab, is left as it is).
+    crate::fsutil::create_private_dir(&config.datastore_dir, crate::endpoints::STATE_DIR_MODE)
+        .map_err(|source| StartError::Io {
+            what: format!("datastore directory {}", config.datastore_dir.display()),
+            source,
+        })?;
     let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let published = sync::start(
