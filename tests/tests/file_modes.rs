@@ -85,4 +85,20 @@ fn under_umask_000_nothing_veild_creates_is_open_to_others() {
         let p = e.unwrap().path();
         assert_eq!(mode(&p) & 0o077, 0, "{} is open to others", p.display());
     }
+    // CHECK of a container veild does not know: 113 (the README's code),
+    // with a message that does not repeat "veild".
+    let e = veil_api::call::<_, serde_json::Value>(
+        &sock,
+        veil_api::method::CNI_CHECK,
+        &json!({"container_id": "unknown", "ifname": "eth0"}),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    match e {
+        veil_api::CallError::Daemon(e) => {
+            assert_eq!(e.code, veil_api::code::CHECK_RECORD, "{e:?}");
+            assert!(!e.msg.contains("veild"), "{e:?}");
+        }
+        other => panic!("{other}"),
+    }
 }

@@ -389,3 +389,33 @@ pub(super) fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
         async move { Ok::<_, ApiError>(c.status()) }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::IpamError;
+
+    #[test]
+    fn ipam_failures_get_their_own_documented_codes_not_check_codes() {
+        let cidr: ipnetwork::IpNetwork = "10.244.0.0/24".parse().unwrap();
+        let ip = "10.244.0.9".parse().unwrap();
+        let cases = [
+            (IpamError::Exhausted(cidr), veil_api::code::IPAM_EXHAUSTED),
+            (IpamError::InUse(ip), veil_api::code::IPAM_IN_USE),
+            (
+                IpamError::NotAllocatable { addr: ip, cidr },
+                veil_api::code::IPAM_NOT_ALLOCATABLE,
+            ),
+        ];
+        for (e, want) in cases {
+            let got = state_err(EndpointError::Ipam(e)).code;
+            assert_eq!(got, want);
+            assert!(veil_api::code::meaning(got).unwrap().starts_with("IPAM"));
+        }
+        let io = EndpointError::Io {
+            path: "/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(state_err(io).code, veil_api::code::STATE);
+    }
+}
