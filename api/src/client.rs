@@ -81,6 +81,14 @@ pub fn call<P: Serialize, R: for<'de> Deserialize<'de>>(
     let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(io)?;
+    if answer.is_empty() {
+        // The daemon closed the connection without answering (it was
+        // killed or restarted mid-call): like a reset, try again later.
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed before an answer",
+        )));
+    }
     let reply: Reply = serde_json::from_str(&answer).map_err(|source| CallError::Decode {
         path: path.clone(),
         source,
@@ -145,6 +153,19 @@ mod tests {
             matches!(e, CallError::Daemon(ApiError { code: 101, .. })),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_connection_closed_before_the_answer_is_an_io_error_not_a_decode_error() {
+        let (_d, sock, _t) = one_shot("");
+        let e = call::<_, serde_json::Value>(
+            &sock,
+            crate::method::CNI_ADD,
+            &(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(matches!(e, CallError::Io { .. }), "{e}");
     }
 
     #[test]

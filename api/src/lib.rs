@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod cni;
+pub mod code;
 pub mod flows;
 pub mod method;
 pub mod node;

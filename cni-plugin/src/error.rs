@@ -9,44 +9,9 @@ use serde_json::json;
 use crate::version::Version;
 use veil_api::{ApiError, CallError};
 
-/// Veil's own error codes (100+), documented in the crate's README section of
-/// the plugin and returned in the `code` field of the CNI error object.
-pub mod code {
-    /// Incompatible CNI version (spec).
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// Missing or invalid `CNI_*` variable (spec).
-    pub const INVALID_ENV: u32 = 4;
-    /// I/O failure reading the configuration (spec).
-    pub const IO_FAILURE: u32 = 5;
-    /// Content that cannot be decoded (spec).
-    pub const DECODE: u32 = 6;
-    /// Invalid network configuration (spec).
-    pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later (spec): the daemon cannot be reached.
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// The plugin cannot service ADD requests (spec, STATUS).
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// An unexpected internal failure (a bug).
-    pub const INTERNAL: u32 = 100;
-    /// A kernel (netlink, sysctl, namespace) operation failed.
-    pub const KERNEL: u32 = 101;
-    /// The interface `CNI_IFNAME` already exists in the container (ADD).
-    pub const IFACE_EXISTS: u32 = 102;
-    /// The delegated IPAM plugin could not be run or answered nonsense.
-    pub const DELEGATE: u32 = 103;
-    /// The daemon answered something the plugin cannot decode.
-    pub const DAEMON_PROTOCOL: u32 = 104;
-    /// CHECK: an interface is missing or in the wrong state.
-    pub const CHECK_INTERFACE: u32 = 110;
-    /// CHECK: an address is missing.
-    pub const CHECK_ADDRESS: u32 = 111;
-    /// CHECK: a route is missing.
-    pub const CHECK_ROUTE: u32 = 112;
-    /// CHECK: the daemon's record differs from the attachment.
-    pub const CHECK_RECORD: u32 = 113;
-    /// GC: some stale resources could not be removed.
-    pub const GC_INCOMPLETE: u32 = 120;
-}
+/// The codes, one table for the plugin and `veild` (the README's "Error
+/// codes" section is checked against it).
+pub use veil_api::code;
 
 /// A failure of one plugin invocation.
 #[derive(Debug, thiserror::Error)]

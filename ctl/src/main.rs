@@ -20,7 +20,7 @@ enum Cmd {
     Graph(ctl::graph::Args),
     /// Recent and live flows.
     Flows(ctl::flows::Args),
-    /// WireGuard: `rotate-key`.
+    /// WireGuard: `status` (peers, handshakes) and `rotate-key`.
     Wireguard(ctl::wireguard::Args),
     /// A cluster of network namespaces on this machine.
     Lab(ctl::lab::Args),

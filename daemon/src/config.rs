@@ -48,6 +48,10 @@ pub struct Flags {
     /// Unix socket served to the CNI plugin and veilctl.
     #[arg(long, env = "VEIL_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Group owning the socket (name or number; default: root's). Its
+    /// members may call veild (the socket is 0660).
+    #[arg(long, env = "VEIL_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
     /// State directory (allocations, endpoints, keys).
     #[arg(long, env = "VEIL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -60,6 +64,11 @@ pub struct Flags {
     /// HTTP listen address (/metrics, /healthz, /readyz, graph API).
     #[arg(long, env = "VEIL_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Networks whose clients may read the private HTTP routes (flows,
+    /// graph, UI), besides the peers over WireGuard (comma-separated; default
+    /// `127.0.0.0/8,::1/128`; `none` for nobody).
+    #[arg(long, env = "VEIL_HTTP_PRIVATE_NETWORKS", value_delimiter = ',')]
+    pub http_private_networks: Vec<String>,
     /// Underlay MTU (default: read from the underlay interface).
     #[arg(long, env = "VEIL_UNDERLAY_MTU")]
     pub underlay_mtu: Option<u32>,
@@ -134,10 +143,12 @@ pub struct FileConfig {
     pod_cidr: Option<IpNetwork>,
     cluster_cidr: Option<IpNetwork>,
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
     state_dir: Option<PathBuf>,
     datastore: Option<String>,
     datastore_dir: Option<PathBuf>,
     http_listen: Option<SocketAddr>,
+    http_private_networks: Option<Vec<String>>,
     underlay_mtu: Option<u32>,
     wireguard_port: Option<u16>,
     wireguard_rotation_seconds: Option<u64>,
@@ -184,12 +195,16 @@ pub struct Config {
     pub cluster_cidr: IpNetwork,
     /// API socket path.
     pub socket: PathBuf,
+    /// Group id owning the socket (`None`: the daemon's group).
+    pub socket_group: Option<u32>,
     /// State directory.
     pub state_dir: PathBuf,
     /// Local datastore directory.
     pub datastore_dir: PathBuf,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// Networks whose clients may read the private HTTP routes.
+    pub http_private_networks: Vec<IpNetwork>,
     /// Underlay MTU, if configured.
     pub underlay_mtu: Option<u32>,
     /// WireGuard port.
@@ -431,7 +446,18 @@ impl Config {
             no_gro: f.wg_no_gro.or(c.wg_no_gro).unwrap_or(false),
             no_coalesce: f.wg_no_coalesce.or(c.wg_no_coalesce).unwrap_or(false),
         };
+        let socket_group = match f.socket_group.or(c.socket_group) {
+            None => None,
+            Some(g) => Some(group_id(&g)?),
+        };
+        let http_private_networks = private_networks(if f.http_private_networks.is_empty() {
+            c.http_private_networks.as_deref()
+        } else {
+            Some(&f.http_private_networks)
+        })?;
         Ok(Config {
+            http_private_networks,
+            socket_group,
             dataplane_resync: Duration::from_secs(resync),
             flows,
             wireguard_tuning,
@@ -471,6 +497,48 @@ impl Config {
             cni_conf_dir: f.cni_conf_dir.or(c.cni_conf_dir),
             uninstall_on_exit: f.uninstall_on_exit || c.uninstall_on_exit,
         })
+    }
+}
+
+/// Default of `httpPrivateNetworks`: the node's own namespace.
+pub const DEFAULT_PRIVATE_NETWORKS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// `httpPrivateNetworks`: CIDRs, or `none`; the default when not given.
+fn private_networks(given: Option<&[String]>) -> Result<Vec<IpNetwork>, ConfigError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_PRIVATE_NETWORKS
+            .iter()
+            .map(|n| n.parse().expect("literal"))
+            .collect());
+    };
+    given
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(|s| {
+            s.parse().map_err(|e| ConfigError::Invalid {
+                field: "httpPrivateNetworks (VEIL_HTTP_PRIVATE_NETWORKS)",
+                reason: format!("{s:?} is not a CIDR: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// The id of group `g` (a name, or a number).
+fn group_id(g: &str) -> Result<u32, ConfigError> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(gr.gid.as_raw()),
+        Ok(None) => Err(ConfigError::Invalid {
+            field: "socketGroup",
+            reason: format!("no group named {g:?}"),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            field: "socketGroup",
+            reason: format!("looking up group {g:?}: {e}"),
+        }),
     }
 }
 

@@ -1,5 +1,8 @@
-//! The daemon's HTTP server: `/healthz`, `/readyz`, `/metrics` and the routes
-//! other parts registered on the [`NodeContext`].
+//! The daemon's HTTP server: `/healthz`, `/readyz`, `/metrics` (public) and
+//! the routes other parts registered on the [`NodeContext`] (private: they
+//! name pods; [`access`] says who may read them). It listens on
+//! `httpListen` and, when that is not a wildcard address, also on the node's
+//! tunnel address (the node-to-node API).
 //!
 //! `/metrics` speaks both exposition formats: OpenMetrics 1.0.0 (what
 //! prometheus-client writes) when the scraper's `Accept` prefers
@@ -18,6 +21,10 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::context::NodeContext;
+
+pub mod access;
+
+pub use access::ConnAddrs;
 
 #[derive(Clone)]
 struct HttpState {
@@ -163,23 +170,69 @@ pub fn to_text_004(openmetrics: &str) -> String {
     out
 }
 
-/// Builds the router: the built-in endpoints plus every registered route.
+/// Builds the router: the built-in (public) endpoints plus every registered
+/// route, the latter behind [`access::guard`].
 pub fn router(ctx: NodeContext, ready: Arc<AtomicBool>) -> Router {
     let extra: Vec<Router> = ctx.routes.lock().expect("routes lock").clone();
-    let mut app = Router::new()
+    let access = access::Access::new(
+        &ctx.config.node_name,
+        access::first_host(ctx.config.pod_cidr),
+        ctx.config.http_private_networks.clone(),
+        ctx.snapshots.clone(),
+    );
+    let mut private = Router::new();
+    for r in extra {
+        private = private.merge(r);
+    }
+    let private = private.layer(axum::middleware::from_fn_with_state(access, access::guard));
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(HttpState { ctx, ready });
-    for r in extra {
-        app = app.merge(r);
-    }
-    app
+        .with_state(HttpState { ctx, ready })
+        .merge(private)
 }
 
-/// Serves HTTP on `listener` until the process ends.
+/// Serves HTTP on `listener` until the process ends (each request knows both
+/// ends of its connection, for [`access`]).
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<ConnAddrs>(),
+    )
+    .await
+}
+
+/// The listeners of the HTTP server: `listen`, and the node's tunnel address
+/// on the same port when `listen` does not already cover it. The tunnel
+/// listener is bound with `IP_FREEBIND`: the address appears on `veil-wg`
+/// later.
+pub fn listeners(
+    listen: std::net::SocketAddr,
+    tunnel: std::net::IpAddr,
+) -> std::io::Result<Vec<tokio::net::TcpListener>> {
+    let mut out = vec![bind(listen, false)?];
+    let covered = listen.ip().is_unspecified() || listen.ip() == tunnel;
+    if !covered {
+        out.push(bind(
+            std::net::SocketAddr::new(tunnel, listen.port()),
+            true,
+        )?);
+    }
+    Ok(out)
+}
+
+fn bind(addr: std::net::SocketAddr, freebind: bool) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if freebind {
+        s.set_freebind_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
 }
 
 #[cfg(test)]

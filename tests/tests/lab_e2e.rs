@@ -289,15 +289,16 @@ fn down_cleans_up_after_lab_up_is_killed_half_way() {
 #[test]
 fn bad_names_and_missing_labs_are_errors() {
     require_root();
+    // Exit 2: bad usage or a name that does not exist (issue 14).
     let o = veilctl(&["lab", "up", "--name", "Bad-Name"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Bad-Name"),
         "{}",
         show(&o)
     );
     let o = veilctl(&["lab", "status", "--name", "tnolab0"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("does not exist"),
         "{}",

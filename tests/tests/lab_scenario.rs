@@ -244,7 +244,8 @@ fn an_invalid_scenario_is_refused_before_anything_is_built() {
         "--scenario",
         path.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // An invalid scenario is bad usage: exit 2, as `policy test` (issue 14).
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(path.to_str().unwrap()),

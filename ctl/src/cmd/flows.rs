@@ -125,7 +125,7 @@ pub fn run(args: Args) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("veilctl flows: {e}");
-            return 1;
+            return super::common::USAGE;
         }
     };
     let base = FlowFilter {

@@ -67,11 +67,15 @@ pub fn fetch(target: &Target) -> Result<(GraphView, Vec<String>), String> {
 
 /// Runs the command; returns the exit code.
 pub fn run(args: Args) -> i32 {
+    if let Err(e) = args.target.sockets() {
+        eprintln!("veilctl graph: {e}");
+        return super::common::USAGE;
+    }
     let (view, errors) = match fetch(&args.target) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("veilctl graph: {e}");
-            return 1;
+            return super::common::FAILED;
         }
     };
     for e in &errors {
@@ -99,8 +103,8 @@ pub fn run(args: Args) -> i32 {
         },
     }
     if errors.is_empty() {
-        0
+        super::common::OK
     } else {
-        3
+        super::common::FAILED
     }
 }

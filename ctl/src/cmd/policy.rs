@@ -103,7 +103,45 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 fn load(path: &Path) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    // A file that is not a YAML mapping is not a scenario: say so in words
+    // rather than with the parser's type names.
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Ok(serde_yaml::Value::Mapping(_)) => {}
+        Ok(other) => {
+            let found = match other {
+                serde_yaml::Value::Null => "an empty document",
+                serde_yaml::Value::Bool(_) => "a boolean",
+                serde_yaml::Value::Number(_) => "a number",
+                serde_yaml::Value::String(_) => "plain text",
+                serde_yaml::Value::Sequence(_) => "a list",
+                _ => "something else",
+            };
+            return Err(format!(
+                "{}: not a scenario: expected a YAML mapping with name, pods and probes, found {found}",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("{}: not YAML: {e}", path.display())),
+    }
+    Scenario::parse(&text).map_err(|e| format!("{}: {}", path.display(), humanize(&e.to_string())))
+}
+
+/// Replaces the parser's Rust type names (`expected struct RawPod`) with
+/// what a user writes (`expected a mapping`).
+fn humanize(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("struct ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "struct ".len()..];
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(after.len());
+        out.push_str("a mapping");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out.replace("expected a a mapping", "expected a mapping")
 }
 
 fn describe(p: &scenario::Probe) -> String {
@@ -353,5 +391,22 @@ mod tests {
             step: 0,
         });
         assert_eq!(bad, 2);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_scenario_is_named_in_words_not_rust_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hostname");
+        std::fs::write(&p, "myhost\n").unwrap();
+        let e = load(&p).unwrap_err();
+        assert!(
+            e.contains("not a scenario") && e.contains("plain text"),
+            "{e}"
+        );
+        assert!(!e.contains("Raw"), "{e}");
+        assert_eq!(
+            humanize("x: expected struct RawPod at line 1"),
+            "x: expected a mapping at line 1"
+        );
     }
 }

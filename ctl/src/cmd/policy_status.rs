@@ -17,9 +17,9 @@ use super::target::Target;
 pub struct StatusArgs {
     #[command(flatten)]
     target: Target,
-    /// Output format: text or json.
-    #[arg(long, short = 'o', default_value = "text")]
-    output: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = super::common::Output::Text)]
+    output: super::common::Output,
 }
 
 /// What one node reports of its policies.
@@ -128,13 +128,6 @@ pub fn format_node(s: &NodePolicyStatus) -> String {
 
 /// Runs the command; returns the exit code (1 when a daemon did not answer).
 pub fn run(args: StatusArgs) -> i32 {
-    if args.output != "text" && args.output != "json" {
-        eprintln!(
-            "veilctl policy status: unknown output format {:?} (text or json)",
-            args.output
-        );
-        return 2;
-    }
     let sockets = match args.target.sockets() {
         Ok(s) => s,
         Err(e) => {
@@ -164,7 +157,7 @@ pub fn run(args: StatusArgs) -> i32 {
             }
         }
     }
-    if args.output == "json" {
+    if args.output == super::common::Output::Json {
         println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
     } else {
         for s in &all {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use veil_api::{call, method, CallError, NodeStatus, WireguardStatus};
 
+use super::common::{Output, FAILED, OK, USAGE};
 use super::target::Target;
 
 /// Arguments of `veilctl status`.
@@ -13,9 +14,9 @@ use super::target::Target;
 pub struct Args {
     #[command(flatten)]
     target: Target,
-    /// Output format: text or json.
-    #[arg(long, default_value = "text")]
-    output: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// The policy line of a node: program generation, the generation its
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("veilctl status: {e}");
-            return 2;
+            return USAGE;
         }
     };
     let mut all = Vec::new();
@@ -74,7 +75,7 @@ pub fn run(args: Args) -> i32 {
         };
         all.push((node, wg));
     }
-    if args.output == "json" {
+    if args.output == Output::Json {
         let v: Vec<_> = all
             .iter()
             .map(|(n, w)| serde_json::json!({"node": n, "wireguard": w}))
@@ -121,9 +122,9 @@ pub fn run(args: Args) -> i32 {
         }
     }
     if failed {
-        1
+        FAILED
     } else {
-        0
+        OK
     }
 }
 

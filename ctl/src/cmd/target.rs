@@ -15,15 +15,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// The (node name, socket) pairs to talk to.
+    /// The (node name, socket) pairs to talk to. A missing lab, or a
+    /// `--socket` (or the default) that is not a socket, is an error naming
+    /// it (exit code [`super::common::USAGE`]).
     pub fn sockets(&self) -> Result<Vec<(String, PathBuf)>, String> {
         match (&self.lab, &self.socket) {
             (Some(lab), _) => crate::lab::node_sockets(lab),
-            (None, Some(s)) => Ok(vec![(String::new(), s.clone())]),
-            (None, None) => Ok(vec![(
-                String::new(),
-                PathBuf::from(veil_api::DEFAULT_SOCKET),
-            )]),
+            (None, s) => {
+                let s = s
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(veil_api::DEFAULT_SOCKET));
+                super::common::check_socket(&s)?;
+                Ok(vec![(String::new(), s)])
+            }
         }
     }
 }

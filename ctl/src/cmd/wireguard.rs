@@ -7,6 +7,7 @@ use std::time::Duration;
 use veil_api::wireguard::{Rotated, Status};
 use veil_api::{call, method};
 
+use super::common::{Output, FAILED, USAGE};
 use super::target::Target;
 
 /// Arguments of `veilctl wireguard`.
@@ -27,9 +28,9 @@ enum Cmd {
     Status {
         #[command(flatten)]
         target: Target,
-        /// Output format: text or json.
-        #[arg(long, default_value = "text")]
-        output: String,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -79,13 +80,13 @@ pub fn format_status(s: &Status) -> String {
 pub fn run(args: Args) -> i32 {
     let (target, rotate, json) = match &args.cmd {
         Cmd::RotateKey { target } => (target, true, false),
-        Cmd::Status { target, output } => (target, false, output == "json"),
+        Cmd::Status { target, output } => (target, false, *output == Output::Json),
     };
     let sockets = match target.sockets() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("veilctl wireguard: {e}");
-            return 2;
+            return USAGE;
         }
     };
     let mut code = 0;
@@ -109,7 +110,7 @@ pub fn run(args: Args) -> i32 {
                 ),
                 Err(e) => {
                     eprintln!("veilctl wireguard rotate-key: {label}: {e}");
-                    code = 1;
+                    code = FAILED;
                 }
             }
         } else {
@@ -126,7 +127,7 @@ pub fn run(args: Args) -> i32 {
                 Ok(s) => print!("{label}\n{}", format_status(&s)),
                 Err(e) => {
                     eprintln!("veilctl wireguard status: {label}: {e}");
-                    code = 1;
+                    code = FAILED;
                 }
             }
         }

@@ -65,7 +65,12 @@ impl Peers {
             .nodes
             .iter()
             .filter(|n| n.name != self.node)
-            .map(|n| (n.name.clone(), SocketAddr::new(n.address, self.port)))
+            // The node-to-node API: the peer's tunnel address, through
+            // WireGuard (crate::http::access).
+            .filter_map(|n| {
+                let tunnel = crate::http::access::tunnel_address(n)?;
+                Some((n.name.clone(), SocketAddr::new(tunnel, self.port)))
+            })
             .collect()
     }
 }

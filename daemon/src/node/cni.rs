@@ -26,16 +26,10 @@ use crate::endpoints::{Endpoint, EndpointError, EndpointState, EndpointTable};
 /// Link-local gateway of every pod (answered by proxy ARP on the host veth).
 pub const POD_GATEWAY_V4: &str = "169.254.1.1";
 
-/// Error code: invalid request contents (CNI "invalid network config").
-const CODE_INVALID: u32 = 7;
-/// Error code: try again later (CNI).
-const CODE_TRY_AGAIN: u32 = 11;
+use veil_api::code::{INVALID_CONFIG as CODE_INVALID, TRY_AGAIN_LATER as CODE_TRY_AGAIN};
+
 /// How long `cni.commit` waits for the endpoint's policy to be in the kernel.
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Error code: allocation failed (ours).
-const CODE_IPAM: u32 = 110;
-/// Error code: state could not be persisted (ours).
-const CODE_STATE: u32 = 111;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CniLabels {
@@ -85,11 +79,17 @@ impl NodeMetrics {
     }
 }
 
+/// The documented code of an endpoint-table failure (README "Error codes").
 fn state_err(e: EndpointError) -> ApiError {
-    match e {
-        EndpointError::Ipam(i) => api_error(CODE_IPAM, i.to_string()),
-        other => api_error(CODE_STATE, other.to_string()),
-    }
+    use crate::ipam::IpamError;
+    use veil_api::code;
+    let c = match &e {
+        EndpointError::Ipam(IpamError::Exhausted(_)) => code::IPAM_EXHAUSTED,
+        EndpointError::Ipam(IpamError::InUse(_)) => code::IPAM_IN_USE,
+        EndpointError::Ipam(IpamError::NotAllocatable { .. }) => code::IPAM_NOT_ALLOCATABLE,
+        _ => code::STATE,
+    };
+    api_error(c, e.to_string())
 }
 
 fn valid_id(what: &str, s: &str) -> Result<(), ApiError> {
@@ -178,7 +178,7 @@ impl Cni {
                 for ip in &req.requested_ips {
                     if !self.config.pod_cidr.contains(*ip) {
                         return Err(api_error(
-                            CODE_IPAM,
+                            veil_api::code::IPAM_NOT_ALLOCATABLE,
                             format!(
                                 "requested address {ip} is outside this node's pod CIDR {}",
                                 self.config.pod_cidr
@@ -292,16 +292,16 @@ impl Cni {
             .get(&req.container_id, &req.ifname)
             .ok_or_else(|| {
                 api_error(
-                    CODE_INVALID,
+                    veil_api::code::CHECK_RECORD,
                     format!(
-                        "veild has no endpoint for container {} interface {}",
-                        req.container_id, req.ifname
+                        "no endpoint recorded for container {} interface {} on node {}",
+                        req.container_id, req.ifname, self.config.node_name
                     ),
                 )
             })?;
         if ep.state != EndpointState::Ready {
             return Err(api_error(
-                CODE_INVALID,
+                veil_api::code::CHECK_RECORD,
                 format!("endpoint {} is still pending", ep.display_name()),
             ));
         }
@@ -388,4 +388,34 @@ pub(super) fn register_cni(api: &ApiRegistry, cni: Arc<Cni>) {
         let c = c.clone();
         async move { Ok::<_, ApiError>(c.status()) }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::IpamError;
+
+    #[test]
+    fn ipam_failures_get_their_own_documented_codes_not_check_codes() {
+        let cidr: ipnetwork::IpNetwork = "10.244.0.0/24".parse().unwrap();
+        let ip = "10.244.0.9".parse().unwrap();
+        let cases = [
+            (IpamError::Exhausted(cidr), veil_api::code::IPAM_EXHAUSTED),
+            (IpamError::InUse(ip), veil_api::code::IPAM_IN_USE),
+            (
+                IpamError::NotAllocatable { addr: ip, cidr },
+                veil_api::code::IPAM_NOT_ALLOCATABLE,
+            ),
+        ];
+        for (e, want) in cases {
+            let got = state_err(EndpointError::Ipam(e)).code;
+            assert_eq!(got, want);
+            assert!(veil_api::code::meaning(got).unwrap().starts_with("IPAM"));
+        }
+        let io = EndpointError::Io {
+            path: "/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(state_err(io).code, veil_api::code::STATE);
+    }
 }

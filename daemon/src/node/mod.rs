@@ -109,7 +109,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let cni_conf = crate::cni_install::CniConf::prepare(&config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
+    reap_pending(&endpoints)?;
     // Watch the datastore: its initial listing is in when `start` returns.
+    // The datastore names every pod: a directory veild creates is the owner's
+    // only (an existing one, maybe shared with the lab, is left as it is).
+    crate::fsutil::create_private_dir(&config.datastore_dir, crate::endpoints::STATE_DIR_MODE)
+        .map_err(|source| StartError::Io {
+            what: format!("datastore directory {}", config.datastore_dir.display()),
+            source,
+        })?;
     let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let published = sync::start(
@@ -131,6 +139,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         pod_cidr: config.pod_cidr,
     });
     table.policy = rendered.objects();
+    table.host = Some(crate::dataplane::nftables::host::HostProtection {
+        pod_cidr: config.pod_cidr,
+        tcp_ports: vec![config.http_listen.port()],
+        udp_ports: vec![config.wireguard_port],
+    });
     let filter = Filter::install(table)?;
     let (applied_tx, applied_rx) =
         tokio::sync::watch::channel(Arc::new(policy_sync::AppliedPolicy {
@@ -217,23 +230,34 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     tokio::spawn(sync::resync(ctx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
+    let listeners = crate::http::listeners(config.http_listen, endpoints.node_tunnel_address())
         .map_err(|source| StartError::Io {
             what: format!("HTTP listener {}", config.http_listen),
             source,
         })?;
     let app = crate::http::router(ctx.clone(), ready.clone());
-    tokio::spawn(async move {
-        if let Err(e) = crate::http::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    for listener in listeners {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
 
     let api_server = ctx.api.clone();
     let socket = config.socket.clone();
     // Bind before announcing readiness so a client never races the socket.
-    let serve = tokio::spawn(async move { api_server.serve(&socket).await });
+    let socket_opts = crate::api::SocketOptions {
+        group: config.socket_group,
+        ..crate::api::SocketOptions::default()
+    };
+    let listener =
+        crate::api::bind_socket(&socket, &socket_opts).map_err(|source| StartError::Io {
+            what: format!("API socket {}", socket.display()),
+            source,
+        })?;
+    let serve = tokio::spawn(async move { api_server.serve_listener(listener, socket_opts).await });
     ready.store(true, Ordering::SeqCst);
     if let Some(c) = &cni_conf {
         c.install().map_err(|e| StartError::Part {
@@ -283,6 +307,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         if let Err(e) = crate::cni_install::uninstall_kernel_state().await {
             tracing::error!(error = %e, "uninstall on exit");
         }
+    }
+    Ok(())
+}
+
+/// How long an endpoint may stay pending (reserved, not committed) before a
+/// start-up reaps it even though its host link exists: far longer than any
+/// ADD (the plugin's calls time out after seconds).
+pub const PENDING_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// Releases the pending endpoints a crash left (see
+/// [`EndpointTable::reap_pending`]); a host link's existence is asked of the
+/// kernel in veild's namespace.
+fn reap_pending(endpoints: &EndpointTable) -> Result<(), StartError> {
+    let reaped = endpoints.reap_pending(
+        |name| nix::net::if_::if_nametoindex(name).is_ok(),
+        PENDING_MAX_AGE,
+    )?;
+    for ep in &reaped {
+        tracing::warn!(
+            pod = %ep.display_name(),
+            container = %ep.container_id,
+            host.ifname = %ep.host_ifname,
+            ips = %ep.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+            "pending endpoint left by a crash: reaped, its addresses released"
+        );
     }
     Ok(())
 }

@@ -152,8 +152,22 @@ pub fn run(args: Args) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("veilctl lab: {e}");
-            1
+            lab_exit_code(&e)
         }
+    }
+}
+
+/// 2 for what the user named wrongly (a bad or missing lab, a scenario file
+/// that is not one), 1 for everything that failed while doing it.
+fn lab_exit_code(e: &LabError) -> i32 {
+    use crate::cmd::common::{FAILED, USAGE};
+    match e {
+        LabError::InvalidName(_)
+        | LabError::NotFound(_)
+        | LabError::Exists(_)
+        | LabError::Scenario { .. }
+        | LabError::MissingBinary { .. } => USAGE,
+        _ => FAILED,
     }
 }
 

@@ -45,8 +45,8 @@ pub(super) struct ProbeArgs {
     /// cluster DNS), or an address.
     #[arg(long)]
     to: String,
-    /// Port number.
-    #[arg(long)]
+    /// Port number (1 to 65535).
+    #[arg(long, value_parser = crate::cmd::common::port)]
     port: u16,
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP")]

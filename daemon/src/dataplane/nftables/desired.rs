@@ -140,6 +140,8 @@ pub struct DesiredTable {
     pub flow_logging: Option<FlowLogging>,
     /// Policy.
     pub policy: PolicyObjects,
+    /// Host endpoint protection (see [`super::host`]), when veild asks for it.
+    pub host: Option<super::host::HostProtection>,
 }
 
 impl DesiredTable {
@@ -149,6 +151,7 @@ impl DesiredTable {
             base,
             flow_logging: None,
             policy: PolicyObjects::default(),
+            host: None,
         }
     }
 }
@@ -183,6 +186,14 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
         ("input", NfHook::Input, 0),
     ] {
         let mut rules = base_rules.get(name).cloned().unwrap_or_default();
+        if let (Some(h), "input") = (&desired.host, name) {
+            // Host endpoint protection: a small hook, rules in super::host.
+            let host: Vec<RenderedRule> = super::host::input_rules(h)
+                .iter()
+                .map(render_rule)
+                .collect();
+            rules.splice(0..0, host);
+        }
         let hook_kind = match name {
             "forward" => PolicyHook::Forward,
             "input" => PolicyHook::Input,
@@ -270,6 +281,18 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             },
         );
     }
+    if desired.host.is_some() {
+        out.insert(
+            super::host::HOST_CHAIN.to_string(),
+            ChainSpec {
+                hook: None,
+                rules: super::host::chain_rules(&desired.policy)
+                    .iter()
+                    .map(render_rule)
+                    .collect(),
+            },
+        );
+    }
     for (name, rules) in &desired.policy.chains {
         out.insert(
             name.clone(),
@@ -283,7 +306,8 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
 }
 
 /// The names the base and flow logging use (policy must not reuse them).
-pub const RESERVED_CHAINS: [&str; 7] = [
+pub const RESERVED_CHAINS: [&str; 8] = [
+    super::host::HOST_CHAIN,
     "forward",
     "prerouting",
     "input",

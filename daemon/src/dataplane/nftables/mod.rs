@@ -19,6 +19,7 @@
 
 pub mod actual;
 pub mod desired;
+pub mod host;
 pub mod plan;
 pub mod policy;
 

@@ -94,6 +94,7 @@ fn desired(policy: PolicyObjects) -> DesiredTable {
         base: base(),
         flow_logging: flows(),
         policy,
+        host: None,
     }
 }
 
