@@ -73,6 +73,20 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         "wireguard: datapath up"
     );
 
+    // VEIL_WG_BUSY_POLL_US: busy-poll window after work (0 = off).
+    let spin = match spin::SpinConfig::from_env_value(
+        std::env::var("VEIL_WG_BUSY_POLL_US").ok().as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "wireguard: using the default busy-poll window");
+            spin::SpinConfig::default()
+        }
+    };
+    tracing::info!(
+        busy_poll_us = spin.window.as_micros() as u64,
+        "wireguard: busy-poll window"
+    );
     let counters = Counters::default();
     let metrics = Metrics::default();
     register_metrics(&ctx, &counters, &metrics);
@@ -103,7 +117,7 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for (i, (tun, udp)) in tuns.iter().zip(udps.iter()).enumerate() {
-        let w = || io::WorkerIo {
+        let w = io::WorkerIo {
             shared: shared.clone(),
             tun: tun.clone(),
             udp: udp.clone(),
@@ -111,18 +125,12 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
             gso,
             gro,
             coalesce: offloads_on && !cfg.wireguard_tuning.no_coalesce,
+            spin,
         };
-        let (a, b) = (w(), w());
         threads.push(
             std::thread::Builder::new()
-                .name(format!("wg-tx-{i}"))
-                .spawn(move || io::tx_loop(a))
-                .map_err(WireguardError::Tun)?,
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("wg-rx-{i}"))
-                .spawn(move || io::rx_loop(b))
+                .name(format!("wg-q{i}"))
+                .spawn(move || io::queue_loop(w))
                 .map_err(WireguardError::Tun)?,
         );
     }
