@@ -140,9 +140,12 @@ pub fn queue_loop(w: WorkerIo) {
             spinner.worked(Instant::now());
             continue;
         }
-        if spinner.keep_polling(Instant::now()) {
-            // Let anything else runnable on this CPU go first.
+        let now = Instant::now();
+        if spinner.keep_polling(now) {
+            // Let anything else runnable on this CPU go first; if something
+            // did, the CPU is contended and the spinner stops polling.
             std::thread::yield_now();
+            spinner.yielded(now.elapsed());
             continue;
         }
         let _ = sys::poll_readable2(tfd, ufd, 200);

@@ -9,9 +9,11 @@
 //! within it, and is then handled with no wake-up at all.
 //!
 //! Bounds: polling starts only after work (an idle datapath sleeps in `poll`),
-//! lasts at most `window` after the last packet, and uses at most `budget` of
-//! each `PERIOD` (after that the thread sleeps until the next period), so a
-//! steady trickle of packets cannot turn it into a spinning core.
+//! lasts at most `window` after the last packet, uses at most `budget` of each
+//! `PERIOD` (after that the thread sleeps until the next period), so a steady
+//! trickle of packets cannot turn it into a spinning core, and stops as soon as
+//! yielding the CPU shows that other threads want it (a yield that took longer
+//! than `CONTENDED`): polling only ever uses a CPU nobody else needs.
 //!
 //! What it does not do: the polling itself (see `io`), or any scheduling
 //! beyond yielding the CPU between polls.
@@ -20,6 +22,9 @@ use std::time::{Duration, Instant};
 
 /// The accounting period of the spin budget.
 pub const PERIOD: Duration = Duration::from_millis(100);
+/// A yield that returns later than this means other threads were waiting for
+/// the CPU: polling stops until the next packet.
+pub const CONTENDED: Duration = Duration::from_micros(20);
 /// Default polling window after the last packet.
 pub const DEFAULT_WINDOW: Duration = Duration::from_micros(100);
 /// Default share of each period a thread may spend polling (25 %).
@@ -110,6 +115,14 @@ impl Spinner {
         }
     }
 
+    /// A yield between two polls took `took`: if other threads ran meanwhile,
+    /// the window ends (the thread blocks until the next packet).
+    pub fn yielded(&mut self, took: Duration) {
+        if took > CONTENDED {
+            self.last_work = None;
+        }
+    }
+
     /// Polling time used in the current period.
     pub fn spent(&self) -> Duration {
         self.spent
@@ -184,6 +197,21 @@ mod tests {
         let later = t0 + PERIOD + Duration::from_micros(200);
         s.worked(later);
         assert!(s.keep_polling(later + Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn a_contended_cpu_ends_the_window() {
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        let mut s = Spinner::new(cfg(100, 25_000), t0);
+        s.worked(us(0));
+        assert!(s.keep_polling(us(1)));
+        s.yielded(Duration::from_micros(2));
+        assert!(s.keep_polling(us(3)), "a quick yield: nobody else waited");
+        s.yielded(Duration::from_micros(500));
+        assert!(!s.keep_polling(us(4)), "another thread ran: stop polling");
+        s.worked(us(10));
+        assert!(s.keep_polling(us(11)), "the next packet opens a new window");
     }
 
     #[test]
