@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -519,6 +519,16 @@ type ProbeResult = (usize, Duration, Option<String>, Vec<(Instant, Duration)>);
 /// failed), so that what a test does next happens to an established
 /// connection.
 fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<ProbeResult> {
+    probe_counted(pod, to, stop, Arc::new(AtomicUsize::new(0)))
+}
+
+/// [`probe`], counting round trips in `done` as they happen.
+fn probe_counted(
+    pod: &Pod,
+    to: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<ProbeResult> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let h = pod.ns.enter(move || {
         let addr: SocketAddr = format!("{to}:7000").parse().unwrap();
@@ -545,6 +555,7 @@ fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
                 return (n, gap, Some("echo mismatch".into()), gaps);
             }
             n += 1;
+            done.fetch_add(1, Ordering::Relaxed);
             let g = last.elapsed();
             gap = gap.max(g);
             if g > Duration::from_millis(100) {
@@ -557,6 +568,19 @@ fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
     });
     let _ = ready_rx.recv_timeout(Duration::from_secs(30));
     h
+}
+
+/// Waits (up to `limit`) until the probe counting in `done` completes another
+/// round trip: the connection carries traffic again after an outage (TCP's
+/// retransmission back-off can keep it silent for seconds after the path is
+/// back). Returns how long it took.
+fn wait_progress(done: &AtomicUsize, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let n0 = done.load(Ordering::Relaxed);
+    while done.load(Ordering::Relaxed) == n0 && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
 }
 
 /// Busy threads, one per core, competing with `veild` for the CPU until
@@ -854,7 +878,8 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     let stop = Arc::new(AtomicBool::new(false));
     let server = echo_server(&lab.pods[b], stop.clone());
     let pstop = Arc::new(AtomicBool::new(false));
-    let p = probe(&lab.pods[a], b_ip.clone(), pstop.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    let p = probe_counted(&lab.pods[a], b_ip.clone(), pstop.clone(), done.clone());
     std::thread::sleep(Duration::from_secs(1));
 
     // Phase 3: veild stopped on node-0 (SIGTERM), traffic keeps trying.
@@ -867,6 +892,9 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     lab.start(0);
     eprintln!("restart after SIGTERM took {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(2));
+    // The outage gap must end before the SIGKILL phase is measured.
+    let back = wait_progress(&done, Duration::from_secs(30));
+    eprintln!("TCP traffic again {back:?} after the pause above");
 
     // Phase 4: SIGKILL and immediate restart: the TCP connection survives.
     let t_kill = Instant::now();
@@ -920,7 +948,8 @@ fn restart_kill_and_rotation_hold_while_cpu_is_saturated() {
     let server = echo_server(&lab.pods[b], stop.clone());
     let hog = CpuHog::start(Duration::from_secs(120));
     let pstop = Arc::new(AtomicBool::new(false));
-    let p = probe(&lab.pods[a], b_ip.clone(), pstop.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    let p = probe_counted(&lab.pods[a], b_ip.clone(), pstop.clone(), done.clone());
     std::thread::sleep(Duration::from_secs(1));
 
     // SIGTERM: no path while stopped, then a restart.
@@ -933,6 +962,8 @@ fn restart_kill_and_rotation_hold_while_cpu_is_saturated() {
     lab.start(0);
     eprintln!("hog: restart after SIGTERM took {:?}", t_term.elapsed());
     std::thread::sleep(Duration::from_secs(2));
+    let back = wait_progress(&done, Duration::from_secs(30));
+    eprintln!("hog: TCP traffic again {back:?} later");
 
     // SIGKILL and immediate restart.
     let t_kill = Instant::now();
@@ -940,6 +971,7 @@ fn restart_kill_and_rotation_hold_while_cpu_is_saturated() {
     lab.start(0);
     eprintln!("hog: restart after SIGKILL took {:?}", t_kill.elapsed());
     std::thread::sleep(Duration::from_secs(3));
+    wait_progress(&done, Duration::from_secs(30));
 
     // Key rotation on the restarted node.
     let old_key = lab.status(0)["publicKey"].as_str().unwrap().to_string();
