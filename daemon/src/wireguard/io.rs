@@ -93,6 +93,23 @@ pub struct WorkerIo {
     pub coalesce: bool,
     /// Busy-polling after work.
     pub spin: SpinConfig,
+    /// Which directions this thread runs (both, unless the queue is split
+    /// over two threads with `VEIL_WG_SPLIT_THREADS=1`).
+    pub dirs: Dirs,
+}
+
+/// The directions a queue thread handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dirs {
+    /// TUN → encrypt → UDP.
+    pub tx: bool,
+    /// UDP → decrypt → TUN.
+    pub rx: bool,
+}
+
+impl Dirs {
+    /// Both directions on one thread (the default).
+    pub const BOTH: Dirs = Dirs { tx: true, rx: true };
 }
 
 const MAX_TX_READS: usize = 64;
@@ -134,8 +151,16 @@ pub fn queue_loop(w: WorkerIo) {
     };
     let mut spinner = Spinner::new(w.spin, Instant::now());
     while !w.stop.load(Ordering::Relaxed) {
-        let sent = tx_round(&w, &mut tx, tfd, ufd);
-        let received = rx_round(&w, &mut rx, tfd, ufd);
+        let sent = if w.dirs.tx {
+            tx_round(&w, &mut tx, tfd, ufd)
+        } else {
+            0
+        };
+        let received = if w.dirs.rx {
+            rx_round(&w, &mut rx, tfd, ufd)
+        } else {
+            0
+        };
         if sent + received > 0 {
             spinner.worked(Instant::now());
             continue;
@@ -148,7 +173,12 @@ pub fn queue_loop(w: WorkerIo) {
             spinner.yielded(now.elapsed());
             continue;
         }
-        let _ = sys::poll_readable2(tfd, ufd, 200);
+        // poll(2) skips negative descriptors.
+        let _ = sys::poll_readable2(
+            if w.dirs.tx { tfd } else { -1 },
+            if w.dirs.rx { ufd } else { -1 },
+            200,
+        );
     }
 }
 
