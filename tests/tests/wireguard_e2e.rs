@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -444,15 +444,20 @@ fn check_pcap(data: &[u8]) -> Result<usize, String> {
     Ok(wg)
 }
 
-/// TCP echo server in a pod; runs until `stop`.
+/// TCP echo server in a pod; runs until `stop`. Returns once it listens: a
+/// client started right after must not find the port closed (on a loaded
+/// machine the server thread may not have run yet, and the SYN would be
+/// answered with a reset: "connect: Connection refused").
 fn echo_server(pod: &Pod, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let ip = pod.ip.clone();
-    pod.ns.enter(move || {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let h = pod.ns.enter(move || {
         let l = TcpListener::bind((ip.as_str(), 7000)).expect("bind echo");
         l.set_nonblocking(true).unwrap();
         let udp = UdpSocket::bind((ip.as_str(), 7001)).expect("bind udp echo");
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        let _ = ready_tx.send(());
         let mut conns: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if let Ok((mut s, _)) = l.accept() {
@@ -499,17 +504,37 @@ fn echo_server(pod: &Pod, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> 
         for c in conns {
             let _ = c.join();
         }
-    })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("echo server listening");
+    h
 }
 
 /// Continuous request/response over one TCP connection from `pod` to `to`
 /// every 10 ms until `stop`; returns (round trips, longest gap, error).
 type ProbeResult = (usize, Duration, Option<String>, Vec<(Instant, Duration)>);
 
+/// Starts [`probe`]'s loop and returns once the connection is established (or
+/// failed), so that what a test does next happens to an established
+/// connection.
 fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<ProbeResult> {
-    pod.ns.enter(move || {
+    probe_counted(pod, to, stop, Arc::new(AtomicUsize::new(0)))
+}
+
+/// [`probe`], counting round trips in `done` as they happen.
+fn probe_counted(
+    pod: &Pod,
+    to: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<ProbeResult> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let h = pod.ns.enter(move || {
         let addr: SocketAddr = format!("{to}:7000").parse().unwrap();
-        let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        let connected = TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+        let _ = ready_tx.send(());
+        let mut s = match connected {
             Ok(s) => s,
             Err(e) => return (0, Duration::ZERO, Some(format!("connect: {e}")), Vec::new()),
         };
@@ -530,6 +555,7 @@ fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
                 return (n, gap, Some("echo mismatch".into()), gaps);
             }
             n += 1;
+            done.fetch_add(1, Ordering::Relaxed);
             let g = last.elapsed();
             gap = gap.max(g);
             if g > Duration::from_millis(100) {
@@ -539,7 +565,61 @@ fn probe(pod: &Pod, to: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
             std::thread::sleep(Duration::from_millis(10));
         }
         (n, gap, None, gaps)
-    })
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(30));
+    h
+}
+
+/// Waits (up to `limit`) until the probe counting in `done` completes another
+/// round trip: the connection carries traffic again after an outage (TCP's
+/// retransmission back-off can keep it silent for seconds after the path is
+/// back). Returns how long it took.
+fn wait_progress(done: &AtomicUsize, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let n0 = done.load(Ordering::Relaxed);
+    while done.load(Ordering::Relaxed) == n0 && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// Busy threads, one per core, competing with `veild` for the CPU until
+/// dropped or for at most `limit`.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl CpuHog {
+    fn start(limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut x: u64 = 0;
+                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < limit {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005) + 1);
+                        }
+                    }
+                    x
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Sends `bytes` over TCP from `pod` to the sink at `to`; returns (acknowledged
@@ -798,7 +878,8 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     let stop = Arc::new(AtomicBool::new(false));
     let server = echo_server(&lab.pods[b], stop.clone());
     let pstop = Arc::new(AtomicBool::new(false));
-    let p = probe(&lab.pods[a], b_ip.clone(), pstop.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    let p = probe_counted(&lab.pods[a], b_ip.clone(), pstop.clone(), done.clone());
     std::thread::sleep(Duration::from_secs(1));
 
     // Phase 3: veild stopped on node-0 (SIGTERM), traffic keeps trying.
@@ -811,6 +892,9 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     lab.start(0);
     eprintln!("restart after SIGTERM took {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(2));
+    // The outage gap must end before the SIGKILL phase is measured.
+    let back = wait_progress(&done, Duration::from_secs(30));
+    eprintln!("TCP traffic again {back:?} after the pause above");
 
     // Phase 4: SIGKILL and immediate restart: the TCP connection survives.
     let t_kill = Instant::now();
@@ -837,6 +921,116 @@ fn nothing_leaves_in_clear_without_peer_or_daemon_and_restart_keeps_tcp() {
     eprintln!("SIGKILL restart: {n} round trips in total, traffic pause {pause:?}");
     assert!(pause < Duration::from_secs(5), "pause {pause:?}");
     assert!(ping(&lab.pods[a], &b_ip, 56, 2), "ping after restart");
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    let wg = cap.finish();
+    assert!(wg > 10, "only {wg} WireGuard frames");
+}
+
+/// Restart (SIGTERM), SIGKILL and key rotation while every core is busy with
+/// other work: the established TCP connection survives all three, nothing
+/// leaves in clear while `veild` is down, and the pauses stay bounded.
+#[test]
+fn restart_kill_and_rotation_hold_while_cpu_is_saturated() {
+    require_root();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(2);
+    let a = lab.add_pod(0);
+    let b = lab.add_pod(1);
+    let b_ip = lab.pods[b].ip.clone();
+    let cap = Capture::start(&lab, "hog");
+    lab.start(0);
+    lab.start(1);
+    lab.wait_peers(0, 1);
+    lab.wait_peers(1, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&lab.pods[b], stop.clone());
+    let hog = CpuHog::start(Duration::from_secs(120));
+    let pstop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let p = probe_counted(&lab.pods[a], b_ip.clone(), pstop.clone(), done.clone());
+    std::thread::sleep(Duration::from_secs(1));
+
+    // SIGTERM: no path while stopped, then a restart.
+    lab.stop(0, false);
+    assert!(
+        !ping(&lab.pods[a], &b_ip, 200, 2),
+        "no path while veild is stopped (under load)"
+    );
+    let t_term = Instant::now();
+    lab.start(0);
+    eprintln!("hog: restart after SIGTERM took {:?}", t_term.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let back = wait_progress(&done, Duration::from_secs(30));
+    eprintln!("hog: TCP traffic again {back:?} later");
+
+    // SIGKILL and immediate restart.
+    let t_kill = Instant::now();
+    lab.stop(0, true);
+    lab.start(0);
+    eprintln!("hog: restart after SIGKILL took {:?}", t_kill.elapsed());
+    std::thread::sleep(Duration::from_secs(3));
+    wait_progress(&done, Duration::from_secs(30));
+
+    // Key rotation on the restarted node.
+    let old_key = lab.status(0)["publicKey"].as_str().unwrap().to_string();
+    let t_rot = Instant::now();
+    let out = run_ok(
+        Command::new(bin("veilctl"))
+            .args(["wireguard", "rotate-key", "--socket"])
+            .arg(lab.nodes[0].sock()),
+    );
+    assert!(out.contains("rotated"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s0 = lab.status(0);
+        let s1 = lab.status(1);
+        let new_key = s0["publicKey"].as_str().unwrap();
+        let done = new_key != old_key
+            && s1["peers"][0]["publicKey"] == new_key
+            && s0["peers"][0]["rotating"] == false
+            && s1["peers"][0]["rotating"] == false;
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rotation did not complete under load: {s0} {s1}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    pstop.store(true, Ordering::Relaxed);
+    let (n, _, err, gaps) = p.join().unwrap();
+    drop(hog);
+    assert!(
+        err.is_none(),
+        "TCP connection broke under load: {err:?}\n{}",
+        lab.log(0)
+    );
+    assert!(n > 50, "too few round trips: {n}");
+    let worst_after = |t: Instant| {
+        gaps.iter()
+            .filter(|(start, d)| *start + *d >= t)
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default()
+    };
+    let kill_pause = worst_after(t_kill);
+    let rot_pause = worst_after(t_rot);
+    eprintln!(
+        "hog: {n} round trips, pause after SIGKILL {kill_pause:?}, during rotation {rot_pause:?}"
+    );
+    assert!(kill_pause < Duration::from_secs(5), "pause {kill_pause:?}");
+    assert!(
+        rot_pause < Duration::from_secs(2),
+        "pause during rotation {rot_pause:?}"
+    );
+    assert!(
+        ping(&lab.pods[a], &b_ip, 56, 2),
+        "ping after restarts and rotation"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();

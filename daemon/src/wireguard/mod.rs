@@ -33,6 +33,7 @@ pub mod keys;
 pub mod offload;
 pub mod peers;
 mod rotation;
+pub mod spin;
 mod startup;
 mod sync;
 pub mod sys;

@@ -73,6 +73,20 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         "wireguard: datapath up"
     );
 
+    // VEIL_WG_BUSY_POLL_US: busy-poll window after work (0 = off).
+    let spin = match spin::SpinConfig::from_env_value(
+        std::env::var("VEIL_WG_BUSY_POLL_US").ok().as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "wireguard: using the default busy-poll window");
+            spin::SpinConfig::default()
+        }
+    };
+    tracing::info!(
+        busy_poll_us = spin.window.as_micros() as u64,
+        "wireguard: busy-poll window"
+    );
     let counters = Counters::default();
     let metrics = Metrics::default();
     register_metrics(&ctx, &counters, &metrics);
@@ -102,29 +116,49 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    // VEIL_WG_SPLIT_THREADS=1: one thread per direction and queue, as before
+    // busy-polling existed (for comparisons; the default is one per queue).
+    let split = std::env::var("VEIL_WG_SPLIT_THREADS").is_ok_and(|v| v == "1");
+    let layouts: &[(io::Dirs, &str)] = if split {
+        &[
+            (
+                io::Dirs {
+                    tx: true,
+                    rx: false,
+                },
+                "tx",
+            ),
+            (
+                io::Dirs {
+                    tx: false,
+                    rx: true,
+                },
+                "rx",
+            ),
+        ]
+    } else {
+        &[(io::Dirs::BOTH, "q")]
+    };
     for (i, (tun, udp)) in tuns.iter().zip(udps.iter()).enumerate() {
-        let w = || io::WorkerIo {
-            shared: shared.clone(),
-            tun: tun.clone(),
-            udp: udp.clone(),
-            stop: stop.clone(),
-            gso,
-            gro,
-            coalesce: offloads_on && !cfg.wireguard_tuning.no_coalesce,
-        };
-        let (a, b) = (w(), w());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("wg-tx-{i}"))
-                .spawn(move || io::tx_loop(a))
-                .map_err(WireguardError::Tun)?,
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("wg-rx-{i}"))
-                .spawn(move || io::rx_loop(b))
-                .map_err(WireguardError::Tun)?,
-        );
+        for &(dirs, name) in layouts {
+            let w = io::WorkerIo {
+                shared: shared.clone(),
+                tun: tun.clone(),
+                udp: udp.clone(),
+                stop: stop.clone(),
+                gso,
+                gro,
+                coalesce: offloads_on && !cfg.wireguard_tuning.no_coalesce,
+                spin,
+                dirs,
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("wg-{name}{i}"))
+                    .spawn(move || io::queue_loop(w))
+                    .map_err(WireguardError::Tun)?,
+            );
+        }
     }
     {
         let m = manager.clone();

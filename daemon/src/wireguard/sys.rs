@@ -77,6 +77,25 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
+/// Waits until `a` or `b` is readable or `timeout_ms` passes.
+pub fn poll_readable2(a: RawFd, b: RawFd, timeout_ms: i32) -> io::Result<usize> {
+    let mut p = [a, b].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
 /// Enables `UDP_GRO` on a UDP socket: `recvmmsg` may then return several
 /// same-size datagrams from one sender glued together, with their size in a
 /// control message. Returns whether the kernel accepted it.
