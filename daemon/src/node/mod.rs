@@ -200,6 +200,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
         }
     }
+    // The DNS proxy (domains allowlists); without it, pods that domain rules
+    // select get no DNS (the steering fails closed).
+    let _dns = match crate::dns::start(&ctx).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "DNS proxy not started: DNS of pods with domain rules fails");
+            None
+        }
+    };
     tokio::spawn(policy_sync::run(
         filter.clone(),
         published.desired.clone(),

@@ -52,6 +52,9 @@ pub enum PolicyHook {
     Input,
     /// Packets from the node itself.
     Output,
+    /// Packets arriving, before routing (mangle priority; no
+    /// `ct state established` shortcut): the DNS proxy's steering.
+    Prerouting,
 }
 
 impl PolicyHook {
@@ -61,6 +64,7 @@ impl PolicyHook {
             PolicyHook::Forward => "forward",
             PolicyHook::Input => "input",
             PolicyHook::Output => "output",
+            PolicyHook::Prerouting => "prerouting",
         }
     }
 }
@@ -217,6 +221,20 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             rules: base_rules.get("postrouting").cloned().unwrap_or_default(),
         },
     );
+    if let Some(pre) = desired
+        .policy
+        .hooks
+        .get(&PolicyHook::Prerouting)
+        .filter(|r| !r.is_empty())
+    {
+        out.insert(
+            "prerouting".to_string(),
+            ChainSpec {
+                hook: filter(NfHook::Prerouting, -150),
+                rules: pre.iter().map(render_rule).collect(),
+            },
+        );
+    }
     if let Some(f) = &desired.flow_logging {
         let new_counter = || {
             vec![
@@ -264,8 +282,9 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
 }
 
 /// The names the base and flow logging use (policy must not reuse them).
-pub const RESERVED_CHAINS: [&str; 6] = [
+pub const RESERVED_CHAINS: [&str; 7] = [
     "forward",
+    "prerouting",
     "input",
     "output",
     "postrouting",

@@ -27,12 +27,15 @@
 //!   `np<id>` (named ports: address . protocol . port), `n<hash>` (CIDR
 //!   interval sets for `nets`/`ipBlock`, `notNets`/`except`).
 //!
-//! What it does not do: DNS names (`domains` peers never match here; the DNS
-//! proxy adds them) and HTTP rules (enforced at L4: the L7 proxy adds the
+//! - `domains` peers match a per-rule set that the DNS proxy fills; pods'
+//!   DNS is steered to the proxy ([`dns`]).
+//!
+//! What it does not do: fill the `domains` sets (the DNS proxy does) and HTTP rules (enforced at L4: the L7 proxy adds the
 //! request checks). IPv6 members of selector and named-port sets are not
 //! rendered (the pod network is IPv4); IPv6 CIDRs in `nets` are.
 
 mod chains;
+pub mod dns;
 pub mod prefix;
 mod render;
 pub mod schema;
@@ -123,6 +126,8 @@ pub struct RenderedPolicy {
     pub forward: Vec<Vec<Statement<'static>>>,
     /// Log prefixes in use and what each names.
     pub prefixes: LogPrefixes,
+    /// `domains` sets and DNS steering ([`dns`]).
+    pub dns: dns::DnsObjects,
 }
 
 impl RenderedPolicy {

@@ -47,6 +47,7 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
         out: RenderedPolicy::default(),
         policy_chains: BTreeMap::new(),
         tier_denies: BTreeSet::new(),
+        policy_key: None,
     };
     r.out.chains.insert(OPEN_CHAIN.to_string(), Vec::new());
     let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
@@ -80,6 +81,7 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     r.dispatch(DISPATCH_EGRESS, MAP_EGRESS, false, egress);
     r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
+    super::dns::finish(&mut r.out.dns, program, endpoints);
     r.out
 }
 
@@ -89,6 +91,8 @@ struct Renderer<'a> {
     /// (policy index, direction) → chain name, rendered once.
     policy_chains: BTreeMap<(u32, Direction), String>,
     tier_denies: BTreeSet<(u32, Direction)>,
+    /// The policy whose chain is being rendered (names `domains` sets).
+    policy_key: Option<veil_policy::model::ObjectKey>,
 }
 
 impl Renderer<'_> {
@@ -168,6 +172,7 @@ impl Renderer<'_> {
         };
         let tier = self.program.tiers[p.tier as usize].name.clone();
         let key = p.key.clone();
+        self.policy_key = Some(key.clone());
         let mut rules = Vec::new();
         for cr in &self.program.rules[start as usize..end as usize] {
             let action: Vec<Stmt> = match cr.action {
@@ -221,7 +226,12 @@ impl Renderer<'_> {
             peers.push(Vec::new());
         }
         for p in &r.peers {
-            peers.extend(self.peer_matches(p, peer_is_dst));
+            match &self.policy_key {
+                Some(k) if !p.domains.is_empty() && peer_is_dst => {
+                    peers.extend(super::dns::peer_match(&mut self.out.dns, k, r))
+                }
+                _ => peers.extend(self.peer_matches(p, peer_is_dst)),
+            }
         }
         let ports = self.port_matches(r);
         let mut out = Vec::new();
@@ -296,8 +306,8 @@ impl Renderer<'_> {
 
     fn peer_matches(&mut self, p: &CPeer, dst: bool) -> Vec<Vec<Stmt>> {
         if !p.domains.is_empty() {
-            // Addresses resolved from names are added by the DNS proxy; a
-            // direct connection never matches a `domains` peer.
+            // Only egress `domains` peers match (see `rule_matches`): their
+            // set holds what the DNS proxy resolved; never anything else.
             return Vec::new();
         }
         let (nets4, nets6) = split_family(&p.nets);
