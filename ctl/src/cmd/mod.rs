@@ -1,6 +1,7 @@
 //! `veilctl` subcommands. Each module owns its clap arguments and a
 //! `run(args) -> i32` returning the process exit code.
 
+pub mod dns;
 pub mod flows;
 pub mod graph;
 pub mod lab;
