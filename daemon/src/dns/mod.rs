@@ -79,6 +79,9 @@ pub struct Proxy {
     writer: Box<dyn SetWriter>,
     /// Metrics.
     pub metrics: DnsMetrics,
+    /// The flow collector, taught every accepted answer: flows and the graph
+    /// name external addresses by the name the proxy saw.
+    names: Option<Arc<crate::flows::Flows>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -100,7 +103,14 @@ impl Proxy {
             cache: Allowances::default(),
             writer,
             metrics: DnsMetrics::default(),
+            names: None,
         }
+    }
+
+    /// Teaches `flows` the names of every accepted answer.
+    pub fn with_names(mut self, flows: Option<Arc<crate::flows::Flows>>) -> Self {
+        self.names = flows;
+        self
     }
 
     /// The `domains` rules of the pod at `pod`.
@@ -135,6 +145,12 @@ impl Proxy {
                 return servfail(query);
             }
         };
+        if let Some(f) = &self.names {
+            let ips: Vec<IpAddr> = res.addrs.iter().map(|(a, _)| *a).collect();
+            if !ips.is_empty() {
+                f.learn_dns(&res.name, &ips);
+            }
+        }
         let rules: Vec<DomainRule> = self
             .rules(pod)
             .into_iter()
@@ -236,7 +252,10 @@ impl Proxy {
 
 /// Starts the proxy: routing, listeners on [`DEFAULT_PORT`], the restored
 /// cache, the sweeper and its socket method. Returns the shared state.
-pub async fn start(ctx: &NodeContext) -> Result<Arc<Proxy>, DnsError> {
+pub async fn start(
+    ctx: &NodeContext,
+    flows: Option<Arc<crate::flows::Flows>>,
+) -> Result<Arc<Proxy>, DnsError> {
     sockets::setup_routing().map_err(|source| DnsError::Io {
         what: "policy routing",
         source,
@@ -245,7 +264,8 @@ pub async fn start(ctx: &NodeContext) -> Result<Arc<Proxy>, DnsError> {
         ctx.desired.clone(),
         ctx.policy_applied.clone(),
         Box::new(allow::NftSets),
-    ));
+    )
+    .with_names(flows));
     if let Ok(mut r) = ctx.metrics.lock() {
         proxy.metrics.register(&mut r);
     }
@@ -322,3 +342,6 @@ fn register_api(ctx: &NodeContext, proxy: Arc<Proxy>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -186,8 +186,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             part: "wireguard",
             reason: e.to_string(),
         })?;
+    let mut flows = None;
     match crate::flows::start(&ctx) {
         Ok(h) if h.track_connections => {
+            flows = Some(h.flows.clone());
             let flow_logging = Some(FlowLogging {
                 dns_nflog_group: crate::flows::dns::NFLOG_GROUP,
             });
@@ -195,14 +197,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 tracing::warn!(error = %e, "flow-logging rules not installed yet: flows may not be seen");
             }
         }
-        Ok(_) => {}
+        Ok(h) => flows = Some(h.flows),
         Err(e) => {
             tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
         }
     }
     // The DNS proxy (domains allowlists); without it, pods that domain rules
     // select get no DNS (the steering fails closed).
-    let _dns = match crate::dns::start(&ctx).await {
+    let _dns = match crate::dns::start(&ctx, flows).await {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(error = %e, "DNS proxy not started: DNS of pods with domain rules fails");
