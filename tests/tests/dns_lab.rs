@@ -52,7 +52,11 @@ fn domains_scenarios_pass_as_real_packets() {
     assert!(out.trim_end().ends_with("passed, 0 failed"), "{}", show(&o));
     for f in DOMAIN_SCENARIOS {
         let name = f.trim_end_matches(".yaml");
-        assert!(out.contains(&format!("PASS {name} ")), "{name} ran: {}", show(&o));
+        assert!(
+            out.contains(&format!("PASS {name} ")),
+            "{name} ran: {}",
+            show(&o)
+        );
     }
 }
 
@@ -167,7 +171,10 @@ fn dns_proxy_resolves_over_udp_and_tcp_opens_only_what_it_saw_and_survives_resta
     let o = veilctl(&["dns", "--lab", &lab.name]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{}", show(&o));
-    assert!(out.contains("api.example.com") && out.contains("203.0.113.10"), "{out}");
+    assert!(
+        out.contains("api.example.com") && out.contains("203.0.113.10"),
+        "{out}"
+    );
     assert!(out.contains("out/app-out#1"), "{out}");
     assert!(!out.contains("203.0.113.11"), "{out}");
 

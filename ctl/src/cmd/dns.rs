@@ -78,9 +78,9 @@ pub fn run(args: Args) -> i32 {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print!(
-            "{:<10} {:<15} {:<30} {:<15} {} {}\n",
-            "NODE", "POD", "NAME", "ADDRESS", "RULE", "LEFT"
+        println!(
+            "{:<10} {:<15} {:<30} {:<15} RULE LEFT",
+            "NODE", "POD", "NAME", "ADDRESS"
         );
         for (n, a) in &rows {
             print!("{}", format_row(n, a));

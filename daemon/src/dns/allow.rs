@@ -264,17 +264,35 @@ mod tests {
     fn allowance_is_extended_never_shortened() {
         let c = Allowances::default();
         let sets = vec!["d1".to_string()];
-        let n = c.needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 300)], 1000);
+        let n = c.needed(
+            &sets,
+            ip("10.244.0.5"),
+            "a",
+            &[(ip("203.0.113.1"), 300)],
+            1000,
+        );
         assert_eq!(n.len(), 1);
         c.record(n.into_iter().map(|(_, a)| a));
         // A shorter TTL later needs no write.
         assert!(c
-            .needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 30)], 1010)
+            .needed(
+                &sets,
+                ip("10.244.0.5"),
+                "a",
+                &[(ip("203.0.113.1"), 30)],
+                1010
+            )
             .is_empty());
         // A longer one does.
         assert_eq!(
-            c.needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 600)], 1010)
-                .len(),
+            c.needed(
+                &sets,
+                ip("10.244.0.5"),
+                "a",
+                &[(ip("203.0.113.1"), 600)],
+                1010
+            )
+            .len(),
             1
         );
     }
@@ -283,7 +301,13 @@ mod tests {
     fn sweep_drops_expired_and_ruleless_entries_and_cache_round_trips() {
         let c = Allowances::default();
         let sets = vec!["d1".to_string(), "d2".to_string()];
-        let n = c.needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 60)], 1000);
+        let n = c.needed(
+            &sets,
+            ip("10.244.0.5"),
+            "a",
+            &[(ip("203.0.113.1"), 60)],
+            1000,
+        );
         c.record(n.into_iter().map(|(_, a)| a));
         let dir = tempfile::tempdir().unwrap();
         let p = path(dir.path());

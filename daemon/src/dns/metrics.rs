@@ -84,7 +84,11 @@ impl DnsMetrics {
     /// Registers every series under `veil_dns_`.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("veil_dns");
-        r.register("queries", "DNS queries through the proxy", self.queries.clone());
+        r.register(
+            "queries",
+            "DNS queries through the proxy",
+            self.queries.clone(),
+        );
         r.register(
             "rule_queries",
             "Queries whose name a domains rule matches",

@@ -260,12 +260,14 @@ pub async fn start(
         what: "policy routing",
         source,
     })?;
-    let proxy = Arc::new(Proxy::new(
-        ctx.desired.clone(),
-        ctx.policy_applied.clone(),
-        Box::new(allow::NftSets),
-    )
-    .with_names(flows));
+    let proxy = Arc::new(
+        Proxy::new(
+            ctx.desired.clone(),
+            ctx.policy_applied.clone(),
+            Box::new(allow::NftSets),
+        )
+        .with_names(flows),
+    );
     if let Ok(mut r) = ctx.metrics.lock() {
         proxy.metrics.register(&mut r);
     }
@@ -279,7 +281,9 @@ pub async fn start(
                 .unwrap_or(0);
             tracing::info!(restored = n, saved = total, "DNS allowances restored");
         }
-        Err(e) => tracing::warn!(error = %e, file = %file.display(), "DNS allowance cache unreadable: starting empty"),
+        Err(e) => {
+            tracing::warn!(error = %e, file = %file.display(), "DNS allowance cache unreadable: starting empty")
+        }
     }
     let udp = udp::bind(DEFAULT_PORT).map_err(|source| DnsError::Io {
         what: "UDP listener",
@@ -315,32 +319,35 @@ pub async fn start(
 
 fn register_api(ctx: &NodeContext, proxy: Arc<Proxy>) {
     let rules_of = ctx.desired.clone();
-    ctx.api.register(veil_api::method::DNS_ALLOWANCES, move |_params: serde_json::Value| {
-        let proxy = proxy.clone();
-        let rules_of = rules_of.clone();
-        async move {
-        let now = unix_now();
-        let rules = rules_by_set(&rules_of.borrow().program);
-        let rows: Vec<serde_json::Value> = proxy
-            .cache
-            .list()
-            .into_iter()
-            .map(|a| {
-                let r = rules.get(&a.set);
-                serde_json::json!({
-                    "pod": a.pod.to_string(),
-                    "name": a.name,
-                    "address": a.addr.to_string(),
-                    "set": a.set,
-                    "policy": r.map(|r| r.policy.clone()),
-                    "rule": r.map(|r| r.index),
-                    "expires_in": a.expires.saturating_sub(now),
-                })
-            })
-            .collect();
-        Ok::<_, veil_api::ApiError>(serde_json::json!({ "allowances": rows }))
-        }
-    });
+    ctx.api.register(
+        veil_api::method::DNS_ALLOWANCES,
+        move |_params: serde_json::Value| {
+            let proxy = proxy.clone();
+            let rules_of = rules_of.clone();
+            async move {
+                let now = unix_now();
+                let rules = rules_by_set(&rules_of.borrow().program);
+                let rows: Vec<serde_json::Value> = proxy
+                    .cache
+                    .list()
+                    .into_iter()
+                    .map(|a| {
+                        let r = rules.get(&a.set);
+                        serde_json::json!({
+                            "pod": a.pod.to_string(),
+                            "name": a.name,
+                            "address": a.addr.to_string(),
+                            "set": a.set,
+                            "policy": r.map(|r| r.policy.clone()),
+                            "rule": r.map(|r| r.index),
+                            "expires_in": a.expires.saturating_sub(now),
+                        })
+                    })
+                    .collect();
+                Ok::<_, veil_api::ApiError>(serde_json::json!({ "allowances": rows }))
+            }
+        },
+    );
 }
 
 #[cfg(test)]

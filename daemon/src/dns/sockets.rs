@@ -43,7 +43,15 @@ pub fn setup_routing() -> io::Result<()> {
         return Err(io::Error::other(format!("ip rule add: {err}")));
     }
     let (ok, err) = ip(&[
-        "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table,
+        "-4",
+        "route",
+        "replace",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        &table,
     ])?;
     if !ok {
         return Err(io::Error::other(format!("ip route replace: {err}")));

@@ -21,6 +21,9 @@ use super::{sockets, Proxy, UPSTREAM_TIMEOUT};
 /// Queries in flight on one connection.
 const MAX_PENDING: usize = 64;
 
+/// Queries in flight by ID: the query and when it came.
+type Pending = Arc<Mutex<HashMap<u16, (Vec<u8>, Instant)>>>;
+
 /// Binds the transparent TCP listener.
 pub fn bind(port: u16) -> io::Result<TcpListener> {
     let s = sockets::listener(Type::STREAM, port)?;
@@ -84,8 +87,7 @@ async fn connection(p: Arc<Proxy>, client: TcpStream, peer: SocketAddr) -> io::R
         .map_err(|_| io::Error::other("resolver did not accept in time"))??;
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
-    // Queries in flight by ID: the query bytes and when it came.
-    let pending: Arc<Mutex<HashMap<u16, (Vec<u8>, Instant)>>> = Arc::default();
+    let pending: Pending = Arc::default();
     let pend = pending.clone();
     let p2 = p.clone();
     let queries = async move {

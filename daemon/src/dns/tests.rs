@@ -80,7 +80,10 @@ fn query(n: &str) -> Vec<u8> {
 
 fn answer(asked: &str, recs: &[(&str, &str)], ttl: u32) -> Vec<u8> {
     let mut m = Message::response(5, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii(asked).unwrap(), RecordType::A));
+    m.add_query(Query::query(
+        Name::from_ascii(asked).unwrap(),
+        RecordType::A,
+    ));
     for (o, d) in recs {
         let data = match d.parse() {
             Ok(ip) => RData::A(A(ip)),
@@ -132,15 +135,27 @@ async fn allowed_name_is_in_the_rule_set_before_the_answer_is_released() {
 #[tokio::test]
 async fn other_names_other_pods_and_unasked_records_open_nothing() {
     let (p, written) = proxy(false);
-    let a = answer("tracker.example.org", &[("tracker.example.org", "203.0.113.66")], 60);
+    let a = answer(
+        "tracker.example.org",
+        &[("tracker.example.org", "203.0.113.66")],
+        60,
+    );
     assert_eq!(
         p.release(APP, &query("tracker.example.org"), &a).await,
         Some(a)
     );
-    let a = answer("api.example.com", &[("api.example.com", "203.0.113.10")], 60);
+    let a = answer(
+        "api.example.com",
+        &[("api.example.com", "203.0.113.10")],
+        60,
+    );
     p.release(Ipv4Addr::new(10, 244, 0, 6), &query("api.example.com"), &a)
         .await;
-    let a = answer("api.example.com", &[("evil.example.org", "203.0.113.66")], 60);
+    let a = answer(
+        "api.example.com",
+        &[("evil.example.org", "203.0.113.66")],
+        60,
+    );
     p.release(APP, &query("api.example.com"), &a).await;
     assert!(written.lock().unwrap().is_empty());
 }
@@ -157,7 +172,10 @@ async fn cname_chain_opens_its_end_and_a_loop_gets_servfail() {
         300,
     );
     p.release(APP, &query("API.example.com."), &a).await;
-    assert_eq!(written.lock().unwrap()[0].addr, Ipv4Addr::new(203, 0, 113, 70));
+    assert_eq!(
+        written.lock().unwrap()[0].addr,
+        Ipv4Addr::new(203, 0, 113, 70)
+    );
     let l = answer(
         "api.example.com",
         &[
@@ -174,7 +192,11 @@ async fn cname_chain_opens_its_end_and_a_loop_gets_servfail() {
 #[tokio::test]
 async fn a_set_that_cannot_be_written_fails_closed_with_servfail() {
     let (p, _) = proxy(true);
-    let a = answer("api.example.com", &[("api.example.com", "203.0.113.10")], 60);
+    let a = answer(
+        "api.example.com",
+        &[("api.example.com", "203.0.113.10")],
+        60,
+    );
     let out = p.release(APP, &query("api.example.com"), &a).await.unwrap();
     assert_eq!(rcode(&out), ResponseCode::ServFail);
     assert!(p.cache.list().is_empty());

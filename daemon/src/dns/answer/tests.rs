@@ -122,7 +122,11 @@ fn records_for_a_name_not_asked_allow_nothing() {
     assert_eq!(
         inspect(
             &q("api.example.com"),
-            &answer(7, "evil.example.org", &[("evil.example.org", "203.0.113.66")])
+            &answer(
+                7,
+                "evil.example.org",
+                &[("evil.example.org", "203.0.113.66")]
+            )
         ),
         Err(Refusal::QuestionMismatch)
     );
@@ -150,7 +154,11 @@ fn mixed_case_names_match() {
 fn trailing_dot_is_ignored() {
     let r = inspect(
         &q("api.example.com."),
-        &answer(7, "api.example.com", &[("api.example.com.", "203.0.113.50")]),
+        &answer(
+            7,
+            "api.example.com",
+            &[("api.example.com.", "203.0.113.50")],
+        ),
     )
     .unwrap();
     assert_eq!(r.name, "api.example.com");

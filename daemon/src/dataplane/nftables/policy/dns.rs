@@ -177,10 +177,7 @@ fn rule(statements: Vec<Stmt>, comment: &str) -> PolicyRule {
 }
 
 fn tcp_udp() -> Stmt {
-    eq(
-        meta(MetaKey::L4proto),
-        anon_set(vec![s("tcp"), s("udp")]),
-    )
+    eq(meta(MetaKey::L4proto), anon_set(vec![s("tcp"), s("udp")]))
 }
 
 fn set_mark_to(mark: u32) -> Stmt {

@@ -196,7 +196,7 @@ probes: []
     assert!(text.contains(&format!("@{set}")), "{text}");
     let objs = o.objects();
     assert!(objs.sets[set].elements.is_empty());
-    assert!(o.sets.get(set).is_none(), "not a renderer-filled set");
+    assert!(!o.sets.contains_key(set), "not a renderer-filled set");
 }
 
 #[test]
