@@ -5,7 +5,8 @@
 //!
 //! An element's kernel timeout is `max(TTL, 30 s) + GRACE`; an allowance is
 //! only ever extended, never shortened (the kernel replaces the timeout of an
-//! element added again). Expired entries are swept from memory; the kernel
+//! element added again); it is written again only when what is left of it
+//! is less than the new answer's `max(TTL, 30 s)`. Expired entries are swept from memory; the kernel
 //! drops its elements on its own. It does not decide which rules match (see
 //! [`super::DomainRules`]) and does not talk to the network.
 
@@ -153,8 +154,11 @@ impl Allowances {
             for &(addr, ttl) in addrs {
                 let timeout = timeout_for(ttl);
                 let expires = now + u64::from(timeout);
+                // What the answer promises (the grace is slack, so that a
+                // name asked every second is written every few seconds).
+                let floor = now + u64::from(ttl.max(MIN_TTL));
                 let key = (set.clone(), pod, addr);
-                if map.get(&key).is_some_and(|a| a.expires >= expires) {
+                if map.get(&key).is_some_and(|a| a.expires >= floor) {
                     continue;
                 }
                 out.push((
@@ -283,7 +287,11 @@ mod tests {
                 1010
             )
             .is_empty());
-        // A longer one does.
+        // Nor the same TTL a few seconds later (the grace is slack)...
+        assert!(c
+            .needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 300)], 1004)
+            .is_empty());
+        // ...but a longer one does.
         assert_eq!(
             c.needed(
                 &sets,
