@@ -289,7 +289,13 @@ mod tests {
             .is_empty());
         // Nor the same TTL a few seconds later (the grace is slack)...
         assert!(c
-            .needed(&sets, ip("10.244.0.5"), "a", &[(ip("203.0.113.1"), 300)], 1004)
+            .needed(
+                &sets,
+                ip("10.244.0.5"),
+                "a",
+                &[(ip("203.0.113.1"), 300)],
+                1004
+            )
             .is_empty());
         // ...but a longer one does.
         assert_eq!(

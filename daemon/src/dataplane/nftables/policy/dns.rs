@@ -288,3 +288,6 @@ pub fn rules_by_set(program: &Program) -> BTreeMap<String, DomainRule> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;
