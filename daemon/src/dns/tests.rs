@@ -60,15 +60,14 @@ fn proxy(fail: bool) -> (Proxy, Arc<Mutex<Vec<Element>>>) {
         program: program(),
         ..Desired::default()
     };
-    let (_dtx, drx) = watch::channel(Arc::new(desired));
-    let (_atx, arx) = watch::channel(Arc::new(AppliedPolicy::default()));
+    // The receivers keep the last value once the senders are gone.
+    let (_, drx) = watch::channel(Arc::new(desired));
+    let (_, arx) = watch::channel(Arc::new(AppliedPolicy::default()));
     let w = FakeWriter {
         fail,
         ..FakeWriter::default()
     };
     let written = w.written.clone();
-    // Keep the senders alive for the test's duration.
-    std::mem::forget((_dtx, _atx));
     (Proxy::new(drx, arx, Box::new(w)), written)
 }
 
