@@ -36,6 +36,10 @@ pub const FLOWS_HEALTH: &str = "flows.health";
 /// compiled policy program, with its generation.
 pub const POLICY_LIST: &str = "policy.list";
 
+/// `null` → `{"allowances": [{pod, name, address, set, policy, rule,
+/// expires_in}]}`: what the DNS proxy opened for `domains` rules.
+pub const DNS_ALLOWANCES: &str = "dns.allowances";
+
 /// Every method, for tests and listings.
 pub const ALL: &[&str] = &[
     CNI_ADD,
@@ -51,6 +55,7 @@ pub const ALL: &[&str] = &[
     FLOWS_LIST,
     FLOWS_HEALTH,
     POLICY_LIST,
+    DNS_ALLOWANCES,
 ];
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ enum Cmd {
     Graph(ctl::graph::Args),
     /// Recent and live flows.
     Flows(ctl::flows::Args),
+    /// What the DNS proxies opened for `domains` rules.
+    Dns(ctl::dns::Args),
     /// WireGuard: `status` (peers, handshakes) and `rotate-key`.
     Wireguard(ctl::wireguard::Args),
     /// A cluster of network namespaces on this machine.
@@ -33,6 +35,7 @@ fn main() {
         Cmd::Policy(a) => ctl::policy::run(a),
         Cmd::Graph(a) => ctl::graph::run(a),
         Cmd::Flows(a) => ctl::flows::run(a),
+        Cmd::Dns(a) => ctl::dns::run(a),
         Cmd::Wireguard(a) => ctl::wireguard::run(a),
         Cmd::Lab(a) => ctl::lab::run(a),
     };

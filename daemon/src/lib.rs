@@ -16,6 +16,7 @@ pub mod context;
 pub mod controller;
 pub mod dataplane;
 pub mod datastore;
+pub mod dns;
 pub mod endpoints;
 pub mod flows;
 pub mod fsutil;

@@ -2,6 +2,7 @@
 //! `run(args) -> i32` returning the process exit code.
 
 pub mod common;
+pub mod dns;
 pub mod flows;
 pub mod graph;
 pub mod lab;

@@ -199,14 +199,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             part: "wireguard",
             reason: e.to_string(),
         })?;
-    let flows = crate::flows::start(&ctx);
-    // The L7 proxy (HTTP rules); without it steered connections are refused.
-    let l7_flows = flows.as_ref().ok().map(|h| h.flows.clone());
-    if let Err(e) = crate::l7::start(&ctx, l7_flows, crate::l7::Limits::default()).await {
-        tracing::error!(error = %e, "L7 proxy not started: connections decided by http rules are refused");
-    }
-    match flows {
+    let mut flows = None;
+    match crate::flows::start(&ctx) {
         Ok(h) if h.track_connections => {
+            flows = Some(h.flows.clone());
             let flow_logging = Some(FlowLogging {
                 dns_nflog_group: crate::flows::dns::NFLOG_GROUP,
             });
@@ -214,11 +210,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 tracing::warn!(error = %e, "flow-logging rules not installed yet: flows may not be seen");
             }
         }
-        Ok(_) => {}
+        Ok(h) => flows = Some(h.flows),
         Err(e) => {
             tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
         }
     }
+    // The L7 proxy (HTTP rules); without it steered connections are refused.
+    if let Err(e) = crate::l7::start(&ctx, flows.clone(), crate::l7::Limits::default()).await {
+        tracing::error!(error = %e, "L7 proxy not started: connections decided by http rules are refused");
+    }
+    // The DNS proxy (domains allowlists); without it, pods that domain rules
+    // select get no DNS (the steering fails closed).
+    let _dns = match crate::dns::start(&ctx, flows).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "DNS proxy not started: DNS of pods with domain rules fails");
+            None
+        }
+    };
     tokio::spawn(policy_sync::run(
         filter.clone(),
         published.desired.clone(),

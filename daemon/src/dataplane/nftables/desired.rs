@@ -52,9 +52,9 @@ pub enum PolicyHook {
     Input,
     /// Packets from the node itself.
     Output,
-    /// Every arriving packet, before routing (filter, priority mangle; the
-    /// L7 proxy's steering). Its rules come first: no
-    /// `ct state established,related accept` is put in front of them.
+    /// Packets arriving, before routing (filter, priority mangle; no
+    /// `ct state established` shortcut in front of its rules): the DNS
+    /// proxy's and the L7 proxy's steering.
     Prerouting,
 }
 

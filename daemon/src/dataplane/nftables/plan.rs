@@ -9,7 +9,8 @@
 //!   are added and deleted one by one; a chain whose rules differ is flushed
 //!   and refilled in the same batch; chains no longer desired are flushed and
 //!   then deleted, after everything that jumped to them changed; sets and maps
-//!   no longer desired are deleted last.
+//!   no longer desired are deleted last. The elements of `timeout` sets
+//!   belong to the DNS proxy and are left alone.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -111,6 +112,9 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
         }
     }
     for (name, s) in &desired.policy.sets {
+        if dynamic(s) {
+            continue;
+        }
         let have = actual.sets.get(name).map(|s| &s.elements);
         let add: Vec<_> = s
             .elements
@@ -162,6 +166,9 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
         add_elements(&mut b, name, add);
     }
     for (name, have) in &actual.sets {
+        if desired.policy.sets.get(name).is_some_and(dynamic) {
+            continue;
+        }
         if let Some(w) = want.sets.get(name) {
             let del: Vec<_> = have
                 .elements
@@ -189,6 +196,13 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
         b.delete(NfListObject::Set(Box::new(set_ref(name))));
     }
     Some(b.to_nftables())
+}
+
+/// A set with the `timeout` flag is filled by someone else (the DNS proxy),
+/// element by element with their own timeouts: the manager declares it and
+/// deletes it, never adds nor deletes its elements.
+fn dynamic(s: &super::desired::NamedSet) -> bool {
+    s.flags.contains(&nftables::schema::SetFlag::Timeout)
 }
 
 fn declarations_changed(want: &ActualTable, actual: &ActualTable) -> bool {

@@ -29,12 +29,15 @@
 //!
 //! - Connections whose deciding rule has `http` are steered to veild's L7
 //!   proxy in `prerouting` ([`tproxy`]), which checks each request.
+//! - `domains` peers match a per-rule set that the DNS proxy fills; pods'
+//!   DNS is steered to the proxy ([`dns`]).
 //!
-//! What it does not do: DNS names (`domains` peers never match here; the DNS
-//! proxy adds them). IPv6 members of selector and named-port sets are not
+//! What it does not do: fill the `domains` sets (the DNS proxy does) or
+//! check HTTP requests (the L7 proxy does). IPv6 members of selector and named-port sets are not
 //! rendered (the pod network is IPv4); IPv6 CIDRs in `nets` are.
 
 mod chains;
+pub mod dns;
 pub mod prefix;
 mod render;
 pub mod schema;
@@ -128,6 +131,8 @@ pub struct RenderedPolicy {
     pub prefixes: LogPrefixes,
     /// What the L7 proxy's steering needs ([`tproxy`]).
     pub steering: tproxy::Steering,
+    /// `domains` sets and DNS steering ([`dns`]).
+    pub dns: dns::DnsObjects,
 }
 
 impl RenderedPolicy {

@@ -47,6 +47,7 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
         out: RenderedPolicy::default(),
         policy_chains: BTreeMap::new(),
         tier_denies: BTreeSet::new(),
+        policy_key: None,
     };
     r.out.chains.insert(OPEN_CHAIN.to_string(), Vec::new());
     let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
@@ -81,6 +82,7 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
     r.out.steering = super::tproxy::steering(program, endpoints, &r.out.maps, MAP_INGRESS);
+    super::dns::finish(&mut r.out.dns, program, endpoints);
     r.out
 }
 
@@ -90,6 +92,8 @@ struct Renderer<'a> {
     /// (policy index, direction) → chain name, rendered once.
     policy_chains: BTreeMap<(u32, Direction), String>,
     tier_denies: BTreeSet<(u32, Direction)>,
+    /// The policy whose chain is being rendered (names `domains` sets).
+    policy_key: Option<veil_policy::model::ObjectKey>,
 }
 
 impl Renderer<'_> {
@@ -169,6 +173,7 @@ impl Renderer<'_> {
         };
         let tier = self.program.tiers[p.tier as usize].name.clone();
         let key = p.key.clone();
+        self.policy_key = Some(key.clone());
         let mut rules = Vec::new();
         for cr in &self.program.rules[start as usize..end as usize] {
             let action: Vec<Stmt> = match cr.action {
@@ -226,7 +231,12 @@ impl Renderer<'_> {
             peers.push(Vec::new());
         }
         for p in &r.peers {
-            peers.extend(self.peer_matches(p, peer_is_dst));
+            match &self.policy_key {
+                Some(k) if !p.domains.is_empty() && peer_is_dst => {
+                    peers.extend(super::dns::peer_match(&mut self.out.dns, k, r))
+                }
+                _ => peers.extend(self.peer_matches(p, peer_is_dst)),
+            }
         }
         let ports = self.port_matches(r);
         let mut out = Vec::new();
@@ -301,8 +311,8 @@ impl Renderer<'_> {
 
     fn peer_matches(&mut self, p: &CPeer, dst: bool) -> Vec<Vec<Stmt>> {
         if !p.domains.is_empty() {
-            // Addresses resolved from names are added by the DNS proxy; a
-            // direct connection never matches a `domains` peer.
+            // Only egress `domains` peers match (see `rule_matches`): their
+            // set holds what the DNS proxy resolved; never anything else.
             return Vec::new();
         }
         let (nets4, nets6) = split_family(&p.nets);

@@ -121,5 +121,6 @@ pub fn objects(p: &RenderedPolicy) -> PolicyObjects {
                 .collect(),
         );
     }
+    super::dns::objects(&p.dns, &mut out);
     out
 }

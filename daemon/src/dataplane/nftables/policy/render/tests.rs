@@ -187,7 +187,16 @@ probes: []
         .find(|(k, _)| k.starts_with("p-") && k.ends_with("-eg"))
         .map(|(_, v)| v)
         .unwrap();
-    assert!(pol.is_empty(), "{pol:?}");
+    // The rule matches only members of its `domains` set, which the
+    // renderer declares empty: only the DNS proxy adds (pod, address) pairs
+    // it saw in an answer, so a direct connection never matches.
+    assert_eq!(pol.len(), 1, "{pol:?}");
+    let text = serde_json::to_string(&pol[0]).unwrap();
+    let set = o.dns.sets.iter().next().expect("a domains set");
+    assert!(text.contains(&format!("@{set}")), "{text}");
+    let objs = o.objects();
+    assert!(objs.sets[set].elements.is_empty());
+    assert!(!o.sets.contains_key(set), "not a renderer-filled set");
 }
 
 #[test]
