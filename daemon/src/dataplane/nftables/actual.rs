@@ -113,7 +113,10 @@ impl ActualTable {
         ActualTable {
             chains: chains(desired)
                 .into_iter()
-                .map(|(n, c)| (n, c.rules.into_iter().map(|r| Some(r.comment)).collect()))
+                .map(|(n, c)| {
+                    let comments = c.rules.rules().iter().map(|r| Some(r.comment.clone()));
+                    (n, comments.collect())
+                })
                 .collect(),
             sets: desired
                 .policy

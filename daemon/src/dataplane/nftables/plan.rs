@@ -141,9 +141,8 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
         let _ = m;
     }
     for (name, spec) in &specs {
-        let want_rules = &want.chains[name];
         match actual.chains.get(name) {
-            Some(have) if have == want_rules => {}
+            Some(have) if spec.rules.matches(have) => {}
             Some(_) => {
                 b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name, spec))));
                 add_rules(&mut b, name, spec);
@@ -205,7 +204,7 @@ fn declarations_changed(want: &ActualTable, actual: &ActualTable) -> bool {
         || want.maps.keys().any(|n| actual.sets.contains_key(n))
 }
 
-fn table() -> Table<'static> {
+pub(super) fn table() -> Table<'static> {
     Table {
         family: NfFamily::INet,
         name: TABLE.into(),
@@ -213,7 +212,7 @@ fn table() -> Table<'static> {
     }
 }
 
-fn named_chain(name: &str) -> Chain<'static> {
+pub(super) fn named_chain(name: &str) -> Chain<'static> {
     Chain {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -222,7 +221,7 @@ fn named_chain(name: &str) -> Chain<'static> {
     }
 }
 
-fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
+pub(super) fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
     let mut c = named_chain(name);
     if let Some((ty, hook, prio)) = spec.hook {
         c._type = Some(ty);
@@ -233,8 +232,8 @@ fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
     c
 }
 
-fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
-    for r in &spec.rules {
+pub(super) fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
+    for r in spec.rules.rules() {
         b.add(NfListObject::Rule(Rule {
             family: NfFamily::INet,
             table: TABLE.into(),
@@ -247,7 +246,7 @@ fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
     }
 }
 
-fn set_ref(name: &str) -> Set<'static> {
+pub(super) fn set_ref(name: &str) -> Set<'static> {
     Set {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -256,7 +255,7 @@ fn set_ref(name: &str) -> Set<'static> {
     }
 }
 
-fn map_ref(name: &str) -> Map<'static> {
+pub(super) fn map_ref(name: &str) -> Map<'static> {
     Map {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -300,7 +299,7 @@ fn declare_sets(
     }
 }
 
-fn pair((k, v): &(Expression<'static>, Expression<'static>)) -> Expression<'static> {
+pub(super) fn pair((k, v): &(Expression<'static>, Expression<'static>)) -> Expression<'static> {
     Expression::List(vec![k.clone(), v.clone()])
 }
 
@@ -313,13 +312,13 @@ fn element(name: &str, elem: Vec<Expression<'static>>) -> Element<'static> {
     }
 }
 
-fn add_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
+pub(super) fn add_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
     if !elem.is_empty() {
         b.add(NfListObject::Element(element(name, elem)));
     }
 }
 
-fn delete_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
+pub(super) fn delete_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
     if !elem.is_empty() {
         b.delete(NfListObject::Element(element(name, elem)));
     }

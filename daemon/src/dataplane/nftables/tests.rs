@@ -77,7 +77,8 @@ fn policy() -> PolicyObjects {
                 "allow frontend",
             ),
             rule(vec![Statement::Drop(None)], "default deny"),
-        ],
+        ]
+        .into(),
     );
     p.hooks.insert(
         PolicyHook::Forward,
@@ -249,8 +250,17 @@ fn changed_chain_is_flushed_and_refilled_in_one_batch() {
     let mut m = TableManager::new(fake.clone(), desired(policy()));
     m.apply().unwrap();
     let mut p = policy();
-    p.chains.get_mut("ep-veth1-in").unwrap()[1] =
-        rule(vec![Statement::Reject(None)], "default deny");
+    p.chains.insert(
+        "ep-veth1-in".into(),
+        vec![
+            rule(
+                vec![daddr_in("sel-frontend"), Statement::Accept(None)],
+                "allow frontend",
+            ),
+            rule(vec![Statement::Reject(None)], "default deny"),
+        ]
+        .into(),
+    );
     m.on_update(desired(p));
     assert!(m.apply().unwrap());
     let b = fake.batches()[1]["nftables"].clone();
@@ -311,7 +321,7 @@ fn changed_set_declaration_replaces_the_whole_table() {
 fn policy_chain_with_a_base_name_is_refused_before_the_kernel() {
     let fake = FakeFilter::default();
     let mut p = PolicyObjects::default();
-    p.chains.insert("forward".into(), vec![]);
+    p.chains.insert("forward".into(), PolicyChain::default());
     let mut m = TableManager::new(fake.clone(), desired(p));
     assert!(matches!(m.apply(), Err(FilterError::Invalid(_))));
     assert_eq!((fake.batches().len(), fake.reads()), (0, 0));

@@ -32,20 +32,22 @@
 //! request checks). IPv6 members of selector and named-port sets are not
 //! rendered (the pod network is IPv4); IPv6 CIDRs in `nets` are.
 
+mod cache;
 mod chains;
 pub mod prefix;
 mod render;
 pub mod schema;
 
+pub use cache::RenderCache;
 pub use prefix::{LogPrefix, LogPrefixes};
-pub use render::{render, LocalEndpoint};
+pub use render::{render, render_cached, LocalEndpoint};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use nftables::stmt::Statement;
 
-use super::desired::PolicyObjects;
+use super::desired::{PolicyChain, PolicyObjects};
 use veil_policy::model::Protocol;
 use veil_policy::net::Cidr;
 
@@ -117,8 +119,9 @@ pub struct RenderedPolicy {
     pub sets: BTreeMap<String, SetSpec>,
     /// Named verdict maps: `ifname` → endpoint chain, by map name.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
-    /// Regular chains by name, each a list of rules (a rule is its statements).
-    pub chains: BTreeMap<String, Vec<Vec<Statement<'static>>>>,
+    /// Regular chains by name, each a list of rules (build one from its
+    /// rules' statements with [`schema::chain_of`]).
+    pub chains: BTreeMap<String, PolicyChain>,
     /// Rules appended to the `forward` base chain (after established/related).
     pub forward: Vec<Vec<Statement<'static>>>,
     /// Log prefixes in use and what each names.
@@ -128,7 +131,7 @@ pub struct RenderedPolicy {
 impl RenderedPolicy {
     /// The number of rules in every chain (for metrics and benchmarks).
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(Vec::len).sum::<usize>() + self.forward.len()
+        self.chains.values().map(PolicyChain::len).sum::<usize>() + self.forward.len()
     }
 
     /// The objects the table manager applies.

@@ -1,19 +1,24 @@
 //! The renderer: [`Program`] + local endpoints → [`RenderedPolicy`].
+//! [`render_cached`] keeps what it rendered in a [`RenderCache`] and reuses
+//! the chains whose inputs did not change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use veil_policy::compile::{CPeer, CPort, CRule, ChainTier, Program, SetKey};
 use veil_policy::model::{Action, Direction, Protocol, TierDefault};
 use veil_policy::net::Cidr;
 
+use super::cache::{EndpointEntry, PolicyEntry, RenderCache, SetUse, TierWalk};
 use super::chains::*;
 use super::prefix::{LogAction, LogPrefix};
+use super::schema::chain_of;
 use super::{
     Element, RenderedPolicy, SetKind, SetSpec, DISPATCH_EGRESS, DISPATCH_INGRESS, LOG_BURST,
     LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
     NFLOG_GROUP_LOG, OPEN_CHAIN,
 };
+use crate::dataplane::nftables::desired::PolicyChain;
 
 /// A pod of this node: its host-side interface and its address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,13 +47,30 @@ fn fnv(s: &str) -> u64 {
 
 /// Renders the policy part of the node's table.
 pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy {
+    render_cached(&mut RenderCache::new(), program, endpoints)
+}
+
+/// Renders the policy part of the node's table, reusing from `cache` the
+/// chains whose inputs are unchanged since the previous render through it
+/// (the output is the same as [`render`]'s).
+pub fn render_cached(
+    cache: &mut RenderCache,
+    program: &Program,
+    endpoints: &[LocalEndpoint],
+) -> RenderedPolicy {
     let mut r = Renderer {
         program,
         out: RenderedPolicy::default(),
         policy_chains: BTreeMap::new(),
         tier_denies: BTreeSet::new(),
+        cache,
+        used_policies: HashSet::new(),
+        used_endpoints: HashSet::new(),
+        recording: None,
     };
-    r.out.chains.insert(OPEN_CHAIN.to_string(), Vec::new());
+    r.out
+        .chains
+        .insert(OPEN_CHAIN.to_string(), PolicyChain::default());
     let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
     eps.sort();
     let mut egress = Vec::new();
@@ -80,6 +102,9 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     r.dispatch(DISPATCH_EGRESS, MAP_EGRESS, false, egress);
     r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
+    let (used_p, used_e) = (r.used_policies, r.used_endpoints);
+    r.cache.policies.retain(|k, _| used_p.contains(k));
+    r.cache.endpoints.retain(|k, _| used_e.contains(k));
     r.out
 }
 
@@ -89,6 +114,11 @@ struct Renderer<'a> {
     /// (policy index, direction) → chain name, rendered once.
     policy_chains: BTreeMap<(u32, Direction), String>,
     tier_denies: BTreeSet<(u32, Direction)>,
+    cache: &'a mut RenderCache,
+    used_policies: HashSet<(String, Direction)>,
+    used_endpoints: HashSet<(String, Direction)>,
+    /// The sets used while rendering one policy (for its cache entry).
+    recording: Option<Vec<SetUse>>,
 }
 
 impl Renderer<'_> {
@@ -102,7 +132,9 @@ impl Renderer<'_> {
                 drop(),
             ],
         ];
-        self.out.chains.insert(name.to_string(), rules);
+        self.out
+            .chains
+            .insert(name.to_string(), chain_of(name, rules));
         self.out
             .maps
             .insert(map.to_string(), entries.into_iter().collect());
@@ -113,22 +145,34 @@ impl Renderer<'_> {
             return OPEN_CHAIN.to_string();
         }
         let name = format!("e-{ifname}-{}", dir_tag(dir));
-        let mut rules = vec![vec![clear_mark(MARK_ALLOW | MARK_PASS)]];
-        for (i, ct) in tiers.iter().enumerate() {
-            if i > 0 {
-                rules.push(vec![clear_mark(MARK_PASS)]);
-            }
-            for &pi in &ct.policies {
-                let chain = self.policy_chain(pi, dir);
-                rules.push(vec![mark_clear(MARK_PASS), jump(&chain)]);
-                rules.push(vec![mark_is_set(MARK_ALLOW), ret()]);
-            }
-            if self.program.tiers[ct.tier as usize].default_action == TierDefault::Deny {
-                let deny = self.tier_deny_chain(ct.tier, dir);
-                rules.push(vec![mark_clear(MARK_PASS), goto(&deny)]);
-            }
+        let mut walk: Vec<TierWalk> = Vec::with_capacity(tiers.len());
+        for ct in tiers {
+            let chains = ct
+                .policies
+                .iter()
+                .map(|&pi| self.policy_chain(pi, dir))
+                .collect();
+            let deny = (self.program.tiers[ct.tier as usize].default_action == TierDefault::Deny)
+                .then(|| self.tier_deny_chain(ct.tier, dir));
+            walk.push((chains, deny));
         }
-        self.out.chains.insert(name.clone(), rules);
+        let key = (ifname.to_string(), dir);
+        let chain = match self.cache.endpoints.get(&key) {
+            Some(e) if e.walk == walk => e.chain.clone(),
+            _ => {
+                let chain = chain_of(&name, walk_rules(&walk));
+                self.cache.endpoints.insert(
+                    key.clone(),
+                    EndpointEntry {
+                        walk,
+                        chain: chain.clone(),
+                    },
+                );
+                chain
+            }
+        };
+        self.used_endpoints.insert(key);
+        self.out.chains.insert(name.clone(), chain);
         name
     }
 
@@ -143,9 +187,8 @@ impl Renderer<'_> {
                 policy: None,
                 rule: None,
             });
-            self.out
-                .chains
-                .insert(name.clone(), log_chain(NFLOG_GROUP_DENY, &prefix, true));
+            let rules = log_chain(NFLOG_GROUP_DENY, &prefix, true);
+            self.out.chains.insert(name.clone(), chain_of(&name, rules));
         }
         name
     }
@@ -155,27 +198,67 @@ impl Renderer<'_> {
             return n.clone();
         }
         let p = &self.program.policies[pi as usize];
-        let kind = format!("{:?}", p.key.kind);
-        let base = format!(
-            "p-{:012x}-{}",
-            fnv(&format!("{kind}/{}", p.key.full_name())) >> 16,
-            dir_tag(dir)
-        );
+        let id = format!("{:?}/{}", p.key.kind, p.key.full_name());
+        let base = format!("p-{:012x}-{}", fnv(&id) >> 16, dir_tag(dir));
         self.policy_chains.insert((pi, dir), base.clone());
+        let (start, end) = match dir {
+            Direction::Egress => p.egress,
+            Direction::Ingress => p.ingress,
+        };
+        let crules = &self.program.rules[start as usize..end as usize];
+        let tier = &self.program.tiers[p.tier as usize].name;
+        let key = (id, dir);
+        let entry = match self.cache.policies.get(&key) {
+            Some(e) if e.tier == *tier && e.rules == crules => e.clone(),
+            _ => {
+                let e = self.render_policy(pi, dir, &base);
+                self.cache.policies.insert(key.clone(), e.clone());
+                e
+            }
+        };
+        self.used_policies.insert(key);
+        for u in &entry.sets {
+            match u {
+                SetUse::Addr(id) => {
+                    self.addr_set(*id);
+                }
+                SetUse::NamedPort(id) => {
+                    self.named_port_set(*id);
+                }
+                SetUse::Net(v6, nets) => {
+                    self.net_set(*v6, nets);
+                }
+            }
+        }
+        for lp in entry.prefixes {
+            self.out.prefixes.intern(lp);
+        }
+        self.out.chains.extend(entry.chains);
+        base
+    }
+
+    /// Renders policy `pi`'s rules of direction `dir` into chain `base` and
+    /// its deny/log chains.
+    fn render_policy(&mut self, pi: u32, dir: Direction, base: &str) -> PolicyEntry {
+        let p = &self.program.policies[pi as usize];
         let (start, end) = match dir {
             Direction::Egress => p.egress,
             Direction::Ingress => p.ingress,
         };
         let tier = self.program.tiers[p.tier as usize].name.clone();
         let key = p.key.clone();
+        let crules = &self.program.rules[start as usize..end as usize];
+        let outer = self.recording.replace(Vec::new());
         let mut rules = Vec::new();
-        for cr in &self.program.rules[start as usize..end as usize] {
+        let mut chains = Vec::new();
+        let mut prefixes = Vec::new();
+        for cr in crules {
             let action: Vec<Stmt> = match cr.action {
                 Action::Allow => vec![set_mark(MARK_ALLOW), ret()],
                 Action::Pass => vec![set_mark(MARK_PASS), ret()],
                 Action::Deny | Action::Log => {
                     let deny = cr.action == Action::Deny;
-                    let prefix = self.out.prefixes.intern(LogPrefix {
+                    let lp = LogPrefix {
                         action: if deny {
                             LogAction::Deny
                         } else {
@@ -185,16 +268,17 @@ impl Renderer<'_> {
                         tier: tier.clone(),
                         policy: Some(key.clone()),
                         rule: Some(cr.index),
-                    });
+                    };
+                    let prefix = self.out.prefixes.intern(lp.clone());
+                    prefixes.push(lp);
                     let chain = format!("{base}-{}{}", if deny { 'd' } else { 'l' }, cr.index);
                     let group = if deny {
                         NFLOG_GROUP_DENY
                     } else {
                         NFLOG_GROUP_LOG
                     };
-                    self.out
-                        .chains
-                        .insert(chain.clone(), log_chain(group, &prefix, deny));
+                    let lc = log_chain(group, &prefix, deny);
+                    chains.push((chain.clone(), chain_of(&chain, lc)));
                     if deny {
                         vec![goto(&chain)]
                     } else {
@@ -208,8 +292,15 @@ impl Renderer<'_> {
                 rules.push(rule);
             }
         }
-        self.out.chains.insert(base.clone(), rules);
-        base
+        chains.insert(0, (base.to_string(), chain_of(base, rules)));
+        let sets = std::mem::replace(&mut self.recording, outer).unwrap_or_default();
+        PolicyEntry {
+            tier,
+            rules: crules.to_vec(),
+            chains,
+            prefixes,
+            sets,
+        }
     }
 
     /// The alternatives (ORed) of a rule's match, each a list of statements
@@ -354,6 +445,9 @@ impl Renderer<'_> {
     }
 
     fn net_set(&mut self, v6: bool, nets: &[Cidr]) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::Net(v6, nets.to_vec()));
+        }
         let nets = minimal_cover(nets);
         let key: Vec<String> = nets.iter().map(ToString::to_string).collect();
         let name = format!("n{:012x}", fnv(&key.join(",")) >> 16);
@@ -368,6 +462,9 @@ impl Renderer<'_> {
     }
 
     fn addr_set(&mut self, id: u32) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::Addr(id));
+        }
         let name = format!("s{id}");
         if !self.out.sets.contains_key(&name) {
             let elements = self.program.sets[id as usize]
@@ -392,6 +489,9 @@ impl Renderer<'_> {
     }
 
     fn named_port_set(&mut self, id: u32) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::NamedPort(id));
+        }
         let name = format!("np{id}");
         if !self.out.sets.contains_key(&name) {
             let elements = self.program.sets[id as usize]
@@ -415,6 +515,26 @@ impl Renderer<'_> {
         }
         name
     }
+}
+
+/// The rules of an endpoint chain walking `walk`: per tier, clear the PASS
+/// bit (and ALLOW once, first), jump to each policy chain while PASS is clear,
+/// return once ALLOW is set, and end with the tier's deny chain if any.
+fn walk_rules(walk: &[TierWalk]) -> Vec<Vec<Stmt>> {
+    let mut rules = vec![vec![clear_mark(MARK_ALLOW | MARK_PASS)]];
+    for (i, (chains, deny)) in walk.iter().enumerate() {
+        if i > 0 {
+            rules.push(vec![clear_mark(MARK_PASS)]);
+        }
+        for chain in chains {
+            rules.push(vec![mark_clear(MARK_PASS), jump(chain)]);
+            rules.push(vec![mark_is_set(MARK_ALLOW), ret()]);
+        }
+        if let Some(deny) = deny {
+            rules.push(vec![mark_clear(MARK_PASS), goto(deny)]);
+        }
+    }
+    rules
 }
 
 /// Port ranges sharing one effective protocol (`None`: TCP, UDP and SCTP).

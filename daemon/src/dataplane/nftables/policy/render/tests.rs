@@ -69,7 +69,7 @@ fn selected_pod_gets_a_chain_per_direction_that_ends_with_the_tier_default() {
     let (o, names) = render_scenario(DENY_DB);
     let db = &names["shop/db"];
     let chain = &o.chains[&format!("e-{db}-in")];
-    let last = serde_json::to_string(chain.last().unwrap()).unwrap();
+    let last = serde_json::to_string(&chain.rules().last().unwrap().statements).unwrap();
     assert!(last.contains("t-default-in-deny"), "{last}");
     let deny = serde_json::to_string(&o.chains["t-default-in-deny"]).unwrap();
     assert!(deny.contains("D|I|default|default"), "{deny}");
@@ -125,7 +125,7 @@ fn ports_and_ranges_share_one_anonymous_set() {
         .find(|(k, _)| k.starts_with("p-") && k.ends_with("-in"))
         .map(|(_, v)| v)
         .unwrap();
-    let first = serde_json::to_string(&pol[0]).unwrap();
+    let first = serde_json::to_string(&pol.rules()[0].statements).unwrap();
     assert!(
         first.contains("5432") && first.contains("8000") && first.contains("8080"),
         "{first}"
