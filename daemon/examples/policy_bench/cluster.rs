@@ -186,5 +186,5 @@ pub fn render_node_cached(
     compiled: &Compiled,
     cache: &mut RenderCache,
 ) -> RenderedPolicy {
-    render_cached(cache, compiled.program(), &endpoints(c))
+    render_cached(cache, compiled.program(), &endpoints(c), &Default::default())
 }

@@ -50,7 +50,7 @@ pub fn render_desired_cached(cache: &mut RenderCache, d: &Desired) -> RenderedPo
             })
         })
         .collect();
-    render_cached(cache, &d.program, &eps)
+    render_cached(cache, &d.program, &eps, &d.tunnels)
 }
 
 /// Host interfaces the dispatch maps of `r` hold.

@@ -9,13 +9,15 @@
 //!
 //! It renders nothing itself: [`super::render_cached`] does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use veil_policy::compile::CRule;
 use veil_policy::model::Direction;
 use veil_policy::net::Cidr;
 
 use super::prefix::LogPrefix;
+use super::SetSpec;
 use crate::dataplane::nftables::desired::PolicyChain;
 
 /// A named set a policy's chains refer to (replayed on a cache hit, since
@@ -28,6 +30,8 @@ pub(super) enum SetUse {
     NamedPort(u32),
     /// An interval set of these networks (IPv6 when `true`).
     Net(bool, Vec<Cidr>),
+    /// A set with these members (nodes' tunnel addresses).
+    Fixed(String, SetSpec),
 }
 
 /// One policy in one direction, as last rendered.
@@ -63,6 +67,8 @@ pub(super) struct EndpointEntry {
 pub struct RenderCache {
     pub(super) policies: HashMap<(String, Direction), PolicyEntry>,
     pub(super) endpoints: HashMap<(String, Direction), EndpointEntry>,
+    /// The nodes' tunnel addresses the policies were rendered with.
+    pub(super) tunnels: BTreeMap<IpAddr, IpAddr>,
 }
 
 impl RenderCache {

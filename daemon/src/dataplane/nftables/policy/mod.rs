@@ -71,6 +71,8 @@ pub const MAP_INGRESS: &str = "endpoints-ingress";
 pub const LOG_SUPPRESSED: &str = "log suppressed";
 /// Comment of the rule dropping packets of a pod not programmed yet.
 pub const UNPROGRAMMED: &str = "pod not programmed yet";
+/// Set of every node's tunnel address (see [`render_cached`]).
+pub const NODE_TUNNELS: &str = "node-tunnels";
 /// Chain of an endpoint without policy in a direction: returns at once.
 pub const OPEN_CHAIN: &str = "policy-open";
 /// Log entries per second per rule before the kernel suppresses them.

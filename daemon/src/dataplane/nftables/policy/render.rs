@@ -16,7 +16,7 @@ use super::schema::chain_of;
 use super::{
     Element, RenderedPolicy, SetKind, SetSpec, DISPATCH_EGRESS, DISPATCH_INGRESS, LOG_BURST,
     LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
-    NFLOG_GROUP_LOG, OPEN_CHAIN,
+    NFLOG_GROUP_LOG, NODE_TUNNELS, OPEN_CHAIN,
 };
 use crate::dataplane::nftables::desired::PolicyChain;
 
@@ -47,18 +47,30 @@ fn fnv(s: &str) -> u64 {
 
 /// Renders the policy part of the node's table.
 pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy {
-    render_cached(&mut RenderCache::new(), program, endpoints)
+    render_cached(&mut RenderCache::new(), program, endpoints, &BTreeMap::new())
 }
 
 /// Renders the policy part of the node's table, reusing from `cache` the
 /// chains whose inputs are unchanged since the previous render through it
 /// (the output is the same as [`render`]'s).
+///
+/// `tunnels` maps each node's address to its tunnel address (the source of
+/// its traffic to pods of other nodes, see DESIGN.md): wherever a node
+/// address is matched (node selector sets, `nets`/`ipBlock`), its tunnel
+/// address is matched as that node's address.
 pub fn render_cached(
     cache: &mut RenderCache,
     program: &Program,
     endpoints: &[LocalEndpoint],
+    tunnels: &BTreeMap<IpAddr, IpAddr>,
 ) -> RenderedPolicy {
+    if cache.tunnels != *tunnels {
+        // Rendered peers depend on them: render every policy again.
+        cache.policies.clear();
+        cache.tunnels = tunnels.clone();
+    }
     let mut r = Renderer {
+        tunnels,
         program,
         out: RenderedPolicy::default(),
         policy_chains: BTreeMap::new(),
@@ -110,6 +122,7 @@ pub fn render_cached(
 
 struct Renderer<'a> {
     program: &'a Program,
+    tunnels: &'a BTreeMap<IpAddr, IpAddr>,
     out: RenderedPolicy,
     /// (policy index, direction) → chain name, rendered once.
     policy_chains: BTreeMap<(u32, Direction), String>,
@@ -227,6 +240,9 @@ impl Renderer<'_> {
                 }
                 SetUse::Net(v6, nets) => {
                     self.net_set(*v6, nets);
+                }
+                SetUse::Fixed(name, spec) => {
+                    self.fixed_set(name, spec.clone());
                 }
             }
         }
@@ -424,9 +440,77 @@ impl Renderer<'_> {
                 ));
             }
             self.net_conds(&mut v, v6, dst, nets, not);
+            if !v6 && !self.tunnels.is_empty() {
+                self.tunnel_conds(&mut v, &mut alts, dst, nets, not);
+            }
             alts.push(v);
         }
         alts
+    }
+
+    /// Nodes' tunnel addresses stand for their nodes' addresses: the
+    /// networks' alternative `v` must not match a tunnel address by itself
+    /// (guarded by `!= @node-tunnels` when one lies in the networks), and an
+    /// alternative matches the tunnel addresses of the nodes whose address
+    /// the networks hold.
+    fn tunnel_conds(
+        &mut self,
+        v: &mut Vec<Stmt>,
+        alts: &mut Vec<Vec<Stmt>>,
+        dst: bool,
+        nets: &[Cidr],
+        not: &[Cidr],
+    ) {
+        let ok = |a: IpAddr| {
+            (nets.is_empty() || nets.iter().any(|c| c.contains(a)))
+                && !not.iter().any(|c| c.contains(a))
+        };
+        if self.tunnels.values().any(|&t| ok(t)) {
+            let all: BTreeSet<Element> = self
+                .tunnels
+                .values()
+                .filter(|t| t.is_ipv4())
+                .map(|t| Element::Addr(*t))
+                .collect();
+            self.fixed_set(
+                NODE_TUNNELS,
+                SetSpec {
+                    kind: SetKind::Addr4,
+                    elements: all,
+                },
+            );
+            v.push(matches(
+                addr_field(false, dst),
+                nftables::stmt::Operator::NEQ,
+                set_ref(NODE_TUNNELS),
+            ));
+        }
+        let as_node: BTreeSet<Element> = self
+            .tunnels
+            .iter()
+            .filter(|(n, t)| t.is_ipv4() && ok(**n))
+            .map(|(_, t)| Element::Addr(*t))
+            .collect();
+        if !as_node.is_empty() {
+            let key: Vec<String> = as_node.iter().map(|e| format!("{e:?}")).collect();
+            let name = format!("t{:012x}", fnv(&key.join(",")) >> 16);
+            self.fixed_set(
+                &name,
+                SetSpec {
+                    kind: SetKind::Addr4,
+                    elements: as_node,
+                },
+            );
+            alts.push(vec![eq(addr_field(false, dst), set_ref(&name))]);
+        }
+    }
+
+    /// A set whose members are given (recorded for the policy's cache entry).
+    fn fixed_set(&mut self, name: &str, spec: SetSpec) {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::Fixed(name.to_string(), spec.clone()));
+        }
+        self.out.sets.insert(name.to_string(), spec);
     }
 
     fn net_conds(&mut self, v: &mut Vec<Stmt>, v6: bool, dst: bool, nets: &[Cidr], not: &[Cidr]) {
@@ -470,8 +554,15 @@ impl Renderer<'_> {
             let elements = self.program.sets[id as usize]
                 .as_ref()
                 .map(|s| {
+                    // A node set also holds its nodes' tunnel addresses.
+                    let tunnels = s
+                        .addrs
+                        .iter()
+                        .filter(|_| matches!(s.key, SetKey::Nodes(_)))
+                        .filter_map(|a| self.tunnels.get(a));
                     s.addrs
                         .iter()
+                        .chain(tunnels)
                         .filter(|a| a.is_ipv4())
                         .map(|a| Element::Addr(*a))
                         .collect()
