@@ -186,5 +186,10 @@ pub fn render_node_cached(
     compiled: &Compiled,
     cache: &mut RenderCache,
 ) -> RenderedPolicy {
-    render_cached(cache, compiled.program(), &endpoints(c), &Default::default())
+    render_cached(
+        cache,
+        compiled.program(),
+        &endpoints(c),
+        &Default::default(),
+    )
 }

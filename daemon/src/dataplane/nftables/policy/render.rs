@@ -47,7 +47,12 @@ fn fnv(s: &str) -> u64 {
 
 /// Renders the policy part of the node's table.
 pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy {
-    render_cached(&mut RenderCache::new(), program, endpoints, &BTreeMap::new())
+    render_cached(
+        &mut RenderCache::new(),
+        program,
+        endpoints,
+        &BTreeMap::new(),
+    )
 }
 
 /// Renders the policy part of the node's table, reusing from `cache` the

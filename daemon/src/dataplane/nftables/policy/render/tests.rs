@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 use veil_scenario::Scenario;
 
 use super::*;
-use crate::dataplane::nftables::policy::{RenderCache, NODE_TUNNELS};
 use crate::dataplane::nftables::policy::prefix::LogPrefix;
+use crate::dataplane::nftables::policy::{RenderCache, NODE_TUNNELS};
 
 /// Compiles a scenario and renders the first node's part of it, with
 /// interface names `veil<index>` for its pods.
@@ -269,13 +269,11 @@ probes: []
 "#;
     let (c, ps) = scenario_parts(yaml);
     let compiled = veil_policy::compile::Compiled::new(&c, &ps);
-    let tunnels: BTreeMap<IpAddr, IpAddr> = [
-        ("198.18.0.10", "10.244.0.1"),
-        ("198.18.0.11", "10.244.1.1"),
-    ]
-    .iter()
-    .map(|(n, t)| (n.parse().unwrap(), t.parse().unwrap()))
-    .collect();
+    let tunnels: BTreeMap<IpAddr, IpAddr> =
+        [("198.18.0.10", "10.244.0.1"), ("198.18.0.11", "10.244.1.1")]
+            .iter()
+            .map(|(n, t)| (n.parse().unwrap(), t.parse().unwrap()))
+            .collect();
     let o = render_cached(
         &mut RenderCache::new(),
         compiled.program(),
@@ -284,16 +282,10 @@ probes: []
     );
     let tun: IpAddr = "10.244.1.1".parse().unwrap();
     // The ipBlock of node-b's address gets node-b's tunnel address, alone.
-    let as_node: Vec<(&String, &SetSpec)> = o
-        .sets
-        .iter()
-        .filter(|(n, _)| n.starts_with('t'))
-        .collect();
+    let as_node: Vec<(&String, &SetSpec)> =
+        o.sets.iter().filter(|(n, _)| n.starts_with('t')).collect();
     assert_eq!(as_node.len(), 1, "{:?}", o.sets.keys());
-    assert_eq!(
-        as_node[0].1.elements,
-        BTreeSet::from([Element::Addr(tun)])
-    );
+    assert_eq!(as_node[0].1.elements, BTreeSet::from([Element::Addr(tun)]));
     // The pod range holds tunnel addresses: it excludes them.
     assert_eq!(o.sets[NODE_TUNNELS].elements.len(), 2);
     let pol = o
