@@ -24,6 +24,13 @@ pub const TABLE: &str = "veil";
 /// Name of the counter of pod packets refused on the underlay.
 pub const FAIL_CLOSED_COUNTER: &str = "fail_closed";
 
+/// Name of the counter of policy log entries the per-rule rate limit
+/// suppressed (every log chain's second rule counts into it).
+pub const LOG_SUPPRESSED_COUNTER: &str = "log_suppressed";
+
+/// The named counters of the table.
+pub const COUNTERS: [&str; 2] = [FAIL_CLOSED_COUNTER, LOG_SUPPRESSED_COUNTER];
+
 /// Inputs of the fail-closed base.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseFilter {

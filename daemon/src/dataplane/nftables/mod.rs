@@ -22,6 +22,7 @@
 pub mod actual;
 pub mod delta;
 pub mod desired;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 
@@ -34,7 +35,7 @@ use nftables::schema::Nftables;
 pub use actual::ActualTable;
 pub use desired::{
     BaseFilter, DesiredTable, FlowLogging, NamedSet, NamedVerdictMap, PolicyChain, PolicyHook,
-    PolicyObjects, PolicyRule, FAIL_CLOSED_COUNTER, TABLE,
+    PolicyObjects, PolicyRule, FAIL_CLOSED_COUNTER, LOG_SUPPRESSED_COUNTER, TABLE,
 };
 
 /// Errors of the packet filter.
@@ -310,6 +311,8 @@ pub struct TableManager<F> {
     /// The desired table the kernel holds since our last successful write;
     /// `None`: unknown (start, failed write, resync), read it back.
     applied: Option<DesiredTable>,
+    /// The named counters' packets as last read back.
+    counters: std::collections::BTreeMap<String, u64>,
 }
 
 impl<F: PacketFilter> TableManager<F> {
@@ -319,12 +322,19 @@ impl<F: PacketFilter> TableManager<F> {
             filter,
             desired,
             applied: None,
+            counters: Default::default(),
         }
     }
 
     /// The desired table.
     pub fn desired(&self) -> &DesiredTable {
         &self.desired
+    }
+
+    /// The packets each named counter had when the table was last read back
+    /// (at start, after a failed write, at each resync).
+    pub fn counters(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.counters
     }
 
     /// Records the new desired state. Cheap: never touches the kernel.
@@ -353,7 +363,10 @@ impl<F: PacketFilter> TableManager<F> {
             },
             None => match self.filter.read(TABLE)? {
                 None => plan::full(&self.desired),
-                Some(actual) => match plan::incremental(&self.desired, &actual) {
+                Some(actual) => match {
+                    self.counters = actual.counter_values.clone();
+                    plan::incremental(&self.desired, &actual)
+                } {
                     Some(b) => b,
                     None => {
                         self.applied = Some(self.desired.clone());

@@ -24,8 +24,7 @@ use nftables::types::NfFamily;
 
 use super::actual::{element_expr, map_elem_key, normalise_expr, ActualTable};
 use super::desired::{
-    chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, FAIL_CLOSED_COUNTER, RESERVED_CHAINS,
-    TABLE,
+    chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, COUNTERS, RESERVED_CHAINS, TABLE,
 };
 
 /// A desired table that cannot be rendered.
@@ -66,14 +65,16 @@ pub fn full(desired: &DesiredTable) -> Nftables<'static> {
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
     b.add(NfListObject::Table(table()));
-    b.add(NfListObject::Counter(Counter {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: FAIL_CLOSED_COUNTER.into(),
-        handle: None,
-        packets: None,
-        bytes: None,
-    }));
+    for name in COUNTERS {
+        b.add(NfListObject::Counter(Counter {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            handle: None,
+            packets: None,
+            bytes: None,
+        }));
+    }
     declare_sets(&mut b, desired, &BTreeSet::new(), &BTreeSet::new());
     let specs = chains(desired);
     for (name, spec) in &specs {
@@ -94,7 +95,7 @@ pub fn full(desired: &DesiredTable) -> Nftables<'static> {
 /// The minimal batch from `actual` to `desired`, `None` when nothing differs.
 pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftables<'static>> {
     let want = ActualTable::expected(desired);
-    if want == *actual {
+    if want.same_objects(actual) {
         return None;
     }
     if !want.counters.is_subset(&actual.counters) || declarations_changed(&want, actual) {

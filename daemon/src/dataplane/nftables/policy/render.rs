@@ -18,7 +18,7 @@ use super::{
     LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
     NFLOG_GROUP_LOG, NODE_TUNNELS, OPEN_CHAIN,
 };
-use crate::dataplane::nftables::desired::PolicyChain;
+use crate::dataplane::nftables::desired::{PolicyChain, LOG_SUPPRESSED_COUNTER};
 
 /// A pod of this node: its host-side interface and its address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -226,16 +226,23 @@ impl Renderer<'_> {
         let crules = &self.program.rules[start as usize..end as usize];
         let tier = &self.program.tiers[p.tier as usize].name;
         let key = (id, dir);
-        let entry = match self.cache.policies.get(&key) {
-            Some(e) if e.tier == *tier && e.rules == crules => e.clone(),
-            _ => {
+        let hit = self
+            .cache
+            .policies
+            .get(&key)
+            .filter(|e| e.tier == *tier && e.rules == crules);
+        // The cheap parts of the entry (its rules stay in the cache).
+        let (sets, prefixes, chains) = match hit {
+            Some(e) => (e.sets.clone(), e.prefixes.clone(), e.chains.clone()),
+            None => {
                 let e = self.render_policy(pi, dir, &base);
-                self.cache.policies.insert(key.clone(), e.clone());
-                e
+                let parts = (e.sets.clone(), e.prefixes.clone(), e.chains.clone());
+                self.cache.policies.insert(key.clone(), e);
+                parts
             }
         };
         self.used_policies.insert(key);
-        for u in &entry.sets {
+        for u in &sets {
             match u {
                 SetUse::Addr(id) => {
                     self.addr_set(*id);
@@ -251,10 +258,10 @@ impl Renderer<'_> {
                 }
             }
         }
-        for lp in entry.prefixes {
+        for lp in prefixes {
             self.out.prefixes.intern(lp);
         }
-        self.out.chains.extend(entry.chains);
+        self.out.chains.extend(chains);
         base
     }
 
@@ -637,7 +644,9 @@ fn walk_rules(walk: &[TierWalk]) -> Vec<Vec<Stmt>> {
 type PortGroup = (Option<Protocol>, Vec<(u16, u16)>);
 
 /// A chain that logs (rate-limited) and then drops (`deny`) or returns; the
-/// entries over the limit are counted by the second rule's counter.
+/// entries over the limit are counted by the second rule, into the table's
+/// named counter [`LOG_SUPPRESSED_COUNTER`] (read back by the resync and
+/// exposed as `veil_policy_log_suppressed_total`).
 fn log_chain(group: u32, prefix: &str, deny: bool) -> Vec<Vec<Stmt>> {
     let verdict = if deny { drop() } else { ret() };
     vec![
@@ -646,7 +655,7 @@ fn log_chain(group: u32, prefix: &str, deny: bool) -> Vec<Vec<Stmt>> {
             nflog(group, prefix),
             verdict.clone(),
         ],
-        vec![counter(), verdict],
+        vec![named_counter(LOG_SUPPRESSED_COUNTER), verdict],
     ]
 }
 
