@@ -361,19 +361,22 @@ impl<F: PacketFilter> TableManager<F> {
                 delta::Delta::Batch(b) => b,
                 delta::Delta::Replace => plan::full(&self.desired),
             },
-            None => match self.filter.read(TABLE)? {
-                None => plan::full(&self.desired),
-                Some(actual) => match {
+            None => {
+                let read = self.filter.read(TABLE)?;
+                if let Some(actual) = &read {
                     self.counters = actual.counter_values.clone();
-                    plan::incremental(&self.desired, &actual)
-                } {
-                    Some(b) => b,
-                    None => {
-                        self.applied = Some(self.desired.clone());
-                        return Ok(false);
-                    }
-                },
-            },
+                }
+                match read {
+                    None => plan::full(&self.desired),
+                    Some(actual) => match plan::incremental(&self.desired, &actual) {
+                        Some(b) => b,
+                        None => {
+                            self.applied = Some(self.desired.clone());
+                            return Ok(false);
+                        }
+                    },
+                }
+            }
         };
         match self.filter.apply(&batch) {
             Ok(()) => {
