@@ -366,3 +366,28 @@ fn reading_back_keeps_only_our_table() {
         .contains(r#"["veth1",{"jump":{"target":"c"}}]"#));
     assert!(ActualTable::parse("not json", "veil").is_err());
 }
+
+#[test]
+fn changes_after_a_write_are_diffed_without_reading_the_table_back() {
+    let fake = FakeFilter::default();
+    let mut m = TableManager::new(fake.clone(), desired(policy()));
+    m.apply().unwrap();
+    assert_eq!(fake.reads(), 1, "the first apply reads the kernel");
+    let mut p = policy();
+    p.sets.get_mut("sel-frontend").unwrap().elements = vec![addr("10.244.3.7/32")];
+    p.chains.insert(
+        "ep-veth2-in".into(),
+        vec![rule(vec![Statement::Drop(None)], "new")].into(),
+    );
+    m.on_update(desired(p));
+    assert!(m.apply().unwrap());
+    m.on_update(desired(policy()));
+    assert!(m.apply().unwrap());
+    assert_eq!(fake.reads(), 1, "later changes trust what was written");
+    assert_eq!(fake.table(), Some(ActualTable::expected(m.desired())));
+    // A shared chain that did not change is not written again.
+    let shared = m.desired().clone();
+    m.on_update(shared);
+    assert!(!m.apply().unwrap());
+    assert_eq!(fake.batches().len(), 3);
+}
