@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use veil_daemon::dataplane::nftables::policy::RenderCache;
 use veil_daemon::dataplane::nftables::{Nft, TableManager};
 use veil_policy::compile::Compiled;
 use veil_policy::Object;
@@ -58,7 +59,8 @@ pub fn apply_bench() -> Result<()> {
     let c = cluster::cluster();
     let mut ps = cluster::policies();
     let mut compiled = Compiled::new(&c, &ps);
-    let rendered = cluster::render_node(&c, &compiled);
+    let mut cache = RenderCache::new();
+    let rendered = cluster::render_node_cached(&c, &compiled, &mut cache);
     let mut mgr = TableManager::new(Nft, cluster::desired(&rendered));
     let t = Instant::now();
     mgr.apply()
@@ -96,7 +98,7 @@ pub fn apply_bench() -> Result<()> {
                 .context("applying the changed policies")?;
             compiled.update_policies(&c, &ps);
             let t1 = Instant::now();
-            let rendered = cluster::render_node(&c, &compiled);
+            let rendered = cluster::render_node_cached(&c, &compiled, &mut cache);
             let desired = cluster::desired(&rendered);
             let t2 = Instant::now();
             mgr.on_update(desired);

@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use veil_daemon::dataplane::nftables::policy::{render, LocalEndpoint, RenderedPolicy};
+use veil_daemon::dataplane::nftables::policy::{
+    render, render_cached, LocalEndpoint, RenderCache, RenderedPolicy,
+};
 use veil_daemon::dataplane::nftables::{BaseFilter, DesiredTable};
 use veil_policy::cluster::{Cluster, Node, Pod};
 use veil_policy::compile::Compiled;
@@ -176,4 +178,18 @@ pub fn desired(rendered: &RenderedPolicy) -> DesiredTable {
 /// Renders `compiled` for this node.
 pub fn render_node(c: &Cluster, compiled: &Compiled) -> RenderedPolicy {
     render(compiled.program(), &endpoints(c))
+}
+
+/// Renders `compiled` for this node through `cache`, as veild does.
+pub fn render_node_cached(
+    c: &Cluster,
+    compiled: &Compiled,
+    cache: &mut RenderCache,
+) -> RenderedPolicy {
+    render_cached(
+        cache,
+        compiled.program(),
+        &endpoints(c),
+        &Default::default(),
+    )
 }

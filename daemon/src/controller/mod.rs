@@ -57,6 +57,10 @@ pub struct Desired {
     pub policy_errors: Vec<Issue>,
     /// Whether the datastore's initial listing is in.
     pub synced: bool,
+    /// Each node's tunnel address (the first host address of its pod CIDR,
+    /// the source of its traffic to remote pods) by its node address: the
+    /// renderer matches it as that node's address.
+    pub tunnels: std::collections::BTreeMap<std::net::IpAddr, std::net::IpAddr>,
 }
 
 /// The controller of one node.
@@ -95,6 +99,7 @@ impl Controller {
             endpoints,
             policy_errors: self.policy.errors(store),
             synced: store.synced,
+            tunnels: policy::tunnels(store),
         }
     }
 }

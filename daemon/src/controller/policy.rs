@@ -125,6 +125,24 @@ fn blames(e: &PolicyError, o: &Object) -> bool {
         || matches!(&o.body, ObjectBody::Tier(t) if *object == format!("tier {}", t.name))
 }
 
+/// Each node's tunnel address (the first host address of its first IPv4
+/// pod CIDR: the source of its traffic to pods of other nodes) by the node's
+/// address.
+pub fn tunnels(store: &Store) -> BTreeMap<std::net::IpAddr, std::net::IpAddr> {
+    store
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let cidr = n.pod_cidrs.iter().find(|c| c.is_ipv4())?;
+            let std::net::IpAddr::V4(net) = cidr.network() else {
+                return None;
+            };
+            let first = std::net::Ipv4Addr::from(u32::from(net).checked_add(1)?);
+            Some((n.address, std::net::IpAddr::V4(first)))
+        })
+        .collect()
+}
+
 impl PolicyState {
     /// Nothing known yet.
     pub fn new() -> Self {

@@ -34,6 +34,7 @@ use self::nftables::{DesiredTable, FilterError, Nft, PacketFilter, TableManager}
 pub struct Filter {
     manager: Arc<Mutex<TableManager<Box<dyn PacketFilter>>>>,
     wake: Arc<tokio::sync::Notify>,
+    counters: nftables::metrics::CounterValues,
 }
 
 impl std::fmt::Debug for Filter {
@@ -56,9 +57,12 @@ impl Filter {
     ) -> Result<Self, FilterError> {
         let mut m = TableManager::new(filter, desired);
         m.apply()?;
+        let counters = nftables::metrics::CounterValues::default();
+        counters.set(m.counters());
         Ok(Filter {
             manager: Arc::new(Mutex::new(m)),
             wake: Arc::new(tokio::sync::Notify::new()),
+            counters,
         })
     }
 
@@ -82,7 +86,16 @@ impl Filter {
 
     /// Reads the table back and repairs drift now.
     pub fn resync(&self) -> Result<bool, FilterError> {
-        self.lock().resync()
+        let mut m = self.lock();
+        let r = m.resync();
+        self.counters.set(m.counters());
+        r
+    }
+
+    /// The table's named counters as of the last read back (for `/metrics`:
+    /// never waits for the table).
+    pub fn counters(&self) -> nftables::metrics::CounterValues {
+        self.counters.clone()
     }
 
     /// Runs the periodic resync until `shutdown`: every `every`, and a second

@@ -222,13 +222,8 @@ impl ConnState {
                 "L7 proxy: request denied"
             );
             self.shared.metrics.denied(&self.edge, &preq.method);
-            self.shared.record_request(
-                self.client,
-                self.dst,
-                &preq.method,
-                403,
-                started.elapsed(),
-            );
+            self.shared
+                .record_request(self.client, self.dst, &preq.method, 403, started.elapsed());
             self.shared.record_denied(
                 self.client,
                 self.dst,

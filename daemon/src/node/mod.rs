@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let metrics = cni::NodeMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    registry.register_collector(Box::new(filter.counters()));
     metrics.refresh(&endpoints);
     let ctx = NodeContext {
         config: config.clone(),

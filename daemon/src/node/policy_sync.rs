@@ -8,13 +8,15 @@
 //! newer desired state replaces it.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::controller::Desired;
-use crate::dataplane::nftables::policy::{render, LocalEndpoint, LogPrefixes, RenderedPolicy};
+use crate::dataplane::nftables::policy::{
+    render_cached, LocalEndpoint, LogPrefixes, RenderCache, RenderedPolicy,
+};
 use crate::dataplane::Filter;
 
 /// What the kernel holds of the policy program.
@@ -30,6 +32,12 @@ pub struct AppliedPolicy {
 
 /// The node's part of `d`, rendered.
 pub fn render_desired(d: &Desired) -> RenderedPolicy {
+    render_desired_cached(&mut RenderCache::new(), d)
+}
+
+/// The node's part of `d`, rendered through `cache`: only what changed since
+/// the previous render through it is rendered again.
+pub fn render_desired_cached(cache: &mut RenderCache, d: &Desired) -> RenderedPolicy {
     let eps: Vec<LocalEndpoint> = d
         .endpoints
         .iter()
@@ -42,7 +50,7 @@ pub fn render_desired(d: &Desired) -> RenderedPolicy {
             })
         })
         .collect();
-    render(&d.program, &eps)
+    render_cached(cache, &d.program, &eps, &d.tunnels)
 }
 
 /// Host interfaces the dispatch maps of `r` hold.
@@ -52,7 +60,16 @@ pub fn dispatched(r: &RenderedPolicy) -> BTreeSet<String> {
 
 /// Applies `d` now; returns the rendered policy and the apply's outcome.
 pub fn apply(filter: &Filter, d: &Desired) -> (RenderedPolicy, Result<(), String>) {
-    let r = render_desired(d);
+    apply_cached(filter, &mut RenderCache::new(), d)
+}
+
+/// Applies `d` now, rendering through `cache`.
+pub fn apply_cached(
+    filter: &Filter,
+    cache: &mut RenderCache,
+    d: &Desired,
+) -> (RenderedPolicy, Result<(), String>) {
+    let r = render_desired_cached(cache, d);
     let objects = r.objects();
     let res = filter
         .update(|t| t.policy = objects)
@@ -71,6 +88,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failed = false;
+    let cache = Arc::new(Mutex::new(RenderCache::new()));
     loop {
         tokio::select! {
             r = desired.changed() => if r.is_err() { return },
@@ -80,7 +98,12 @@ pub async fn run(
         let d = desired.borrow_and_update().clone();
         let f = filter.clone();
         let d2 = d.clone();
-        let out = tokio::task::spawn_blocking(move || apply(&f, &d2)).await;
+        let c = cache.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+            apply_cached(&f, &mut c, &d2)
+        })
+        .await;
         failed = true;
         match out {
             Ok((r, Ok(()))) => {

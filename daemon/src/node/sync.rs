@@ -114,7 +114,8 @@ pub async fn start(
                 let same = d.generation == next.generation
                     && d.endpoints == next.endpoints
                     && d.policy_errors == next.policy_errors
-                    && d.synced == next.synced;
+                    && d.synced == next.synced
+                    && d.tunnels == next.tunnels;
                 if !same {
                     *d = Arc::new(next);
                 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use nftables::expr::Expression;
 use serde_json::Value;
 
-use super::desired::{chains, DesiredTable, NamedSet, NamedVerdictMap, FAIL_CLOSED_COUNTER};
+use super::desired::{chains, DesiredTable, NamedSet, NamedVerdictMap, COUNTERS};
 
 /// A named set or map as read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub struct ActualTable {
     pub maps: BTreeMap<String, ActualSet>,
     /// Named counters.
     pub counters: BTreeSet<String>,
+    /// Packets counted by each named counter, as read back (empty in
+    /// [`ActualTable::expected`]; not compared by [`Self::same_objects`]).
+    pub counter_values: BTreeMap<String, u64>,
 }
 
 /// The output of `nft -j list table` could not be understood.
@@ -99,6 +102,9 @@ impl ActualTable {
                 }
                 "counter" => {
                     if let Some(n) = name(o) {
+                        if let Some(p) = o.get("packets").and_then(Value::as_u64) {
+                            out.counter_values.insert(n.clone(), p);
+                        }
                         out.counters.insert(n);
                     }
                 }
@@ -108,12 +114,23 @@ impl ActualTable {
         Ok(out)
     }
 
+    /// Whether both hold the same objects (counter values aside).
+    pub fn same_objects(&self, other: &ActualTable) -> bool {
+        self.chains == other.chains
+            && self.sets == other.sets
+            && self.maps == other.maps
+            && self.counters == other.counters
+    }
+
     /// What the kernel holds once `desired` is applied.
     pub fn expected(desired: &DesiredTable) -> Self {
         ActualTable {
             chains: chains(desired)
                 .into_iter()
-                .map(|(n, c)| (n, c.rules.into_iter().map(|r| Some(r.comment)).collect()))
+                .map(|(n, c)| {
+                    let comments = c.rules.rules().iter().map(|r| Some(r.comment.clone()));
+                    (n, comments.collect())
+                })
                 .collect(),
             sets: desired
                 .policy
@@ -145,7 +162,8 @@ impl ActualTable {
                     )
                 })
                 .collect(),
-            counters: BTreeSet::from([FAIL_CLOSED_COUNTER.to_string()]),
+            counters: COUNTERS.iter().map(|c| c.to_string()).collect(),
+            counter_values: BTreeMap::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! are in place without parsing nft's normalised expressions.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use nftables::expr::{
@@ -22,6 +23,13 @@ pub const TABLE: &str = "veil";
 
 /// Name of the counter of pod packets refused on the underlay.
 pub const FAIL_CLOSED_COUNTER: &str = "fail_closed";
+
+/// Name of the counter of policy log entries the per-rule rate limit
+/// suppressed (every log chain's second rule counts into it).
+pub const LOG_SUPPRESSED_COUNTER: &str = "log_suppressed";
+
+/// The named counters of the table.
+pub const COUNTERS: [&str; 2] = [FAIL_CLOSED_COUNTER, LOG_SUPPRESSED_COUNTER];
 
 /// Inputs of the fail-closed base.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +131,9 @@ pub struct PolicyObjects {
     pub sets: BTreeMap<String, NamedSet>,
     /// Verdict maps by name.
     pub maps: BTreeMap<String, NamedVerdictMap>,
-    /// Regular chains by name, each with its rules in order.
-    pub chains: BTreeMap<String, Vec<PolicyRule>>,
+    /// Regular chains by name, each with its rules in order (shared: an
+    /// unchanged chain is the same allocation from one render to the next).
+    pub chains: BTreeMap<String, PolicyChain>,
     /// Rules appended to a hook chain, after the base rules and after
     /// `ct state established,related accept` (which is added when a hook has
     /// policy rules).
@@ -156,13 +165,89 @@ impl DesiredTable {
     }
 }
 
+/// A regular chain's rules with their final comments, computed once when
+/// the chain is built and shared afterwards (cloning is a reference count).
+/// Two chains are equal when their comments are: each ends in the hash of
+/// its rule's statements, which is also how the kernel's copy is compared.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyChain(Arc<Vec<RenderedRule>>);
+
+impl PolicyChain {
+    /// The chain of `rules`, hashing each rule once.
+    pub fn new(rules: Vec<PolicyRule>) -> Self {
+        PolicyChain(Arc::new(rules.iter().map(render_rule).collect()))
+    }
+
+    /// A chain of rules whose comments are already final.
+    pub fn from_rendered(rules: Vec<RenderedRule>) -> Self {
+        PolicyChain(Arc::new(rules))
+    }
+
+    /// The rules in order.
+    pub fn rules(&self) -> &[RenderedRule] {
+        &self.0
+    }
+
+    /// Whether both are the same allocation (then certainly equal).
+    pub fn same(&self, other: &PolicyChain) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the chain has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the kernel's rule comments `have` are this chain's.
+    pub fn matches(&self, have: &[Option<String>]) -> bool {
+        have.len() == self.0.len()
+            && self
+                .0
+                .iter()
+                .zip(have)
+                .all(|(r, h)| h.as_deref() == Some(r.comment.as_str()))
+    }
+}
+
+impl PartialEq for PolicyChain {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other)
+            || (self.0.len() == other.0.len()
+                && self
+                    .0
+                    .iter()
+                    .zip(other.0.iter())
+                    .all(|(a, b)| a.comment == b.comment))
+    }
+}
+
+impl Eq for PolicyChain {}
+
+/// As the list of its rules' statements.
+impl serde::Serialize for PolicyChain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| &r.statements))
+    }
+}
+
+impl From<Vec<PolicyRule>> for PolicyChain {
+    fn from(rules: Vec<PolicyRule>) -> Self {
+        PolicyChain::new(rules)
+    }
+}
+
 /// A chain as the kernel will hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
     /// Hook, type and priority for base chains; `None` for regular chains.
     pub hook: Option<(NfChainType, NfHook, i32)>,
     /// The rules, in order.
-    pub rules: Vec<RenderedRule>,
+    pub rules: PolicyChain,
 }
 
 /// A rule with its final comment (human text and hash).
@@ -176,6 +261,22 @@ pub struct RenderedRule {
 
 /// The chains of `desired` (base, flow logging, policy) by name.
 pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
+    let mut out = base_chains(desired);
+    for (name, rules) in &desired.policy.chains {
+        out.insert(
+            name.clone(),
+            ChainSpec {
+                hook: None,
+                rules: rules.clone(),
+            },
+        );
+    }
+    out
+}
+
+/// The base chains of `desired` (fail-closed base, flow logging, the hook
+/// chains with their policy rules) by name: a handful, cheap to build.
+pub fn base_chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
     let mut out = BTreeMap::new();
     let b = &desired.base;
     let filter = |hook, prio| Some((NfChainType::Filter, hook, prio));
@@ -222,7 +323,7 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             name.to_string(),
             ChainSpec {
                 hook: filter(hook, prio),
-                rules,
+                rules: PolicyChain::from_rendered(rules),
             },
         );
     }
@@ -236,7 +337,7 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             "prerouting".to_string(),
             ChainSpec {
                 hook: filter(NfHook::Prerouting, -150),
-                rules: pre.iter().map(render_rule).collect(),
+                rules: PolicyChain::from_rendered(pre.iter().map(render_rule).collect()),
             },
         );
     }
@@ -244,7 +345,9 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
         "postrouting".to_string(),
         ChainSpec {
             hook: Some((NfChainType::NAT, NfHook::Postrouting, 100)),
-            rules: base_rules.get("postrouting").cloned().unwrap_or_default(),
+            rules: PolicyChain::from_rendered(
+                base_rules.get("postrouting").cloned().unwrap_or_default(),
+            ),
         },
     );
     if let Some(f) = &desired.flow_logging {
@@ -270,14 +373,17 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             "flows-prerouting".to_string(),
             ChainSpec {
                 hook: filter(NfHook::Prerouting, -150),
-                rules: pre,
+                rules: PolicyChain::from_rendered(pre),
             },
         );
         out.insert(
             "flows-output".to_string(),
             ChainSpec {
                 hook: filter(NfHook::Output, -150),
-                rules: vec![rule(new_counter(), "make the kernel track new connections")],
+                rules: PolicyChain::from_rendered(vec![rule(
+                    new_counter(),
+                    "make the kernel track new connections",
+                )]),
             },
         );
     }
@@ -286,19 +392,12 @@ pub fn chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             super::host::HOST_CHAIN.to_string(),
             ChainSpec {
                 hook: None,
-                rules: super::host::chain_rules(&desired.policy)
-                    .iter()
-                    .map(render_rule)
-                    .collect(),
-            },
-        );
-    }
-    for (name, rules) in &desired.policy.chains {
-        out.insert(
-            name.clone(),
-            ChainSpec {
-                hook: None,
-                rules: rules.iter().map(render_rule).collect(),
+                rules: PolicyChain::from_rendered(
+                    super::host::chain_rules(&desired.policy)
+                        .iter()
+                        .map(render_rule)
+                        .collect(),
+                ),
             },
         );
     }

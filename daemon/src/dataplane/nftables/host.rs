@@ -239,7 +239,7 @@ mod tests {
     fn without_a_policy_dispatch_nothing_allows() {
         assert_eq!(chain_rules(&PolicyObjects::default()).len(), 1);
         let mut p = PolicyObjects::default();
-        p.chains.insert(DISPATCH_EGRESS.into(), vec![]);
+        p.chains.insert(DISPATCH_EGRESS.into(), Default::default());
         assert_eq!(chain_rules(&p).len(), 2);
     }
 }

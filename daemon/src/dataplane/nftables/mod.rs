@@ -10,7 +10,9 @@
 //! - [`desired`]: the desired state as plain data ([`DesiredTable`],
 //!   [`PolicyObjects`] for the policy renderer).
 //! - [`actual`]: what the kernel holds, read back from our table only.
-//! - [`plan`]: the diff, one `nft -j -f -` batch (one kernel transaction).
+//! - [`plan`]: the diff against what the kernel holds, one `nft -j -f -`
+//!   batch (one kernel transaction); [`delta`]: the diff against the last
+//!   desired table applied, whose cost follows the change, not the table.
 //! - [`TableManager`]: `on_update` (cheap, no kernel), `apply` (diff and write
 //!   the minimal change), `resync` (read back, repair drift).
 //!
@@ -18,8 +20,10 @@
 //! network namespace. Other owners' tables are never read nor written.
 
 pub mod actual;
+pub mod delta;
 pub mod desired;
 pub mod host;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 
@@ -31,8 +35,8 @@ use nftables::schema::Nftables;
 
 pub use actual::ActualTable;
 pub use desired::{
-    BaseFilter, DesiredTable, FlowLogging, NamedSet, NamedVerdictMap, PolicyHook, PolicyObjects,
-    PolicyRule, FAIL_CLOSED_COUNTER, TABLE,
+    BaseFilter, DesiredTable, FlowLogging, NamedSet, NamedVerdictMap, PolicyChain, PolicyHook,
+    PolicyObjects, PolicyRule, FAIL_CLOSED_COUNTER, LOG_SUPPRESSED_COUNTER, TABLE,
 };
 
 /// Errors of the packet filter.
@@ -305,8 +309,11 @@ impl PacketFilter for FakeFilter {
 pub struct TableManager<F> {
     filter: F,
     desired: DesiredTable,
-    /// What the kernel holds as far as we know; `None`: unknown, read it back.
-    actual: Option<ActualTable>,
+    /// The desired table the kernel holds since our last successful write;
+    /// `None`: unknown (start, failed write, resync), read it back.
+    applied: Option<DesiredTable>,
+    /// The named counters' packets as last read back.
+    counters: std::collections::BTreeMap<String, u64>,
 }
 
 impl<F: PacketFilter> TableManager<F> {
@@ -315,13 +322,20 @@ impl<F: PacketFilter> TableManager<F> {
         TableManager {
             filter,
             desired,
-            actual: None,
+            applied: None,
+            counters: Default::default(),
         }
     }
 
     /// The desired table.
     pub fn desired(&self) -> &DesiredTable {
         &self.desired
+    }
+
+    /// The packets each named counter had when the table was last read back
+    /// (at start, after a failed write, at each resync).
+    pub fn counters(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.counters
     }
 
     /// Records the new desired state. Cheap: never touches the kernel.
@@ -333,36 +347,51 @@ impl<F: PacketFilter> TableManager<F> {
     /// table, in one transaction. Returns whether anything was written. On
     /// error the kernel keeps its previous table (the transaction is atomic)
     /// and the next call retries, reading the table back first.
+    ///
+    /// After a successful write the kernel is trusted to hold what was
+    /// written: the next change is diffed desired against desired
+    /// ([`delta::delta`]), without reading the table back.
     pub fn apply(&mut self) -> Result<bool, FilterError> {
         plan::validate(&self.desired)?;
-        let actual = match self.actual.take() {
-            Some(a) => Some(a),
-            None => self.filter.read(TABLE)?,
-        };
-        let batch = match &actual {
-            None => Some(plan::full(&self.desired)),
-            Some(a) => plan::incremental(&self.desired, a),
-        };
-        let Some(batch) = batch else {
-            self.actual = actual;
-            return Ok(false);
+        let batch = match self.applied.take() {
+            Some(prev) => match delta::delta(&prev, &self.desired) {
+                delta::Delta::Same => {
+                    self.applied = Some(prev);
+                    return Ok(false);
+                }
+                delta::Delta::Batch(b) => b,
+                delta::Delta::Replace => plan::full(&self.desired),
+            },
+            None => {
+                let read = self.filter.read(TABLE)?;
+                if let Some(actual) = &read {
+                    self.counters = actual.counter_values.clone();
+                }
+                match read {
+                    None => plan::full(&self.desired),
+                    Some(actual) => match plan::incremental(&self.desired, &actual) {
+                        Some(b) => b,
+                        None => {
+                            self.applied = Some(self.desired.clone());
+                            return Ok(false);
+                        }
+                    },
+                }
+            }
         };
         match self.filter.apply(&batch) {
             Ok(()) => {
-                self.actual = Some(ActualTable::expected(&self.desired));
+                self.applied = Some(self.desired.clone());
                 Ok(true)
             }
-            Err(e) => {
-                self.actual = None;
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
     /// Forgets what we believe the kernel holds, reads it back and repairs any
     /// drift. Returns whether anything was written.
     pub fn resync(&mut self) -> Result<bool, FilterError> {
-        self.actual = None;
+        self.applied = None;
         self.apply()
     }
 }

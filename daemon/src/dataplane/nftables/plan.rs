@@ -25,8 +25,7 @@ use nftables::types::NfFamily;
 
 use super::actual::{element_expr, map_elem_key, normalise_expr, ActualTable};
 use super::desired::{
-    chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, FAIL_CLOSED_COUNTER, RESERVED_CHAINS,
-    TABLE,
+    chains, flag_set, ChainSpec, DesiredTable, BASE_POLICY, COUNTERS, RESERVED_CHAINS, TABLE,
 };
 
 /// A desired table that cannot be rendered.
@@ -67,14 +66,16 @@ pub fn full(desired: &DesiredTable) -> Nftables<'static> {
     b.add(NfListObject::Table(table()));
     b.delete(NfListObject::Table(table()));
     b.add(NfListObject::Table(table()));
-    b.add(NfListObject::Counter(Counter {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: FAIL_CLOSED_COUNTER.into(),
-        handle: None,
-        packets: None,
-        bytes: None,
-    }));
+    for name in COUNTERS {
+        b.add(NfListObject::Counter(Counter {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            handle: None,
+            packets: None,
+            bytes: None,
+        }));
+    }
     declare_sets(&mut b, desired, &BTreeSet::new(), &BTreeSet::new());
     let specs = chains(desired);
     for (name, spec) in &specs {
@@ -95,7 +96,7 @@ pub fn full(desired: &DesiredTable) -> Nftables<'static> {
 /// The minimal batch from `actual` to `desired`, `None` when nothing differs.
 pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftables<'static>> {
     let want = ActualTable::expected(desired);
-    if want == *actual {
+    if want.same_objects(actual) {
         return None;
     }
     if !want.counters.is_subset(&actual.counters) || declarations_changed(&want, actual) {
@@ -145,9 +146,8 @@ pub fn incremental(desired: &DesiredTable, actual: &ActualTable) -> Option<Nftab
         let _ = m;
     }
     for (name, spec) in &specs {
-        let want_rules = &want.chains[name];
         match actual.chains.get(name) {
-            Some(have) if have == want_rules => {}
+            Some(have) if spec.rules.matches(have) => {}
             Some(_) => {
                 b.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name, spec))));
                 add_rules(&mut b, name, spec);
@@ -219,7 +219,7 @@ fn declarations_changed(want: &ActualTable, actual: &ActualTable) -> bool {
         || want.maps.keys().any(|n| actual.sets.contains_key(n))
 }
 
-fn table() -> Table<'static> {
+pub(super) fn table() -> Table<'static> {
     Table {
         family: NfFamily::INet,
         name: TABLE.into(),
@@ -227,7 +227,7 @@ fn table() -> Table<'static> {
     }
 }
 
-fn named_chain(name: &str) -> Chain<'static> {
+pub(super) fn named_chain(name: &str) -> Chain<'static> {
     Chain {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -236,7 +236,7 @@ fn named_chain(name: &str) -> Chain<'static> {
     }
 }
 
-fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
+pub(super) fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
     let mut c = named_chain(name);
     if let Some((ty, hook, prio)) = spec.hook {
         c._type = Some(ty);
@@ -247,8 +247,8 @@ fn chain(name: &str, spec: &ChainSpec) -> Chain<'static> {
     c
 }
 
-fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
-    for r in &spec.rules {
+pub(super) fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
+    for r in spec.rules.rules() {
         b.add(NfListObject::Rule(Rule {
             family: NfFamily::INet,
             table: TABLE.into(),
@@ -261,7 +261,7 @@ fn add_rules(b: &mut Batch<'static>, name: &str, spec: &ChainSpec) {
     }
 }
 
-fn set_ref(name: &str) -> Set<'static> {
+pub(super) fn set_ref(name: &str) -> Set<'static> {
     Set {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -270,7 +270,7 @@ fn set_ref(name: &str) -> Set<'static> {
     }
 }
 
-fn map_ref(name: &str) -> Map<'static> {
+pub(super) fn map_ref(name: &str) -> Map<'static> {
     Map {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -314,7 +314,7 @@ fn declare_sets(
     }
 }
 
-fn pair((k, v): &(Expression<'static>, Expression<'static>)) -> Expression<'static> {
+pub(super) fn pair((k, v): &(Expression<'static>, Expression<'static>)) -> Expression<'static> {
     Expression::List(vec![k.clone(), v.clone()])
 }
 
@@ -327,13 +327,13 @@ fn element(name: &str, elem: Vec<Expression<'static>>) -> Element<'static> {
     }
 }
 
-fn add_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
+pub(super) fn add_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
     if !elem.is_empty() {
         b.add(NfListObject::Element(element(name, elem)));
     }
 }
 
-fn delete_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
+pub(super) fn delete_elements(b: &mut Batch<'static>, name: &str, elem: Vec<Expression<'static>>) {
     if !elem.is_empty() {
         b.delete(NfListObject::Element(element(name, elem)));
     }

@@ -77,7 +77,8 @@ fn policy() -> PolicyObjects {
                 "allow frontend",
             ),
             rule(vec![Statement::Drop(None)], "default deny"),
-        ],
+        ]
+        .into(),
     );
     p.hooks.insert(
         PolicyHook::Forward,
@@ -250,8 +251,17 @@ fn changed_chain_is_flushed_and_refilled_in_one_batch() {
     let mut m = TableManager::new(fake.clone(), desired(policy()));
     m.apply().unwrap();
     let mut p = policy();
-    p.chains.get_mut("ep-veth1-in").unwrap()[1] =
-        rule(vec![Statement::Reject(None)], "default deny");
+    p.chains.insert(
+        "ep-veth1-in".into(),
+        vec![
+            rule(
+                vec![daddr_in("sel-frontend"), Statement::Accept(None)],
+                "allow frontend",
+            ),
+            rule(vec![Statement::Reject(None)], "default deny"),
+        ]
+        .into(),
+    );
     m.on_update(desired(p));
     assert!(m.apply().unwrap());
     let b = fake.batches()[1]["nftables"].clone();
@@ -312,7 +322,7 @@ fn changed_set_declaration_replaces_the_whole_table() {
 fn policy_chain_with_a_base_name_is_refused_before_the_kernel() {
     let fake = FakeFilter::default();
     let mut p = PolicyObjects::default();
-    p.chains.insert("forward".into(), vec![]);
+    p.chains.insert("forward".into(), PolicyChain::default());
     let mut m = TableManager::new(fake.clone(), desired(p));
     assert!(matches!(m.apply(), Err(FilterError::Invalid(_))));
     assert_eq!((fake.batches().len(), fake.reads()), (0, 0));
@@ -356,4 +366,29 @@ fn reading_back_keeps_only_our_table() {
         .elements
         .contains(r#"["veth1",{"jump":{"target":"c"}}]"#));
     assert!(ActualTable::parse("not json", "veil").is_err());
+}
+
+#[test]
+fn changes_after_a_write_are_diffed_without_reading_the_table_back() {
+    let fake = FakeFilter::default();
+    let mut m = TableManager::new(fake.clone(), desired(policy()));
+    m.apply().unwrap();
+    assert_eq!(fake.reads(), 1, "the first apply reads the kernel");
+    let mut p = policy();
+    p.sets.get_mut("sel-frontend").unwrap().elements = vec![addr("10.244.3.7/32")];
+    p.chains.insert(
+        "ep-veth2-in".into(),
+        vec![rule(vec![Statement::Drop(None)], "new")].into(),
+    );
+    m.on_update(desired(p));
+    assert!(m.apply().unwrap());
+    m.on_update(desired(policy()));
+    assert!(m.apply().unwrap());
+    assert_eq!(fake.reads(), 1, "later changes trust what was written");
+    assert_eq!(fake.table(), Some(ActualTable::expected(m.desired())));
+    // A shared chain that did not change is not written again.
+    let shared = m.desired().clone();
+    m.on_update(shared);
+    assert!(!m.apply().unwrap());
+    assert_eq!(fake.batches().len(), 3);
 }

@@ -168,6 +168,11 @@ pub(crate) fn counter() -> Stmt {
     Statement::Counter(Counter::Anonymous(None))
 }
 
+/// `counter name <name>`.
+pub(crate) fn named_counter(name: &str) -> Stmt {
+    Statement::Counter(Counter::Named(Cow::Owned(name.to_string())))
+}
+
 pub(crate) fn limit(rate_per_second: u32, burst: u32) -> Stmt {
     Statement::Limit(Limit {
         rate: rate_per_second,

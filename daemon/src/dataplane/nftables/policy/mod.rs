@@ -36,6 +36,7 @@
 //! check HTTP requests (the L7 proxy does). IPv6 members of selector and named-port sets are not
 //! rendered (the pod network is IPv4); IPv6 CIDRs in `nets` are.
 
+mod cache;
 mod chains;
 pub mod dns;
 pub mod prefix;
@@ -43,15 +44,16 @@ mod render;
 pub mod schema;
 pub mod tproxy;
 
+pub use cache::RenderCache;
 pub use prefix::{LogPrefix, LogPrefixes};
-pub use render::{render, LocalEndpoint};
+pub use render::{render, render_cached, LocalEndpoint};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use nftables::stmt::Statement;
 
-use super::desired::PolicyObjects;
+use super::desired::{PolicyChain, PolicyObjects};
 use veil_policy::model::Protocol;
 use veil_policy::net::Cidr;
 
@@ -75,6 +77,8 @@ pub const MAP_INGRESS: &str = "endpoints-ingress";
 pub const LOG_SUPPRESSED: &str = "log suppressed";
 /// Comment of the rule dropping packets of a pod not programmed yet.
 pub const UNPROGRAMMED: &str = "pod not programmed yet";
+/// Set of every node's tunnel address (see [`render_cached`]).
+pub const NODE_TUNNELS: &str = "node-tunnels";
 /// Chain of an endpoint without policy in a direction: returns at once.
 pub const OPEN_CHAIN: &str = "policy-open";
 /// Log entries per second per rule before the kernel suppresses them.
@@ -123,8 +127,9 @@ pub struct RenderedPolicy {
     pub sets: BTreeMap<String, SetSpec>,
     /// Named verdict maps: `ifname` → endpoint chain, by map name.
     pub maps: BTreeMap<String, BTreeMap<String, String>>,
-    /// Regular chains by name, each a list of rules (a rule is its statements).
-    pub chains: BTreeMap<String, Vec<Vec<Statement<'static>>>>,
+    /// Regular chains by name, each a list of rules (build one from its
+    /// rules' statements with [`schema::chain_of`]).
+    pub chains: BTreeMap<String, PolicyChain>,
     /// Rules appended to the `forward` base chain (after established/related).
     pub forward: Vec<Vec<Statement<'static>>>,
     /// Log prefixes in use and what each names.
@@ -138,7 +143,7 @@ pub struct RenderedPolicy {
 impl RenderedPolicy {
     /// The number of rules in every chain (for metrics and benchmarks).
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(Vec::len).sum::<usize>() + self.forward.len()
+        self.chains.values().map(PolicyChain::len).sum::<usize>() + self.forward.len()
     }
 
     /// The objects the table manager applies.

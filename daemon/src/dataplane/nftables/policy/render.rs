@@ -1,19 +1,24 @@
 //! The renderer: [`Program`] + local endpoints → [`RenderedPolicy`].
+//! [`render_cached`] keeps what it rendered in a [`RenderCache`] and reuses
+//! the chains whose inputs did not change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use veil_policy::compile::{CPeer, CPort, CRule, ChainTier, Program, SetKey};
 use veil_policy::model::{Action, Direction, Protocol, TierDefault};
 use veil_policy::net::Cidr;
 
+use super::cache::{EndpointEntry, PolicyEntry, RenderCache, SetUse, TierWalk};
 use super::chains::*;
 use super::prefix::{LogAction, LogPrefix};
+use super::schema::chain_of;
 use super::{
     Element, RenderedPolicy, SetKind, SetSpec, DISPATCH_EGRESS, DISPATCH_INGRESS, LOG_BURST,
     LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
     NFLOG_GROUP_LOG, OPEN_CHAIN,
 };
+use crate::dataplane::nftables::desired::{PolicyChain, LOG_SUPPRESSED_COUNTER};
 
 /// A pod of this node: its host-side interface and its address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,14 +47,48 @@ fn fnv(s: &str) -> u64 {
 
 /// Renders the policy part of the node's table.
 pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy {
+    render_cached(
+        &mut RenderCache::new(),
+        program,
+        endpoints,
+        &BTreeMap::new(),
+    )
+}
+
+/// Renders the policy part of the node's table, reusing from `cache` the
+/// chains whose inputs are unchanged since the previous render through it
+/// (the output is the same as [`render`]'s).
+///
+/// `tunnels` maps each node's address to its tunnel address (the source of
+/// its traffic to pods of other nodes, see DESIGN.md): wherever a node
+/// address is matched (node selector sets, `nets`/`ipBlock`), its tunnel
+/// address is matched as that node's address.
+pub fn render_cached(
+    cache: &mut RenderCache,
+    program: &Program,
+    endpoints: &[LocalEndpoint],
+    tunnels: &BTreeMap<IpAddr, IpAddr>,
+) -> RenderedPolicy {
+    if cache.tunnels != *tunnels {
+        // Rendered peers depend on them: render every policy again.
+        cache.policies.clear();
+        cache.tunnels = tunnels.clone();
+    }
     let mut r = Renderer {
+        tunnels,
         program,
         out: RenderedPolicy::default(),
         policy_chains: BTreeMap::new(),
         tier_denies: BTreeSet::new(),
         policy_key: None,
+        cache,
+        used_policies: HashSet::new(),
+        used_endpoints: HashSet::new(),
+        recording: None,
     };
-    r.out.chains.insert(OPEN_CHAIN.to_string(), Vec::new());
+    r.out
+        .chains
+        .insert(OPEN_CHAIN.to_string(), PolicyChain::default());
     let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
     eps.sort();
     let mut egress = Vec::new();
@@ -83,17 +122,26 @@ pub fn render(program: &Program, endpoints: &[LocalEndpoint]) -> RenderedPolicy 
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
     r.out.steering = super::tproxy::steering(program, endpoints, &r.out.maps, MAP_INGRESS);
     super::dns::finish(&mut r.out.dns, program, endpoints);
+    let (used_p, used_e) = (r.used_policies, r.used_endpoints);
+    r.cache.policies.retain(|k, _| used_p.contains(k));
+    r.cache.endpoints.retain(|k, _| used_e.contains(k));
     r.out
 }
 
 struct Renderer<'a> {
     program: &'a Program,
+    tunnels: &'a BTreeMap<IpAddr, IpAddr>,
     out: RenderedPolicy,
     /// (policy index, direction) → chain name, rendered once.
     policy_chains: BTreeMap<(u32, Direction), String>,
     tier_denies: BTreeSet<(u32, Direction)>,
     /// The policy whose chain is being rendered (names `domains` sets).
     policy_key: Option<veil_policy::model::ObjectKey>,
+    cache: &'a mut RenderCache,
+    used_policies: HashSet<(String, Direction)>,
+    used_endpoints: HashSet<(String, Direction)>,
+    /// The sets used while rendering one policy (for its cache entry).
+    recording: Option<Vec<SetUse>>,
 }
 
 impl Renderer<'_> {
@@ -107,7 +155,9 @@ impl Renderer<'_> {
                 drop(),
             ],
         ];
-        self.out.chains.insert(name.to_string(), rules);
+        self.out
+            .chains
+            .insert(name.to_string(), chain_of(name, rules));
         self.out
             .maps
             .insert(map.to_string(), entries.into_iter().collect());
@@ -118,22 +168,34 @@ impl Renderer<'_> {
             return OPEN_CHAIN.to_string();
         }
         let name = format!("e-{ifname}-{}", dir_tag(dir));
-        let mut rules = vec![vec![clear_mark(MARK_ALLOW | MARK_PASS)]];
-        for (i, ct) in tiers.iter().enumerate() {
-            if i > 0 {
-                rules.push(vec![clear_mark(MARK_PASS)]);
-            }
-            for &pi in &ct.policies {
-                let chain = self.policy_chain(pi, dir);
-                rules.push(vec![mark_clear(MARK_PASS), jump(&chain)]);
-                rules.push(vec![mark_is_set(MARK_ALLOW), ret()]);
-            }
-            if self.program.tiers[ct.tier as usize].default_action == TierDefault::Deny {
-                let deny = self.tier_deny_chain(ct.tier, dir);
-                rules.push(vec![mark_clear(MARK_PASS), goto(&deny)]);
-            }
+        let mut walk: Vec<TierWalk> = Vec::with_capacity(tiers.len());
+        for ct in tiers {
+            let chains = ct
+                .policies
+                .iter()
+                .map(|&pi| self.policy_chain(pi, dir))
+                .collect();
+            let deny = (self.program.tiers[ct.tier as usize].default_action == TierDefault::Deny)
+                .then(|| self.tier_deny_chain(ct.tier, dir));
+            walk.push((chains, deny));
         }
-        self.out.chains.insert(name.clone(), rules);
+        let key = (ifname.to_string(), dir);
+        let chain = match self.cache.endpoints.get(&key) {
+            Some(e) if e.walk == walk => e.chain.clone(),
+            _ => {
+                let chain = chain_of(&name, walk_rules(&walk));
+                self.cache.endpoints.insert(
+                    key.clone(),
+                    EndpointEntry {
+                        walk,
+                        chain: chain.clone(),
+                    },
+                );
+                chain
+            }
+        };
+        self.used_endpoints.insert(key);
+        self.out.chains.insert(name.clone(), chain);
         name
     }
 
@@ -148,9 +210,8 @@ impl Renderer<'_> {
                 policy: None,
                 rule: None,
             });
-            self.out
-                .chains
-                .insert(name.clone(), log_chain(NFLOG_GROUP_DENY, &prefix, true));
+            let rules = log_chain(NFLOG_GROUP_DENY, &prefix, true);
+            self.out.chains.insert(name.clone(), chain_of(&name, rules));
         }
         name
     }
@@ -160,13 +221,62 @@ impl Renderer<'_> {
             return n.clone();
         }
         let p = &self.program.policies[pi as usize];
-        let kind = format!("{:?}", p.key.kind);
-        let base = format!(
-            "p-{:012x}-{}",
-            fnv(&format!("{kind}/{}", p.key.full_name())) >> 16,
-            dir_tag(dir)
-        );
+        let id = format!("{:?}/{}", p.key.kind, p.key.full_name());
+        let base = format!("p-{:012x}-{}", fnv(&id) >> 16, dir_tag(dir));
         self.policy_chains.insert((pi, dir), base.clone());
+        let (start, end) = match dir {
+            Direction::Egress => p.egress,
+            Direction::Ingress => p.ingress,
+        };
+        let crules = &self.program.rules[start as usize..end as usize];
+        let tier = &self.program.tiers[p.tier as usize].name;
+        let key = (id, dir);
+        let hit = self
+            .cache
+            .policies
+            .get(&key)
+            .filter(|e| e.tier == *tier && e.rules == crules);
+        // The cheap parts of the entry (its rules stay in the cache).
+        let (sets, prefixes, chains) = match hit {
+            Some(e) => (e.sets.clone(), e.prefixes.clone(), e.chains.clone()),
+            None => {
+                let e = self.render_policy(pi, dir, &base);
+                let parts = (e.sets.clone(), e.prefixes.clone(), e.chains.clone());
+                self.cache.policies.insert(key.clone(), e);
+                parts
+            }
+        };
+        self.used_policies.insert(key);
+        for u in &sets {
+            match u {
+                SetUse::Addr(id) => {
+                    self.addr_set(*id);
+                }
+                SetUse::NamedPort(id) => {
+                    self.named_port_set(*id);
+                }
+                SetUse::Net(v6, nets) => {
+                    self.net_set(*v6, nets);
+                }
+                SetUse::Fixed(name, spec) => {
+                    self.fixed_set(name, spec.clone());
+                }
+                SetUse::Domain(name) => {
+                    self.out.dns.sets.insert(name.clone());
+                }
+            }
+        }
+        for lp in prefixes {
+            self.out.prefixes.intern(lp);
+        }
+        self.out.chains.extend(chains);
+        base
+    }
+
+    /// Renders policy `pi`'s rules of direction `dir` into chain `base` and
+    /// its deny/log chains.
+    fn render_policy(&mut self, pi: u32, dir: Direction, base: &str) -> PolicyEntry {
+        let p = &self.program.policies[pi as usize];
         let (start, end) = match dir {
             Direction::Egress => p.egress,
             Direction::Ingress => p.ingress,
@@ -174,8 +284,12 @@ impl Renderer<'_> {
         let tier = self.program.tiers[p.tier as usize].name.clone();
         let key = p.key.clone();
         self.policy_key = Some(key.clone());
+        let crules = &self.program.rules[start as usize..end as usize];
+        let outer = self.recording.replace(Vec::new());
         let mut rules = Vec::new();
-        for cr in &self.program.rules[start as usize..end as usize] {
+        let mut chains = Vec::new();
+        let mut prefixes = Vec::new();
+        for cr in crules {
             let action: Vec<Stmt> = match cr.action {
                 // An http rule also flags the L7 proxy's steering (tproxy.rs).
                 Action::Allow if cr.http.is_some() => {
@@ -185,7 +299,7 @@ impl Renderer<'_> {
                 Action::Pass => vec![set_mark(MARK_PASS), ret()],
                 Action::Deny | Action::Log => {
                     let deny = cr.action == Action::Deny;
-                    let prefix = self.out.prefixes.intern(LogPrefix {
+                    let lp = LogPrefix {
                         action: if deny {
                             LogAction::Deny
                         } else {
@@ -195,16 +309,17 @@ impl Renderer<'_> {
                         tier: tier.clone(),
                         policy: Some(key.clone()),
                         rule: Some(cr.index),
-                    });
+                    };
+                    let prefix = self.out.prefixes.intern(lp.clone());
+                    prefixes.push(lp);
                     let chain = format!("{base}-{}{}", if deny { 'd' } else { 'l' }, cr.index);
                     let group = if deny {
                         NFLOG_GROUP_DENY
                     } else {
                         NFLOG_GROUP_LOG
                     };
-                    self.out
-                        .chains
-                        .insert(chain.clone(), log_chain(group, &prefix, deny));
+                    let lc = log_chain(group, &prefix, deny);
+                    chains.push((chain.clone(), chain_of(&chain, lc)));
                     if deny {
                         vec![goto(&chain)]
                     } else {
@@ -218,8 +333,15 @@ impl Renderer<'_> {
                 rules.push(rule);
             }
         }
-        self.out.chains.insert(base.clone(), rules);
-        base
+        chains.insert(0, (base.to_string(), chain_of(base, rules)));
+        let sets = std::mem::replace(&mut self.recording, outer).unwrap_or_default();
+        PolicyEntry {
+            tier,
+            rules: crules.to_vec(),
+            chains,
+            prefixes,
+            sets,
+        }
     }
 
     /// The alternatives (ORed) of a rule's match, each a list of statements
@@ -233,6 +355,9 @@ impl Renderer<'_> {
         for p in &r.peers {
             match &self.policy_key {
                 Some(k) if !p.domains.is_empty() && peer_is_dst => {
+                    if let Some(rec) = &mut self.recording {
+                        rec.push(SetUse::Domain(super::dns::rule_set_name(k, r)));
+                    }
                     peers.extend(super::dns::peer_match(&mut self.out.dns, k, r))
                 }
                 _ => peers.extend(self.peer_matches(p, peer_is_dst)),
@@ -348,6 +473,9 @@ impl Renderer<'_> {
                 ));
             }
             self.net_conds(&mut v, v6, dst, nets, not);
+            if !v6 && !self.tunnels.is_empty() {
+                self.tunnel_conds(&mut v, &mut alts, dst, nets, not);
+            }
             alts.push(v);
         }
         alts
@@ -369,6 +497,9 @@ impl Renderer<'_> {
     }
 
     fn net_set(&mut self, v6: bool, nets: &[Cidr]) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::Net(v6, nets.to_vec()));
+        }
         let nets = minimal_cover(nets);
         let key: Vec<String> = nets.iter().map(ToString::to_string).collect();
         let name = format!("n{:012x}", fnv(&key.join(",")) >> 16);
@@ -383,13 +514,23 @@ impl Renderer<'_> {
     }
 
     fn addr_set(&mut self, id: u32) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::Addr(id));
+        }
         let name = format!("s{id}");
         if !self.out.sets.contains_key(&name) {
             let elements = self.program.sets[id as usize]
                 .as_ref()
                 .map(|s| {
+                    // A node set also holds its nodes' tunnel addresses.
+                    let tunnels = s
+                        .addrs
+                        .iter()
+                        .filter(|_| matches!(s.key, SetKey::Nodes(_)))
+                        .filter_map(|a| self.tunnels.get(a));
                     s.addrs
                         .iter()
+                        .chain(tunnels)
                         .filter(|a| a.is_ipv4())
                         .map(|a| Element::Addr(*a))
                         .collect()
@@ -407,6 +548,9 @@ impl Renderer<'_> {
     }
 
     fn named_port_set(&mut self, id: u32) -> String {
+        if let Some(r) = &mut self.recording {
+            r.push(SetUse::NamedPort(id));
+        }
         let name = format!("np{id}");
         if !self.out.sets.contains_key(&name) {
             let elements = self.program.sets[id as usize]
@@ -436,7 +580,9 @@ impl Renderer<'_> {
 type PortGroup = (Option<Protocol>, Vec<(u16, u16)>);
 
 /// A chain that logs (rate-limited) and then drops (`deny`) or returns; the
-/// entries over the limit are counted by the second rule's counter.
+/// entries over the limit are counted by the second rule, into the table's
+/// named counter [`LOG_SUPPRESSED_COUNTER`] (read back by the resync and
+/// exposed as `veil_policy_log_suppressed_total`).
 fn log_chain(group: u32, prefix: &str, deny: bool) -> Vec<Vec<Stmt>> {
     let verdict = if deny { drop() } else { ret() };
     vec![
@@ -445,7 +591,7 @@ fn log_chain(group: u32, prefix: &str, deny: bool) -> Vec<Vec<Stmt>> {
             nflog(group, prefix),
             verdict.clone(),
         ],
-        vec![counter(), verdict],
+        vec![named_counter(LOG_SUPPRESSED_COUNTER), verdict],
     ]
 }
 
@@ -471,6 +617,9 @@ fn minimal_cover(nets: &[Cidr]) -> Vec<Cidr> {
     out.sort_by_key(|c| (c.addr(), c.prefix()));
     out
 }
+
+mod tunnels;
+use tunnels::walk_rules;
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use nftables::stmt::{JumpTarget, Statement};
 use super::chains::{addr, concat, num, proto_name, s, Expr};
 use super::{Element, RenderedPolicy, SetKind, LOG_SUPPRESSED, UNPROGRAMMED};
 use crate::dataplane::nftables::desired::{
-    NamedSet, NamedVerdictMap, PolicyHook, PolicyObjects, PolicyRule,
+    NamedSet, NamedVerdictMap, PolicyChain, PolicyHook, PolicyObjects, PolicyRule,
 };
 
 /// One element as an expression, in the form `nft` prints it back.
@@ -53,6 +53,29 @@ fn has_counter(rule: &[Statement<'static>]) -> bool {
     rule.iter().any(|s| matches!(s, Statement::Counter(_)))
 }
 
+/// Chain `name` of `rules`, each rule hashed once. A rule with a counter
+/// is commented for what it counts: pods not programmed yet in the dispatch
+/// chains, log entries over the rate limit elsewhere.
+pub fn chain_of(name: &str, rules: Vec<Vec<Statement<'static>>>) -> PolicyChain {
+    let dispatch = name == super::DISPATCH_EGRESS || name == super::DISPATCH_INGRESS;
+    PolicyChain::new(
+        rules
+            .into_iter()
+            .map(|r| PolicyRule {
+                comment: has_counter(&r).then(|| {
+                    if dispatch {
+                        UNPROGRAMMED
+                    } else {
+                        LOG_SUPPRESSED
+                    }
+                    .to_string()
+                }),
+                statements: r,
+            })
+            .collect(),
+    )
+}
+
 /// The objects of `p` for the table manager.
 pub fn objects(p: &RenderedPolicy) -> PolicyObjects {
     let mut out = PolicyObjects::default();
@@ -88,25 +111,8 @@ pub fn objects(p: &RenderedPolicy) -> PolicyObjects {
             },
         );
     }
-    for (name, rules) in &p.chains {
-        let dispatch = name == super::DISPATCH_EGRESS || name == super::DISPATCH_INGRESS;
-        out.chains.insert(
-            name.clone(),
-            rules
-                .iter()
-                .map(|r| PolicyRule {
-                    statements: r.clone(),
-                    comment: has_counter(r).then(|| {
-                        if dispatch {
-                            UNPROGRAMMED
-                        } else {
-                            LOG_SUPPRESSED
-                        }
-                        .to_string()
-                    }),
-                })
-                .collect(),
-        );
+    for (name, chain) in &p.chains {
+        out.chains.insert(name.clone(), chain.clone());
     }
     super::tproxy::add_objects(&p.steering, &mut out);
     if !p.forward.is_empty() {

@@ -31,6 +31,7 @@
 //! What it does not do: IPv6 (the pod network's policy sets are IPv4), and
 //! the routing rule and table (veild's `l7` module adds them at start).
 
+use crate::dataplane::nftables::PolicyChain;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -248,18 +249,18 @@ pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
     let [pod, not_wg] = from_pod();
     out.chains.insert(
         EGRESS_EVAL.to_string(),
-        vec![
+        PolicyChain::new(vec![
             rule(
                 vec![ifname_vmap(false, MAP_EGRESS)],
                 "egress of the source pod",
             ),
             rule(vec![counter(), drop()], "pod not programmed yet"),
-        ],
+        ]),
     );
     let steer = |comment| rule(vec![mark_is_set(MARK_HTTP), set_mark(MARK_STEER)], comment);
     out.chains.insert(
         CLASSIFY.to_string(),
-        vec![
+        PolicyChain::new(vec![
             rule(
                 vec![
                     eq(
@@ -319,7 +320,7 @@ pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
                 vec![clear_mark(MARK_ALLOW | MARK_PASS | MARK_HTTP | MARK_STEER)],
                 "not steered: forward decides",
             ),
-        ],
+        ]),
     );
     out.hooks
         .entry(PolicyHook::Prerouting)
@@ -508,14 +509,14 @@ probes: []
         let http_allows = r
             .chains
             .values()
-            .flatten()
-            .filter(|rule| rule.contains(&set_mark(MARK_ALLOW | MARK_HTTP)))
+            .flat_map(|c| c.rules())
+            .filter(|rule| rule.statements.contains(&set_mark(MARK_ALLOW | MARK_HTTP)))
             .count();
         let l4_allows = r
             .chains
             .values()
-            .flatten()
-            .filter(|rule| rule.contains(&set_mark(MARK_ALLOW)))
+            .flat_map(|c| c.rules())
+            .filter(|rule| rule.statements.contains(&set_mark(MARK_ALLOW)))
             .count();
         assert_eq!((http_allows, l4_allows), (1, 1));
     }

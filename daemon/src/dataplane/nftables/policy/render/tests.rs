@@ -4,6 +4,7 @@ use veil_scenario::Scenario;
 
 use super::*;
 use crate::dataplane::nftables::policy::prefix::LogPrefix;
+use crate::dataplane::nftables::policy::{RenderCache, NODE_TUNNELS};
 
 /// Compiles a scenario and renders the first node's part of it, with
 /// interface names `veil<index>` for its pods.
@@ -69,7 +70,7 @@ fn selected_pod_gets_a_chain_per_direction_that_ends_with_the_tier_default() {
     let (o, names) = render_scenario(DENY_DB);
     let db = &names["shop/db"];
     let chain = &o.chains[&format!("e-{db}-in")];
-    let last = serde_json::to_string(chain.last().unwrap()).unwrap();
+    let last = serde_json::to_string(&chain.rules().last().unwrap().statements).unwrap();
     assert!(last.contains("t-default-in-deny"), "{last}");
     let deny = serde_json::to_string(&o.chains["t-default-in-deny"]).unwrap();
     assert!(deny.contains("D|I|default|default"), "{deny}");
@@ -125,7 +126,7 @@ fn ports_and_ranges_share_one_anonymous_set() {
         .find(|(k, _)| k.starts_with("p-") && k.ends_with("-in"))
         .map(|(_, v)| v)
         .unwrap();
-    let first = serde_json::to_string(&pol[0]).unwrap();
+    let first = serde_json::to_string(&pol.rules()[0].statements).unwrap();
     assert!(
         first.contains("5432") && first.contains("8000") && first.contains("8080"),
         "{first}"
@@ -191,7 +192,7 @@ probes: []
     // renderer declares empty: only the DNS proxy adds (pod, address) pairs
     // it saw in an answer, so a direct connection never matches.
     assert_eq!(pol.len(), 1, "{pol:?}");
-    let text = serde_json::to_string(&pol[0]).unwrap();
+    let text = serde_json::to_string(&pol.rules()[0].statements).unwrap();
     let set = o.dns.sets.iter().next().expect("a domains set");
     assert!(text.contains(&format!("@{set}")), "{text}");
     let objs = o.objects();
@@ -209,4 +210,99 @@ fn minimal_cover_drops_contained_networks_and_keeps_disjoint_ones() {
         c("10.0.0.0/8"),
     ]);
     assert_eq!(got, vec![c("10.0.0.0/8"), c("192.168.0.0/24")]);
+}
+
+fn scenario_parts(yaml: &str) -> (veil_policy::cluster::Cluster, veil_policy::PolicySet) {
+    let st = Scenario::parse(yaml).unwrap().initial_state().unwrap();
+    (st.cluster, st.policies)
+}
+
+fn endpoints_of(c: &veil_policy::cluster::Cluster) -> Vec<LocalEndpoint> {
+    c.pods
+        .values()
+        .filter(|p| !p.host_network)
+        .enumerate()
+        .map(|(i, p)| LocalEndpoint {
+            ifname: format!("veil{i:011x}"),
+            ip: p.ip,
+            pod: Some(p.key()),
+        })
+        .collect()
+}
+
+#[test]
+fn cached_render_equals_a_fresh_one_and_shares_unchanged_chains() {
+    let (c, mut ps) = scenario_parts(DENY_DB);
+    let mut compiled = veil_policy::compile::Compiled::new(&c, &ps);
+    let eps = endpoints_of(&c);
+    let mut cache = RenderCache::new();
+    let none = BTreeMap::new();
+    let first = render_cached(&mut cache, compiled.program(), &eps, &none);
+    assert_eq!(first, render(compiled.program(), &eps));
+    // A second policy: the first one's chains are reused as they were.
+    ps.apply([veil_policy::Object::from_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: 80}]}]\n",
+    )
+    .unwrap()])
+    .unwrap();
+    compiled.update_policies(&c, &ps);
+    let second = render_cached(&mut cache, compiled.program(), &eps, &none);
+    assert_eq!(second, render(compiled.program(), &eps));
+    let shared = first
+        .chains
+        .iter()
+        .filter(|(n, ch)| second.chains.get(*n).is_some_and(|c2| c2.same(ch)))
+        .count();
+    assert!(shared >= 2, "unchanged chains are shared, got {shared}");
+    assert!(second.chains.keys().any(|n| !first.chains.contains_key(n)));
+}
+
+#[test]
+fn a_nodes_tunnel_address_matches_as_the_node_address() {
+    let yaml = r#"
+name: tunnels
+cluster: {nodes: [node-a, node-b]}
+namespaces: [{name: db}]
+pods:
+  - {name: db/cache, labels: {app: cache}, node: node-a, ports: [{port: 6379}]}
+policies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: from-node-b, namespace: db}
+    spec:
+      podSelector: {}
+      ingress:
+        - from: [{ipBlock: {cidr: 198.18.0.11/32}}]
+        - from: [{ipBlock: {cidr: 10.244.0.0/16}}]
+probes: []
+"#;
+    let (c, ps) = scenario_parts(yaml);
+    let compiled = veil_policy::compile::Compiled::new(&c, &ps);
+    let tunnels: BTreeMap<IpAddr, IpAddr> =
+        [("198.18.0.10", "10.244.0.1"), ("198.18.0.11", "10.244.1.1")]
+            .iter()
+            .map(|(n, t)| (n.parse().unwrap(), t.parse().unwrap()))
+            .collect();
+    let o = render_cached(
+        &mut RenderCache::new(),
+        compiled.program(),
+        &endpoints_of(&c),
+        &tunnels,
+    );
+    let tun: IpAddr = "10.244.1.1".parse().unwrap();
+    // The ipBlock of node-b's address gets node-b's tunnel address, alone.
+    let as_node: Vec<(&String, &SetSpec)> =
+        o.sets.iter().filter(|(n, _)| n.starts_with('t')).collect();
+    assert_eq!(as_node.len(), 1, "{:?}", o.sets.keys());
+    assert_eq!(as_node[0].1.elements, BTreeSet::from([Element::Addr(tun)]));
+    // The pod range holds tunnel addresses: it excludes them.
+    assert_eq!(o.sets[NODE_TUNNELS].elements.len(), 2);
+    let pol = o
+        .chains
+        .iter()
+        .find(|(k, _)| k.starts_with("p-") && k.ends_with("-in"))
+        .map(|(_, v)| serde_json::to_string(v).unwrap())
+        .unwrap();
+    assert!(pol.contains(&format!("@{NODE_TUNNELS}")), "{pol}");
+    assert!(pol.contains(&format!("@{}", as_node[0].0)), "{pol}");
 }
