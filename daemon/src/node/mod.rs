@@ -23,7 +23,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiRegistry;
-use crate::config::{Config, WG_OVERHEAD};
+use crate::config::{Config, DatastoreChoice, WG_OVERHEAD};
 use crate::context::NodeContext;
 use crate::dataplane::nftables::{BaseFilter, DesiredTable, FilterError, FlowLogging};
 use crate::dataplane::Filter;
@@ -110,7 +110,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let cni_conf = crate::cni_install::CniConf::prepare(&config);
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
     // Watch the datastore: its initial listing is in when `start` returns.
-    let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
+    let datastore: SharedDatastore = match &config.datastore {
+        DatastoreChoice::Local => Arc::new(LocalDatastore::open(&config.datastore_dir)?),
+        DatastoreChoice::Kube(k) => {
+            let client = crate::datastore::kube::client(k.kubeconfig.as_deref())
+                .await
+                .map_err(DatastoreError::from)?;
+            Arc::new(crate::datastore::kube::KubeDatastore::new(
+                client,
+                &config.node_name,
+                &k.lease_namespace,
+            ))
+        }
+    };
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let published = sync::start(
         &datastore,
