@@ -83,9 +83,33 @@ async fn kube_events(pods: Vec<Pod>, nss: Vec<Namespace>, pols: Vec<DynamicObjec
     let gate = Arc::new(SyncGate::new(["ns", "pods", "np"], tx.clone()));
     let (stx, _srx) = mpsc::unbounded_channel();
     let pk = &POLICY_KINDS[0];
-    run_kind("ns", false, stream::iter(listing(nss)), convert::namespace, tx.clone(), gate.clone()).await;
-    run_kind("pods", false, stream::iter(listing(pods)), convert::pod, tx.clone(), gate.clone()).await;
-    run_kind("np", false, stream::iter(listing(pols)), |o: &DynamicObject| policy_outcome(pk, o, &stx), tx, gate).await;
+    run_kind(
+        "ns",
+        false,
+        stream::iter(listing(nss)),
+        convert::namespace,
+        tx.clone(),
+        gate.clone(),
+    )
+    .await;
+    run_kind(
+        "pods",
+        false,
+        stream::iter(listing(pods)),
+        convert::pod,
+        tx.clone(),
+        gate.clone(),
+    )
+    .await;
+    run_kind(
+        "np",
+        false,
+        stream::iter(listing(pols)),
+        |o: &DynamicObject| policy_outcome(pk, o, &stx),
+        tx,
+        gate,
+    )
+    .await;
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e);
@@ -102,8 +126,12 @@ fn sync(events: Vec<Event>) -> (Store, Controller) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let pods: Vec<Pod> = (0..PODS).map(|i| pod(i, &format!("app-{}", i % 100))).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let pods: Vec<Pod> = (0..PODS)
+        .map(|i| pod(i, &format!("app-{}", i % 100)))
+        .collect();
     let nss: Vec<Namespace> = (0..NAMESPACES).map(namespace).collect();
     let pols: Vec<DynamicObject> = (0..POLICIES).map(policy).collect();
 
@@ -136,7 +164,15 @@ fn main() {
         let ev = rt.block_on(async {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let gate = Arc::new(SyncGate::new(["pods"], tx.clone()));
-            run_kind("pods", false, stream::iter(vec![Ok(watcher::Event::Apply(p))]), convert::pod, tx, gate).await;
+            run_kind(
+                "pods",
+                false,
+                stream::iter(vec![Ok(watcher::Event::Apply(p))]),
+                convert::pod,
+                tx,
+                gate,
+            )
+            .await;
             let mut v = Vec::new();
             while let Ok(e) = rx.try_recv() {
                 v.push(e);
@@ -150,7 +186,11 @@ fn main() {
     let back = rt.block_on(kube_events(vec![pod(7, "app-7")], vec![], vec![]));
     let c3 = cpu();
     for k in 0..n {
-        let ev = if k % 2 == 0 { ready_one.clone() } else { back.clone() };
+        let ev = if k % 2 == 0 {
+            ready_one.clone()
+        } else {
+            back.clone()
+        };
         let ev: Vec<Event> = ev.into_iter().filter(|e| *e != Event::Synced).collect();
         let ch = store.apply_all(ev);
         ctrl.on_changes(&store, &ch);

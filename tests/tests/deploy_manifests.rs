@@ -116,11 +116,18 @@ fn kustomization_lists_every_cluster_manifest_that_exists() {
     let mut files = Vec::new();
     yaml_files(&deploy, &mut files);
     for f in files {
-        let rel = f.strip_prefix(&deploy).unwrap().to_string_lossy().to_string();
+        let rel = f
+            .strip_prefix(&deploy)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         if rel.starts_with("prometheus-operator/") {
             continue; // needs the operator's CRDs: its own kustomization
         }
-        assert!(listed.contains(&rel), "{rel} is not in deploy/kustomization.yaml");
+        assert!(
+            listed.contains(&rel),
+            "{rel} is not in deploy/kustomization.yaml"
+        );
     }
 }
 
@@ -133,10 +140,19 @@ fn daemonset_runs_veild_on_the_host_network_with_probes_and_the_cni_init_contain
         .unwrap();
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
-    assert_eq!(spec["priorityClassName"].as_str(), Some("system-node-critical"));
+    assert_eq!(
+        spec["priorityClassName"].as_str(),
+        Some("system-node-critical")
+    );
     let c = &spec["containers"][0];
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
     assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(false));
     let args: Vec<&str> = c["args"]
         .as_sequence()
@@ -159,8 +175,16 @@ fn daemonset_runs_veild_on_the_host_network_with_probes_and_the_cni_init_contain
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    for p in ["/run/veil", "/var/lib/veil", "/etc/cni/net.d", "/opt/cni/bin"] {
-        assert!(host_paths.contains(&p), "hostPath {p} missing: {host_paths:?}");
+    for p in [
+        "/run/veil",
+        "/var/lib/veil",
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+    ] {
+        assert!(
+            host_paths.contains(&p),
+            "hostPath {p} missing: {host_paths:?}"
+        );
     }
     // The service account it runs as is the one the RBAC binds.
     let sa = spec["serviceAccountName"].as_str().unwrap();

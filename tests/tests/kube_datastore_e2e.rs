@@ -40,13 +40,25 @@ fn answer(target: &str, method: &str) -> Option<(u16, Value)> {
     Some(match (method, path) {
         ("GET", "/api/v1/nodes/node-a") | ("PATCH", "/api/v1/nodes/node-a") => (200, node()),
         ("GET", "/api/v1/nodes") => (200, list("NodeList", vec![node()])),
-        ("GET", "/api/v1/namespaces") => (200, list("NamespaceList", vec![
-            json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})])),
+        ("GET", "/api/v1/namespaces") => (
+            200,
+            list(
+                "NamespaceList",
+                vec![json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})],
+            ),
+        ),
         ("GET", "/api/v1/pods") => (200, list("PodList", vec![])),
-        ("GET", "/apis/networking.k8s.io/v1/networkpolicies") => (200, list("NetworkPolicyList", vec![
-            json!({"metadata": {"name": "deny-all", "namespace": "shop", "uid": "u1",
+        ("GET", "/apis/networking.k8s.io/v1/networkpolicies") => (
+            200,
+            list(
+                "NetworkPolicyList",
+                vec![
+                    json!({"metadata": {"name": "deny-all", "namespace": "shop", "uid": "u1",
                                 "managedFields": [{"manager": "kubectl"}]},
-                   "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})])),
+                   "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+                ],
+            ),
+        ),
         ("GET", _) => (404, not_found),
         // Lease create, events: accepted.
         ("POST", _) | ("PUT", _) => return None,
@@ -81,9 +93,15 @@ fn handle(mut s: TcpStream, log: Arc<Mutex<Vec<Seen>>>) {
         target: target.clone(),
         body: body.clone(),
     });
-    if method == "GET" && target.contains("watch=true") && !target.starts_with("/apis/veil.dev") && !target.starts_with("/apis/policy.networking") {
+    if method == "GET"
+        && target.contains("watch=true")
+        && !target.starts_with("/apis/veil.dev")
+        && !target.starts_with("/apis/policy.networking")
+    {
         // A watch with nothing to report: headers, then silence (bounded).
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        );
         std::thread::sleep(Duration::from_secs(60));
         return;
     }
@@ -175,7 +193,11 @@ fn veild_with_the_kube_datastore_reads_its_node_and_policies_and_publishes_its_k
     assert!(status.to_string().contains("10.244.7.0/24"), "{status}");
     // The NetworkPolicy listed by the API is in force.
     let policies = call(&sock, veil_api::method::POLICY_LIST, Value::Null).unwrap();
-    assert!(policies.to_string().contains("deny-all"), "{policies}\n{}", logs());
+    assert!(
+        policies.to_string().contains("deny-all"),
+        "{policies}\n{}",
+        logs()
+    );
     // The WireGuard key is published on the Node, and follows a rotation.
     assert!(
         eventually(Duration::from_secs(15), || !key_patches(&log).is_empty()),

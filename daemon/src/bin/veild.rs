@@ -39,7 +39,9 @@ fn main() {
     };
     // `--datastore kube`: the node's name, address, pod CIDR and labels come
     // from its Node object (flags given explicitly win).
-    if let Err(e) = rt.block_on(veil_daemon::datastore::kube::node::complete_flags(&mut flags)) {
+    if let Err(e) = rt.block_on(veil_daemon::datastore::kube::node::complete_flags(
+        &mut flags,
+    )) {
         eprintln!("veild: {e}");
         std::process::exit(1);
     }

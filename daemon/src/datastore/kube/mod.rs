@@ -43,9 +43,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use self::reflect::{KindReflector, SyncGate};
 use self::status::{StatusItem, StatusMsg};
-use super::{
-    Datastore, DatastoreError, EndpointRecord, Event, EventStream, Key, Kind, NodeRecord,
-};
+use super::{Datastore, DatastoreError, EndpointRecord, Event, EventStream, Key, Kind, NodeRecord};
 
 /// One (API group, resource, verb) this module uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,10 +78,22 @@ pub const API_ACCESS: &[ApiAccess] = &[
     access("networking.k8s.io", "networkpolicies", "watch"),
     access("policy.networking.k8s.io", "adminnetworkpolicies", "list"),
     access("policy.networking.k8s.io", "adminnetworkpolicies", "watch"),
-    access("policy.networking.k8s.io", "baselineadminnetworkpolicies", "list"),
-    access("policy.networking.k8s.io", "baselineadminnetworkpolicies", "watch"),
+    access(
+        "policy.networking.k8s.io",
+        "baselineadminnetworkpolicies",
+        "list",
+    ),
+    access(
+        "policy.networking.k8s.io",
+        "baselineadminnetworkpolicies",
+        "watch",
+    ),
     access("policy.networking.k8s.io", "clusternetworkpolicies", "list"),
-    access("policy.networking.k8s.io", "clusternetworkpolicies", "watch"),
+    access(
+        "policy.networking.k8s.io",
+        "clusternetworkpolicies",
+        "watch",
+    ),
     access("veil.dev", "tiers", "list"),
     access("veil.dev", "tiers", "watch"),
     access("veil.dev", "networkpolicies", "list"),
@@ -167,49 +177,63 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
         "v1",
         "NetworkPolicy",
         "networkpolicies",
-        false, false),
+        false,
+        false,
+    ),
     policy_kind(
         "adminnetworkpolicies.policy.networking.k8s.io",
         "policy.networking.k8s.io",
         "v1alpha1",
         "AdminNetworkPolicy",
         "adminnetworkpolicies",
-        true, false),
+        true,
+        false,
+    ),
     policy_kind(
         "baselineadminnetworkpolicies.policy.networking.k8s.io",
         "policy.networking.k8s.io",
         "v1alpha1",
         "BaselineAdminNetworkPolicy",
         "baselineadminnetworkpolicies",
-        true, false),
+        true,
+        false,
+    ),
     policy_kind(
         "clusternetworkpolicies.policy.networking.k8s.io",
         "policy.networking.k8s.io",
         "v1alpha2",
         "ClusterNetworkPolicy",
         "clusternetworkpolicies",
-        true, false),
+        true,
+        false,
+    ),
     policy_kind(
         "tiers.veil.dev",
         "veil.dev",
         "v1alpha1",
         "Tier",
         "tiers",
-        true, true),
+        true,
+        true,
+    ),
     policy_kind(
         "networkpolicies.veil.dev",
         "veil.dev",
         "v1alpha1",
         "NetworkPolicy",
         "networkpolicies",
-        true, true),
+        true,
+        true,
+    ),
     policy_kind(
         "globalnetworkpolicies.veil.dev",
         "veil.dev",
         "v1alpha1",
         "GlobalNetworkPolicy",
         "globalnetworkpolicies",
-        true, true),
+        true,
+        true,
+    ),
 ];
 
 /// How to reach the API server and where the status Lease lives.
@@ -376,7 +400,10 @@ pub async fn run_kind<K, S, C>(
             }
             Err(e) if optional && is_not_found(&e) => {
                 if !absent_logged {
-                    tracing::info!(kind = name, "kubernetes: CRD not installed: kind skipped until it appears");
+                    tracing::info!(
+                        kind = name,
+                        "kubernetes: CRD not installed: kind skipped until it appears"
+                    );
                     absent_logged = true;
                 }
                 gate.done(name);
@@ -455,7 +482,10 @@ impl Datastore for KubeDatastore {
         {
             let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
             for (k, v) in local.iter() {
-                let _ = tx.send(Event::Applied(k.clone(), super::Resource::Endpoint(v.clone())));
+                let _ = tx.send(Event::Applied(
+                    k.clone(),
+                    super::Resource::Endpoint(v.clone()),
+                ));
             }
         }
         self.watches
@@ -529,10 +559,7 @@ pub fn policy_outcome(
             current: obj.data.get("status").cloned(),
         }));
     }
-    vec![(
-        key,
-        Some(result.map(super::Resource::Policy)),
-    )]
+    vec![(key, Some(result.map(super::Resource::Policy)))]
 }
 
 #[cfg(test)]

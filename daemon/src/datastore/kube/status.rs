@@ -63,7 +63,12 @@ pub enum StatusMsg {
 /// The status an item should have (`now` stamps the transition).
 pub fn desired_status(item: &StatusItem, now: &str) -> PolicyStatus {
     let (accepted, invalid, reason, message) = match &item.verdict {
-        Ok(()) => (ConditionStatus::True, ConditionStatus::False, "Valid", String::new()),
+        Ok(()) => (
+            ConditionStatus::True,
+            ConditionStatus::False,
+            "Valid",
+            String::new(),
+        ),
         Err(issue) => (
             ConditionStatus::False,
             ConditionStatus::True,
@@ -217,7 +222,9 @@ pub async fn run(
             continue;
         }
         for origin in std::mem::take(&mut dirty) {
-            let Some(item) = items.get(&origin) else { continue };
+            let Some(item) = items.get(&origin) else {
+                continue;
+            };
             let want = desired_status(item, &now_rfc3339());
             if !status_matches(item.current.as_ref(), &want) {
                 match write_status(&client, item, &want).await {
@@ -249,7 +256,9 @@ pub async fn run(
                         Ok(()) => {
                             evented.insert(once);
                         }
-                        Err(e) => tracing::warn!(object = %origin, error = %e, "kubernetes: raising the invalid-policy Event"),
+                        Err(e) => {
+                            tracing::warn!(object = %origin, error = %e, "kubernetes: raising the invalid-policy Event")
+                        }
                     }
                 }
             }

@@ -68,7 +68,9 @@ fn pod(name: &str, app: &str, ip: Option<&str>) -> Pod {
 }
 
 fn namespace(name: &str, team: &str) -> Namespace {
-    obj(json!({"metadata": {"name": name, "labels": {"team": team, "kubernetes.io/metadata.name": name}}}))
+    obj(
+        json!({"metadata": {"name": name, "labels": {"team": team, "kubernetes.io/metadata.name": name}}}),
+    )
 }
 
 fn applied(events: &[Event]) -> Vec<&Key> {
@@ -111,7 +113,10 @@ async fn nodes_are_listed_added_modified_and_deleted() {
     let mut store = Store::new();
     store.apply_all(ev.clone());
     assert!(store.synced);
-    assert!(ev.iter().position(|e| *e == Event::Synced).unwrap() == 1, "{ev:?}");
+    assert!(
+        ev.iter().position(|e| *e == Event::Synced).unwrap() == 1,
+        "{ev:?}"
+    );
     let n2 = &store.nodes[&convert::node_key("n2")];
     assert_eq!(n2.address.to_string(), "198.18.0.2");
     assert_eq!(n2.pod_cidrs[0].to_string(), "10.244.1.0/24");
@@ -128,7 +133,10 @@ async fn node_without_an_address_is_an_issue_not_a_record() {
     let mut n = node("n1", None);
     n.status = None;
     let ev = drive(false, vec![Ok(W::Apply(n))], convert::node).await;
-    assert!(matches!(&ev[0], Event::Invalid(_, i) if i.field == "status.addresses"), "{ev:?}");
+    assert!(
+        matches!(&ev[0], Event::Invalid(_, i) if i.field == "status.addresses"),
+        "{ev:?}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +175,10 @@ async fn pod_losing_its_address_or_deleted_removes_its_endpoint() {
         convert::pod,
     )
     .await;
-    assert_eq!(deleted(&ev), vec![&convert::pod_endpoint_key("shop", "web")]);
+    assert_eq!(
+        deleted(&ev),
+        vec![&convert::pod_endpoint_key("shop", "web")]
+    );
     let ev = drive(
         false,
         vec![
@@ -215,10 +226,9 @@ async fn namespaces_are_listed_modified_and_deleted() {
 
 #[tokio::test]
 async fn relist_after_410_deletes_what_vanished_and_keeps_the_rest() {
-    let gone = watcher::Error::WatchError(Box::new(kube::core::Status::failure(
-        "too old resource version",
-        "Expired",
-    ).with_code(410)));
+    let gone = watcher::Error::WatchError(Box::new(
+        kube::core::Status::failure("too old resource version", "Expired").with_code(410),
+    ));
     let ev = drive(
         false,
         vec![
@@ -270,8 +280,11 @@ async fn an_outage_emits_nothing_so_the_last_state_stays() {
 
 fn not_found() -> watcher::Error {
     watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
-        kube::core::Status::failure("the server could not find the requested resource", "NotFound")
-            .with_code(404),
+        kube::core::Status::failure(
+            "the server could not find the requested resource",
+            "NotFound",
+        )
+        .with_code(404),
     )))
 }
 
@@ -335,7 +348,11 @@ async fn every_policy_kind_is_listed_modified_invalidated_and_deleted() {
     for pk in POLICY_KINDS {
         let (good, bad) = specs(pk);
         // The BaselineAdminNetworkPolicy is a singleton named "default".
-        let p1 = if pk.kind == "BaselineAdminNetworkPolicy" { "default" } else { "p1" };
+        let p1 = if pk.kind == "BaselineAdminNetworkPolicy" {
+            "default"
+        } else {
+            "p1"
+        };
         let (stx, mut srx) = mpsc::unbounded_channel();
         let convert = |o: &DynamicObject| policy_outcome(pk, o, &stx);
         let ev = drive(
@@ -362,7 +379,10 @@ async fn every_policy_kind_is_listed_modified_invalidated_and_deleted() {
         assert!(m.get("status").is_none(), "{}", pk.id);
         let meta = m.get("metadata").unwrap();
         assert!(meta.get("managedFields").is_none() && meta.get("annotations").is_none());
-        assert_eq!(m.get("apiVersion").unwrap().as_str(), Some(pk.api_version().as_str()));
+        assert_eq!(
+            m.get("apiVersion").unwrap().as_str(),
+            Some(pk.api_version().as_str())
+        );
         veil_policy::Object::from_value(m).unwrap_or_else(|e| panic!("{}: {e}", pk.id));
         assert_eq!(store.issues.len(), 1, "{}: the bad p1 is an issue", pk.id);
         let issue = store.issues.values().next().unwrap();
@@ -408,7 +428,10 @@ async fn absent_crd_is_skipped_once_and_picked_up_when_it_appears() {
 #[tokio::test]
 async fn absent_required_kind_blocks_the_initial_sync() {
     let ev = drive::<Namespace, _>(false, vec![Err(not_found())], convert::namespace).await;
-    assert!(ev.is_empty(), "a 404 on a built-in kind is not 'absent CRD': {ev:?}");
+    assert!(
+        ev.is_empty(),
+        "a 404 on a built-in kind is not 'absent CRD': {ev:?}"
+    );
 }
 
 #[test]
@@ -430,12 +453,26 @@ async fn node_annotation_update_changes_the_wireguard_peer_key() {
     let k1 = keys::to_base64(&[1; 32]);
     let k2 = keys::to_base64(&[2; 32]);
     let mut store = Store::new();
-    store.apply_all(drive(false, vec![Ok(W::Apply(node("n2", Some(&k1))))], convert::node).await);
+    store.apply_all(
+        drive(
+            false,
+            vec![Ok(W::Apply(node("n2", Some(&k1))))],
+            convert::node,
+        )
+        .await,
+    );
     let (peers, _) = crate::controller::peers::desired(&store.snapshot(), "n1", &[9; 32], 51820);
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].key, [1; 32]);
     assert_eq!(peers[0].allowed[0].to_string(), "10.244.1.0/24");
-    store.apply_all(drive(false, vec![Ok(W::Apply(node("n2", Some(&k2))))], convert::node).await);
+    store.apply_all(
+        drive(
+            false,
+            vec![Ok(W::Apply(node("n2", Some(&k2))))],
+            convert::node,
+        )
+        .await,
+    );
     let (peers, _) = crate::controller::peers::desired(&store.snapshot(), "n1", &[9; 32], 51820);
     assert_eq!(peers[0].key, [2; 32], "the peer follows the rotated key");
     store.apply_all(drive(false, vec![Ok(W::Apply(node("n2", None)))], convert::node).await);
@@ -455,9 +492,15 @@ fn node_facts_fill_only_the_flags_not_given() {
     node::fill_flags(&mut flags, &facts);
     assert_eq!(flags.node_address.unwrap().to_string(), "198.18.0.2");
     assert_eq!(flags.pod_cidr.unwrap().to_string(), "10.244.1.0/24");
-    assert_eq!(flags.node_labels, vec!["kubernetes.io/hostname=override".to_string()]);
+    assert_eq!(
+        flags.node_labels,
+        vec!["kubernetes.io/hostname=override".to_string()]
+    );
     let c = crate::config::Config::load(flags).unwrap();
-    assert!(matches!(c.datastore, crate::config::DatastoreChoice::Kube(_)));
+    assert!(matches!(
+        c.datastore,
+        crate::config::DatastoreChoice::Kube(_)
+    ));
 }
 
 #[test]
@@ -487,15 +530,26 @@ fn status_names_the_invalid_field_and_matches_once_written() {
     };
     let want = status::desired_status(&item, "2026-01-01T00:00:00Z");
     assert!(!status::status_matches(None, &want));
-    let invalid = want.conditions.iter().find(|c| c.type_ == "Invalid").unwrap();
+    let invalid = want
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Invalid")
+        .unwrap();
     assert!(invalid.message.contains("spec.ingress[0].action"));
-    let written = serde_json::to_value(status::desired_status(&item, "2027-01-01T00:00:00Z")).unwrap();
-    assert!(status::status_matches(Some(&written), &want), "times aside, the same");
+    let written =
+        serde_json::to_value(status::desired_status(&item, "2027-01-01T00:00:00Z")).unwrap();
+    assert!(
+        status::status_matches(Some(&written), &want),
+        "times aside, the same"
+    );
     let accepted = status::StatusItem {
         verdict: Ok(()),
         ..item
     };
-    assert!(!status::status_matches(Some(&written), &status::desired_status(&accepted, "t")));
+    assert!(!status::status_matches(
+        Some(&written),
+        &status::desired_status(&accepted, "t")
+    ));
 }
 
 #[test]
@@ -514,7 +568,9 @@ fn every_watched_policy_kind_is_granted_list_and_watch_in_the_access_table() {
         }
         if pk.status {
             let sub = format!("{}/status", pk.plural);
-            assert!(API_ACCESS.iter().any(|a| a.group == pk.group && a.resource == sub && a.verb == "patch"));
+            assert!(API_ACCESS
+                .iter()
+                .any(|a| a.group == pk.group && a.resource == sub && a.verb == "patch"));
         }
     }
 }
@@ -553,10 +609,22 @@ fn deploy_rbac_grants_every_api_call_of_the_kube_datastore() {
     }
     let used: std::collections::BTreeSet<(String, String, String)> = API_ACCESS
         .iter()
-        .map(|a| (a.group.to_string(), a.resource.to_string(), a.verb.to_string()))
+        .map(|a| {
+            (
+                a.group.to_string(),
+                a.resource.to_string(),
+                a.verb.to_string(),
+            )
+        })
         .collect();
     let missing: Vec<_> = used.difference(&granted).collect();
-    assert!(missing.is_empty(), "the code calls APIs deploy/rbac/veil-node.yaml does not grant: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the code calls APIs deploy/rbac/veil-node.yaml does not grant: {missing:?}"
+    );
     let extra: Vec<_> = granted.difference(&used).collect();
-    assert!(extra.is_empty(), "deploy/rbac/veil-node.yaml grants APIs the code never calls (least privilege): {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "deploy/rbac/veil-node.yaml grants APIs the code never calls (least privilege): {extra:?}"
+    );
 }

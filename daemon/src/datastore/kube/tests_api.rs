@@ -133,11 +133,16 @@ impl Fake {
                 for (path, send) in parked.drain(..) {
                     let batch = {
                         let mut w = self.watches.lock().unwrap();
-                        w.get_mut(&path).filter(|q| !q.is_empty()).map(|q| q.remove(0))
+                        w.get_mut(&path)
+                            .filter(|q| !q.is_empty())
+                            .map(|q| q.remove(0))
                     };
                     match batch {
                         Some(b) => send.send_response(
-                            Response::builder().status(200).body(Body::from(b.into_bytes())).unwrap(),
+                            Response::builder()
+                                .status(200)
+                                .body(Body::from(b.into_bytes()))
+                                .unwrap(),
                         ),
                         None => still.push((path, send)),
                     }
@@ -181,14 +186,36 @@ async fn next_until(
 async fn whole_watch_lists_skips_absent_crds_follows_changes_and_relists_after_410() {
     let (client, handle) = mock_client();
     let fake = Fake::default();
-    fake.list("/api/v1/nodes", "NodeList", "10", vec![node_json("n2", "a2V5")]);
-    fake.list("/api/v1/namespaces", "NamespaceList", "10", vec![
-        json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})]);
-    fake.list("/api/v1/pods", "PodList", "10", vec![pod_json("web", "a", "10")]);
-    fake.list("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicyList", "10", vec![
-        json!({"metadata": {"name": "deny", "namespace": "shop", "managedFields": []},
-               "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})]);
-    fake.clone().serve(handle, |s| respond(404, &status(404, &format!("no {}", s.path))));
+    fake.list(
+        "/api/v1/nodes",
+        "NodeList",
+        "10",
+        vec![node_json("n2", "a2V5")],
+    );
+    fake.list(
+        "/api/v1/namespaces",
+        "NamespaceList",
+        "10",
+        vec![json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})],
+    );
+    fake.list(
+        "/api/v1/pods",
+        "PodList",
+        "10",
+        vec![pod_json("web", "a", "10")],
+    );
+    fake.list(
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "NetworkPolicyList",
+        "10",
+        vec![
+            json!({"metadata": {"name": "deny", "namespace": "shop", "managedFields": []},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+        ],
+    );
+    fake.clone().serve(handle, |s| {
+        respond(404, &status(404, &format!("no {}", s.path)))
+    });
     let ds = KubeDatastore::new(client, "n1", "kube-system");
     let mut rx = ds.watch().unwrap();
     let mut store = Store::new();
@@ -197,29 +224,52 @@ async fn whole_watch_lists_skips_absent_crds_follows_changes_and_relists_after_4
     assert_eq!(store.pods.len(), 1);
     assert_eq!(store.endpoints.len(), 1);
     assert_eq!(store.namespaces.len(), 1);
-    assert_eq!(store.policies.len(), 1, "the k8s NetworkPolicy; CRD kinds absent");
+    assert_eq!(
+        store.policies.len(),
+        1,
+        "the k8s NetworkPolicy; CRD kinds absent"
+    );
     assert!(store.issues.is_empty(), "{:?}", store.issues);
 
     // A watch event: the pod's labels change.
-    fake.queue_watch("/api/v1/pods", vec![json!({"type": "MODIFIED", "object": pod_json("web", "b", "11")})]);
+    fake.queue_watch(
+        "/api/v1/pods",
+        vec![json!({"type": "MODIFIED", "object": pod_json("web", "b", "11")})],
+    );
     next_until(&mut rx, &mut store, |s| {
-        s.pods.values().next().is_some_and(|p| p.labels["app"] == "b")
+        s.pods
+            .values()
+            .next()
+            .is_some_and(|p| p.labels["app"] == "b")
     })
     .await;
 
     // 410 Gone: the watcher relists; the pod has vanished meanwhile.
     fake.list("/api/v1/pods", "PodList", "20", vec![]);
-    fake.queue_watch("/api/v1/pods", vec![json!({"type": "ERROR", "object": status(410, "Expired")})]);
-    next_until(&mut rx, &mut store, |s| s.pods.is_empty() && s.endpoints.is_empty()).await;
-    assert_eq!(store.nodes.len(), 1, "other kinds untouched by the pods' relist");
-    assert!(fake.requests("GET", "/apis/veil.dev/v1alpha1/tiers").len() >= 1);
+    fake.queue_watch(
+        "/api/v1/pods",
+        vec![json!({"type": "ERROR", "object": status(410, "Expired")})],
+    );
+    next_until(&mut rx, &mut store, |s| {
+        s.pods.is_empty() && s.endpoints.is_empty()
+    })
+    .await;
+    assert_eq!(
+        store.nodes.len(),
+        1,
+        "other kinds untouched by the pods' relist"
+    );
+    assert!(!fake
+        .requests("GET", "/apis/veil.dev/v1alpha1/tiers")
+        .is_empty());
 }
 
 #[tokio::test]
 async fn local_endpoints_go_straight_into_the_watch() {
     let (client, handle) = mock_client();
     let fake = Fake::default();
-    fake.clone().serve(handle, |_| respond(404, &status(404, "NotFound")));
+    fake.clone()
+        .serve(handle, |_| respond(404, &status(404, "NotFound")));
     let ds = KubeDatastore::new(client, "n1", "kube-system");
     let rec = crate::datastore::EndpointRecord {
         node: "n1".into(),
@@ -240,7 +290,12 @@ async fn local_endpoints_go_straight_into_the_watch() {
 async fn put_node_merge_patches_only_the_veil_annotations() {
     let (client, handle) = mock_client();
     let fake = Fake::default();
-    fake.clone().serve(handle, |s| respond(200, &node_json("n1", "x")).map(|b| { let _ = s; b }));
+    fake.clone().serve(handle, |s| {
+        respond(200, &node_json("n1", "x")).map(|b| {
+            let _ = s;
+            b
+        })
+    });
     let ds = KubeDatastore::new(client, "n1", "kube-system");
     let rec = crate::datastore::NodeRecord {
         name: "n1".into(),
@@ -248,7 +303,10 @@ async fn put_node_merge_patches_only_the_veil_annotations() {
         pod_cidrs: vec![],
         labels: [("team".to_string(), "x".to_string())].into(),
         annotations: [
-            (crate::datastore::ANNOTATION_WG_PUBLIC_KEY.to_string(), "NEWKEY".to_string()),
+            (
+                crate::datastore::ANNOTATION_WG_PUBLIC_KEY.to_string(),
+                "NEWKEY".to_string(),
+            ),
             ("other.example/a".to_string(), "b".to_string()),
         ]
         .into(),
@@ -288,21 +346,28 @@ async fn elect(existing: Option<Value>) -> (bool, Fake) {
     let (client, handle) = mock_client();
     let fake = Fake::default();
     let existing2 = existing.clone();
-    fake.clone().serve(handle, move |s| match (s.method.as_str(), &existing2) {
-        ("GET", Some(l)) => respond(200, l),
-        ("GET", None) => respond(404, &status(404, "NotFound")),
-        ("POST" | "PUT", _) => respond(200, &s.body),
-        _ => respond(405, &status(405, "MethodNotAllowed")),
-    });
+    fake.clone()
+        .serve(handle, move |s| match (s.method.as_str(), &existing2) {
+            ("GET", Some(l)) => respond(200, l),
+            ("GET", None) => respond(404, &status(404, "NotFound")),
+            ("POST" | "PUT", _) => respond(200, &s.body),
+            _ => respond(405, &status(405, "MethodNotAllowed")),
+        });
     let e = lease::LeaseElector::new(client, "kube-system", status::LEASE_NAME, "n1");
-    (e.try_acquire_or_renew(Timestamp::now()).await.unwrap(), fake)
+    (
+        e.try_acquire_or_renew(Timestamp::now()).await.unwrap(),
+        fake,
+    )
 }
 
 #[tokio::test]
 async fn lease_is_created_when_absent() {
     let (leader, fake) = elect(None).await;
     assert!(leader);
-    let post = fake.requests("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases");
+    let post = fake.requests(
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
+    );
     assert_eq!(post[0].body["spec"]["holderIdentity"], "n1");
 }
 
@@ -323,7 +388,10 @@ async fn expired_lease_is_taken_over_and_own_lease_renewed() {
     assert_eq!(put[0].body["spec"]["leaseTransitions"], 2);
     let (leader, fake) = elect(Some(lease_json("n1", Timestamp::now()))).await;
     assert!(leader);
-    assert_eq!(fake.requests("PUT", "leases")[0].body["spec"]["leaseTransitions"], 1);
+    assert_eq!(
+        fake.requests("PUT", "leases")[0].body["spec"]["leaseTransitions"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -359,12 +427,18 @@ async fn invalid_policy_status_is_patched_on_the_status_subresource() {
     };
     let want = status::desired_status(&item, "2026-01-01T00:00:00Z");
     assert!(status::write_status(&client, &item, &want).await.unwrap());
-    let p = fake.requests("PATCH", "/apis/veil.dev/v1alpha1/namespaces/shop/networkpolicies/p/status");
+    let p = fake.requests(
+        "PATCH",
+        "/apis/veil.dev/v1alpha1/namespaces/shop/networkpolicies/p/status",
+    );
     assert_eq!(p.len(), 1);
     let conds = p[0].body["status"]["conditions"].as_array().unwrap();
     let invalid = conds.iter().find(|c| c["type"] == "Invalid").unwrap();
     assert_eq!(invalid["status"], "True");
-    assert!(invalid["message"].as_str().unwrap().contains("spec.ingress[0].action"));
+    assert!(invalid["message"]
+        .as_str()
+        .unwrap()
+        .contains("spec.ingress[0].action"));
     assert_eq!(p[0].body["status"]["observedGeneration"], 4);
 }
 
@@ -372,8 +446,11 @@ async fn invalid_policy_status_is_patched_on_the_status_subresource() {
 async fn node_facts_are_read_from_the_api() {
     let (client, handle) = mock_client();
     let fake = Fake::default();
-    fake.clone().serve(handle, |_| respond(200, &node_json("n1", "k")));
-    let f = node::fetch_facts(&kube::Api::<Node>::all(client), "n1").await.unwrap();
+    fake.clone()
+        .serve(handle, |_| respond(200, &node_json("n1", "k")));
+    let f = node::fetch_facts(&kube::Api::<Node>::all(client), "n1")
+        .await
+        .unwrap();
     assert_eq!(f.address.to_string(), "198.18.0.2");
     assert_eq!(fake.requests("GET", "/api/v1/nodes/n1").len(), 1);
 }
@@ -429,7 +506,10 @@ async fn the_lease_holder_writes_status_once_and_raises_one_event() {
     let events = fake.requests("POST", "/apis/events.k8s.io/v1/namespaces/shop/events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].body["reason"], "InvalidPolicy");
-    assert!(events[0].body["note"].as_str().unwrap().contains("spec.ingress[0].action"));
+    assert!(events[0].body["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.ingress[0].action"));
 }
 
 #[tokio::test]
