@@ -81,7 +81,6 @@ fn listing<K>(objs: Vec<K>) -> Vec<Item<K>> {
 async fn kube_events(pods: Vec<Pod>, nss: Vec<Namespace>, pols: Vec<DynamicObject>) -> Vec<Event> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let gate = Arc::new(SyncGate::new(["ns", "pods", "np"], tx.clone()));
-    let (stx, _srx) = mpsc::unbounded_channel();
     let pk = &POLICY_KINDS[0];
     run_kind(
         "ns",
@@ -105,7 +104,7 @@ async fn kube_events(pods: Vec<Pod>, nss: Vec<Namespace>, pols: Vec<DynamicObjec
         "np",
         false,
         stream::iter(listing(pols)),
-        |o: &DynamicObject| policy_outcome(pk, o, &stx),
+        |o: &DynamicObject| policy_outcome(pk, o),
         tx,
         gate,
     )

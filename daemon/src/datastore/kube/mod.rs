@@ -455,9 +455,13 @@ impl Datastore for KubeDatastore {
         for pk in POLICY_KINDS {
             let ar = pk.api_resource();
             let api = Api::<DynamicObject>::all_with(c.clone(), &ar);
-            let stream = watcher(api, cfg()).default_backoff();
             let status_tx = status_tx.clone();
-            let convert = move |obj: &DynamicObject| policy_outcome(pk, obj, &status_tx);
+            let stream = watcher(api, cfg()).default_backoff().inspect(move |ev| {
+                if let Some(m) = ev.as_ref().ok().and_then(|ev| status_message(pk, ev)) {
+                    let _ = status_tx.send(m);
+                }
+            });
+            let convert = move |obj: &DynamicObject| policy_outcome(pk, obj);
             rt.spawn(run_kind(
                 pk.id,
                 pk.crd,
@@ -539,27 +543,41 @@ impl Datastore for KubeDatastore {
     }
 }
 
-/// A policy object's outcome; veil.dev ones are also reported to the
-/// status writer.
-pub fn policy_outcome(
-    pk: &PolicyKind,
-    obj: &DynamicObject,
-    status_tx: &UnboundedSender<StatusMsg>,
-) -> Vec<(Key, convert::Outcome)> {
+/// A policy object's outcome (its document, or why it is invalid).
+pub fn policy_outcome(pk: &PolicyKind, obj: &DynamicObject) -> Vec<(Key, convert::Outcome)> {
     let (key, result) = convert::policy(&pk.api_version(), pk.kind, pk.plural, pk.group, obj);
-    if pk.status {
-        let _ = status_tx.send(StatusMsg::Set(StatusItem {
-            kind: *pk,
-            origin: key.name.clone(),
-            namespace: obj.namespace(),
-            name: obj.name_any(),
-            uid: obj.uid(),
-            generation: obj.metadata.generation,
-            verdict: result.as_ref().map(|_| ()).map_err(Clone::clone),
-            current: obj.data.get("status").cloned(),
-        }));
-    }
     vec![(key, Some(result.map(super::Resource::Policy)))]
+}
+
+/// What the status writer must hear of a watcher event of a veil.dev kind:
+/// an object seen (with whether it parses), or an object gone.
+pub fn status_message(pk: &PolicyKind, event: &watcher::Event<DynamicObject>) -> Option<StatusMsg> {
+    if !pk.status {
+        return None;
+    }
+    match event {
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+            let (key, result) =
+                convert::policy(&pk.api_version(), pk.kind, pk.plural, pk.group, obj);
+            Some(StatusMsg::Set(StatusItem {
+                kind: *pk,
+                origin: key.name,
+                namespace: obj.namespace(),
+                name: obj.name_any(),
+                uid: obj.uid(),
+                generation: obj.metadata.generation,
+                verdict: result.map(|_| ()),
+                current: obj.data.get("status").cloned(),
+            }))
+        }
+        watcher::Event::Delete(obj) => Some(StatusMsg::Gone(convert::policy_origin(
+            pk.plural,
+            pk.group,
+            obj.namespace().as_deref(),
+            &obj.name_any(),
+        ))),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
 }
 
 #[cfg(test)]

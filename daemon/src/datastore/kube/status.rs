@@ -55,9 +55,10 @@ pub struct StatusItem {
 /// What the watchers tell the status writer.
 #[derive(Debug, Clone)]
 pub enum StatusMsg {
-    /// An object was seen (listed, created, changed; also deleted: a
-    /// status patch then finds it gone, which ends its tracking).
+    /// An object was seen (listed, created, changed).
     Set(StatusItem),
+    /// The object with this origin was deleted.
+    Gone(String),
 }
 
 /// The status an item should have (`now` stamps the transition).
@@ -161,10 +162,31 @@ fn reference(item: &StatusItem) -> ObjectReference {
     }
 }
 
+type Evented = BTreeSet<(String, Option<i64>, String)>;
+
+fn take(
+    m: StatusMsg,
+    items: &mut BTreeMap<String, StatusItem>,
+    dirty: &mut BTreeSet<String>,
+    evented: &mut Evented,
+) {
+    match m {
+        StatusMsg::Set(item) => {
+            dirty.insert(item.origin.clone());
+            items.insert(item.origin.clone(), item);
+        }
+        StatusMsg::Gone(origin) => {
+            items.remove(&origin);
+            dirty.remove(&origin);
+            evented.retain(|(o, _, _)| *o != origin);
+        }
+    }
+}
+
 /// The status writer: renews (or waits for) the Lease, and while holding
 /// it brings every reported object's status in line. Runs until the
-/// watchers are gone. `events` carries nothing back today; it is closed-
-/// checked to stop with the watch.
+/// watchers are gone (`watch_tx`: the watch's sender, closed when the
+/// watch's receiver is dropped).
 pub async fn run(
     client: Client,
     elector: LeaseElector,
@@ -182,18 +204,16 @@ pub async fn run(
     let mut items: BTreeMap<String, StatusItem> = BTreeMap::new();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     // (origin, generation, message) already reported by an Event.
-    let mut evented: BTreeSet<(String, Option<i64>, String)> = BTreeSet::new();
+    let mut evented = Evented::new();
     let mut leader = false;
     let mut tick = tokio::time::interval(RENEW_INTERVAL);
     loop {
         tokio::select! {
             m = rx.recv() => match m {
-                Some(StatusMsg::Set(item)) => {
-                    dirty.insert(item.origin.clone());
-                    items.insert(item.origin.clone(), item);
-                    while let Ok(StatusMsg::Set(item)) = rx.try_recv() {
-                        dirty.insert(item.origin.clone());
-                        items.insert(item.origin.clone(), item);
+                Some(m) => {
+                    take(m, &mut items, &mut dirty, &mut evented);
+                    while let Ok(m) = rx.try_recv() {
+                        take(m, &mut items, &mut dirty, &mut evented);
                     }
                 }
                 None => return,

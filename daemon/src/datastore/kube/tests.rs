@@ -353,21 +353,17 @@ async fn every_policy_kind_is_listed_modified_invalidated_and_deleted() {
         } else {
             "p1"
         };
-        let (stx, mut srx) = mpsc::unbounded_channel();
-        let convert = |o: &DynamicObject| policy_outcome(pk, o, &stx);
-        let ev = drive(
-            pk.crd,
-            vec![
-                Ok(W::Init),
-                Ok(W::InitApply(policy_obj(pk, p1, good.clone()))),
-                Ok(W::InitDone),
-                Ok(W::Apply(policy_obj(pk, "p2", good.clone()))),
-                Ok(W::Apply(policy_obj(pk, p1, bad.clone()))),
-                Ok(W::Delete(policy_obj(pk, "p2", good.clone()))),
-            ],
-            convert,
-        )
-        .await;
+        let convert = |o: &DynamicObject| policy_outcome(pk, o);
+        let watch = vec![
+            W::Init,
+            W::InitApply(policy_obj(pk, p1, good.clone())),
+            W::InitDone,
+            W::Apply(policy_obj(pk, "p2", good.clone())),
+            W::Apply(policy_obj(pk, p1, bad.clone())),
+            W::Delete(policy_obj(pk, "p2", good.clone())),
+        ];
+        let reported: Vec<StatusMsg> = watch.iter().filter_map(|e| status_message(pk, e)).collect();
+        let ev = drive(pk.crd, watch.into_iter().map(Ok).collect(), convert).await;
         let mut store = Store::new();
         store.apply_all(ev.clone());
         assert!(store.synced, "{}", pk.id);
@@ -388,14 +384,21 @@ async fn every_policy_kind_is_listed_modified_invalidated_and_deleted() {
         let issue = store.issues.values().next().unwrap();
         assert!(issue.object.ends_with(p1), "{issue}");
         // veil.dev kinds report to the status writer; others do not.
-        let mut reported = Vec::new();
-        while let Ok(StatusMsg::Set(i)) = srx.try_recv() {
-            reported.push(i);
-        }
         if pk.status {
-            let last_p1 = reported.iter().rev().find(|i| i.name == "p1").unwrap();
+            let last_p1 = reported
+                .iter()
+                .rev()
+                .find_map(|m| match m {
+                    StatusMsg::Set(i) if i.name == "p1" => Some(i),
+                    _ => None,
+                })
+                .unwrap();
             assert!(last_p1.verdict.is_err(), "{}", pk.id);
             assert_eq!(last_p1.generation, Some(2));
+            assert!(
+                matches!(reported.last(), Some(StatusMsg::Gone(o)) if o.ends_with("/p2")),
+                "a deleted object ends its status tracking: {reported:?}"
+            );
         } else {
             assert!(reported.is_empty());
         }
@@ -406,8 +409,7 @@ async fn every_policy_kind_is_listed_modified_invalidated_and_deleted() {
 async fn absent_crd_is_skipped_once_and_picked_up_when_it_appears() {
     let pk = &POLICY_KINDS[4];
     let (good, _) = specs(pk);
-    let (stx, _srx) = mpsc::unbounded_channel();
-    let convert = |o: &DynamicObject| policy_outcome(pk, o, &stx);
+    let convert = |o: &DynamicObject| policy_outcome(pk, o);
     let ev = drive(
         true,
         vec![
