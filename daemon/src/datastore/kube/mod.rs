@@ -559,7 +559,7 @@ pub fn status_message(pk: &PolicyKind, event: &watcher::Event<DynamicObject>) ->
         watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
             let (key, result) =
                 convert::policy(&pk.api_version(), pk.kind, pk.plural, pk.group, obj);
-            Some(StatusMsg::Set(StatusItem {
+            Some(StatusMsg::Set(Box::new(StatusItem {
                 kind: *pk,
                 origin: key.name,
                 namespace: obj.namespace(),
@@ -568,7 +568,7 @@ pub fn status_message(pk: &PolicyKind, event: &watcher::Event<DynamicObject>) ->
                 generation: obj.metadata.generation,
                 verdict: result.map(|_| ()),
                 current: obj.data.get("status").cloned(),
-            }))
+            })))
         }
         watcher::Event::Delete(obj) => Some(StatusMsg::Gone(convert::policy_origin(
             pk.plural,

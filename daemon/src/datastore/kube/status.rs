@@ -56,7 +56,7 @@ pub struct StatusItem {
 #[derive(Debug, Clone)]
 pub enum StatusMsg {
     /// An object was seen (listed, created, changed).
-    Set(StatusItem),
+    Set(Box<StatusItem>),
     /// The object with this origin was deleted.
     Gone(String),
 }
@@ -173,7 +173,7 @@ fn take(
     match m {
         StatusMsg::Set(item) => {
             dirty.insert(item.origin.clone());
-            items.insert(item.origin.clone(), item);
+            items.insert(item.origin.clone(), *item);
         }
         StatusMsg::Gone(origin) => {
             items.remove(&origin);

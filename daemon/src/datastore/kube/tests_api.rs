@@ -487,12 +487,13 @@ async fn run_writer(lease: Option<Value>) -> Fake {
     let (watch_tx, _watch_rx) = mpsc::unbounded_channel();
     let elector = lease::LeaseElector::new(client.clone(), "kube-system", status::LEASE_NAME, "n1");
     let task = tokio::spawn(status::run(client, elector, "n1".into(), rx, watch_tx));
-    tx.send(StatusMsg::Set(invalid_item("p"))).unwrap();
+    tx.send(StatusMsg::Set(Box::new(invalid_item("p"))))
+        .unwrap();
     // Seen again after its own write: already right, not written twice.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut again = invalid_item("p");
     again.current = Some(serde_json::to_value(status::desired_status(&again, "t")).unwrap());
-    tx.send(StatusMsg::Set(again)).unwrap();
+    tx.send(StatusMsg::Set(Box::new(again))).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     task.abort();
     fake
