@@ -55,9 +55,16 @@ pub struct Flags {
     /// State directory (allocations, endpoints, keys).
     #[arg(long, env = "VEIL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Datastore: `local`.
+    /// Datastore: `local` or `kube` (the Kubernetes API).
     #[arg(long, env = "VEIL_DATASTORE")]
     pub datastore: Option<String>,
+    /// Kubeconfig file for `--datastore kube` (default: in-cluster, or KUBECONFIG).
+    #[arg(long, env = "VEIL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the Lease electing the policy status writer
+    /// (`--datastore kube`; default: POD_NAMESPACE, else kube-system).
+    #[arg(long, env = "VEIL_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// Directory of the local datastore.
     #[arg(long, env = "VEIL_DATASTORE_DIR")]
     pub datastore_dir: Option<PathBuf>,
@@ -147,6 +154,8 @@ pub struct FileConfig {
     state_dir: Option<PathBuf>,
     datastore: Option<String>,
     datastore_dir: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    lease_namespace: Option<String>,
     http_listen: Option<SocketAddr>,
     http_private_networks: Option<Vec<String>>,
     underlay_mtu: Option<u32>,
@@ -201,6 +210,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Local datastore directory.
     pub datastore_dir: PathBuf,
+    /// Which datastore.
+    pub datastore: DatastoreChoice,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// Networks whose clients may read the private HTTP routes.
@@ -227,6 +238,15 @@ pub struct Config {
     pub flows: FlowConfig,
     /// WireGuard datapath optimisations turned off.
     pub wireguard_tuning: WireguardTuning,
+}
+
+/// Where the cluster state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreChoice {
+    /// A directory of YAML files (the lab, tests, single host).
+    Local,
+    /// The Kubernetes API.
+    Kube(crate::datastore::kube::KubeSettings),
 }
 
 /// The flow collector's knobs (`VEIL_FLOWS`, `VEIL_FLOW_*`, `VEIL_EXTERNAL_NETWORKS`).
@@ -390,12 +410,24 @@ impl Config {
             .datastore
             .or(c.datastore)
             .unwrap_or_else(|| "local".into());
-        if datastore != "local" {
-            return Err(ConfigError::Invalid {
-                field: "datastore",
-                reason: format!("{datastore:?} is not supported (supported: local)"),
-            });
-        }
+        let datastore = match datastore.as_str() {
+            "local" => DatastoreChoice::Local,
+            "kube" => DatastoreChoice::Kube(crate::datastore::kube::KubeSettings {
+                kubeconfig: f.kubeconfig.or(c.kubeconfig),
+                lease_namespace: f
+                    .lease_namespace
+                    .or(c.lease_namespace)
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "kube-system".into()),
+            }),
+            other => {
+                return Err(ConfigError::Invalid {
+                    field: "datastore",
+                    reason: format!("{other:?} is not supported (supported: local, kube)"),
+                })
+            }
+        };
         let log_format = match f.log_format.or(c.log_format).as_deref().unwrap_or("plain") {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
@@ -458,6 +490,7 @@ impl Config {
         Ok(Config {
             http_private_networks,
             socket_group,
+            datastore,
             dataplane_resync: Duration::from_secs(resync),
             flows,
             wireguard_tuning,

@@ -1,5 +1,7 @@
 //! `veild`: the Veil node daemon. Parses configuration, starts tracing, runs.
 //! Bad configuration exits with code 64 and a message naming the field.
+//! With `--datastore kube`, the Node object fills the flags not given
+//! (address, pod CIDR, labels; the name from `NODE_NAME`).
 //! `veild install-cni` copies the CNI plugin into place (the DaemonSet's init
 //! container) and exits.
 //! Logs go to stderr, coloured only when stderr is a terminal.
@@ -16,7 +18,7 @@ fn main() {
     if args.next().is_some_and(|a| a == "install-cni") {
         std::process::exit(veil_daemon::cni_install::install_cni_command(args));
     }
-    let flags = match Flags::try_parse() {
+    let mut flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) if e.use_stderr() => {
             eprintln!("veild: {e}");
@@ -24,6 +26,25 @@ fn main() {
         }
         Err(e) => e.exit(),
     };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veild: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    // `--datastore kube`: the node's name, address, pod CIDR and labels come
+    // from its Node object (flags given explicitly win).
+    if let Err(e) = rt.block_on(veil_daemon::datastore::kube::node::complete_flags(
+        &mut flags,
+    )) {
+        eprintln!("veild: {e}");
+        std::process::exit(1);
+    }
     let config = match Config::load(flags) {
         Ok(c) => c,
         Err(e) => {
@@ -43,17 +64,6 @@ fn main() {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("veild: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
     if let Err(e) = rt.block_on(veil_daemon::node::run(config)) {
         tracing::error!(error = %e, "veild failed");
         eprintln!("veild: {e}");

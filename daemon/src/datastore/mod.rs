@@ -22,6 +22,7 @@
 //! It does not interpret policies (the controller validates them) and does
 //! not decide anything from the state.
 
+pub mod kube;
 pub mod local;
 mod local_watch;
 pub mod store;
@@ -320,6 +321,9 @@ pub enum DatastoreError {
     /// A name is not usable as a key.
     #[error("datastore: invalid name {0:?}")]
     InvalidName(String),
+    /// The Kubernetes API could not be used.
+    #[error("datastore kube: {0}")]
+    Kube(String),
     /// The change watch could not be started.
     #[error("datastore {path}: cannot watch for changes: {error}")]
     Watch {

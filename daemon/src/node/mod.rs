@@ -23,7 +23,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 use crate::api::ApiRegistry;
-use crate::config::{Config, WG_OVERHEAD};
+use crate::config::{Config, DatastoreChoice, WG_OVERHEAD};
 use crate::context::NodeContext;
 use crate::dataplane::nftables::{BaseFilter, DesiredTable, FilterError, FlowLogging};
 use crate::dataplane::Filter;
@@ -111,14 +111,32 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let endpoints = Arc::new(EndpointTable::open(&config.state_dir, config.pod_cidr)?);
     reap_pending(&endpoints)?;
     // Watch the datastore: its initial listing is in when `start` returns.
-    // The datastore names every pod: a directory veild creates is the owner's
-    // only (an existing one, maybe shared with the lab, is left as it is).
-    crate::fsutil::create_private_dir(&config.datastore_dir, crate::endpoints::STATE_DIR_MODE)
-        .map_err(|source| StartError::Io {
-            what: format!("datastore directory {}", config.datastore_dir.display()),
-            source,
-        })?;
-    let datastore: SharedDatastore = Arc::new(LocalDatastore::open(&config.datastore_dir)?);
+    let datastore: SharedDatastore = match &config.datastore {
+        DatastoreChoice::Local => {
+            // The datastore names every pod: a directory veild creates is the
+            // owner's only (an existing one, maybe shared with the lab, is left
+            // as it is).
+            crate::fsutil::create_private_dir(
+                &config.datastore_dir,
+                crate::endpoints::STATE_DIR_MODE,
+            )
+            .map_err(|source| StartError::Io {
+                what: format!("datastore directory {}", config.datastore_dir.display()),
+                source,
+            })?;
+            Arc::new(LocalDatastore::open(&config.datastore_dir)?)
+        }
+        DatastoreChoice::Kube(k) => {
+            let client = crate::datastore::kube::client(k.kubeconfig.as_deref())
+                .await
+                .map_err(DatastoreError::from)?;
+            Arc::new(crate::datastore::kube::KubeDatastore::new(
+                client,
+                &config.node_name,
+                &k.lease_namespace,
+            ))
+        }
+    };
     let endpoints_changed = Arc::new(tokio::sync::Notify::new());
     let published = sync::start(
         &datastore,
