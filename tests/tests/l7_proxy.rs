@@ -119,11 +119,22 @@ fn apply_policies(lab: &Lab, scenario: &str, nodes: &[&str]) {
         .iter()
         .map(|p| serde_json::to_string(p).unwrap())
         .collect();
+    // Each node's generation before the write: the policies are in once
+    // every node has applied a newer one.
+    let generation = |n: &str| {
+        veil_tests::call(&sock(lab, n), veil_api::method::NODE_STATUS, Value::Null)
+            .ok()
+            .and_then(|s| s["policyGeneration"].as_u64())
+            .unwrap_or(0)
+    };
+    let before: Vec<(&str, u64)> = nodes.iter().map(|n| (*n, generation(n))).collect();
     let dir = PathBuf::from(format!("/run/veil/labs/{}/datastore/policies", lab.name));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("l7-test.yaml"), docs.join("\n---\n")).unwrap();
     assert!(
-        eventually(Duration::from_secs(20), || applied(lab, nodes, 1)),
+        eventually(Duration::from_secs(20), || before
+            .iter()
+            .all(|(n, g)| applied(lab, &[n], g + 1))),
         "policy never applied: {}",
         show(&veilctl(&["status", "--lab", &lab.name]))
     );
