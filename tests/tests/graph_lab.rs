@@ -386,31 +386,41 @@ fn dashboard_queries_answer(lab: &Lab) {
                 .replace("$__rate_interval", "1m")
                 .replace("$__range", "1h")
                 .replace("$namespace", ".*");
-            let o = lab.exec(
-                &["--node", "node-a"],
-                &[
-                    "curl",
-                    "-sS",
-                    "-m",
-                    "5",
-                    "-G",
-                    "http://127.0.0.1:19090/api/v1/query",
-                    "--data-urlencode",
-                    &format!("query={q}"),
-                ],
-            );
-            let v: Value =
-                serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{q}: {}", show(&o)));
-            assert_eq!(v["status"], "success", "panel {}: {q}: {v}", p["title"]);
-            let empty = v["data"]["result"].as_array().is_none_or(|a| a.is_empty());
             let optional = ["denied", "veil_policy", "veil_http"]
                 .iter()
                 .any(|w| q.contains(w));
-            assert!(
-                optional || !empty,
-                "panel {} returns no data: {q}",
-                p["title"]
-            );
+            // A `rate()` needs two scrapes of a series inside its window: a
+            // series first scraped a moment ago has none yet, so ask again
+            // (bounded) before calling a panel empty.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let o = lab.exec(
+                    &["--node", "node-a"],
+                    &[
+                        "curl",
+                        "-sS",
+                        "-m",
+                        "5",
+                        "-G",
+                        "http://127.0.0.1:19090/api/v1/query",
+                        "--data-urlencode",
+                        &format!("query={q}"),
+                    ],
+                );
+                let v: Value = serde_json::from_slice(&o.stdout)
+                    .unwrap_or_else(|_| panic!("{q}: {}", show(&o)));
+                assert_eq!(v["status"], "success", "panel {}: {q}: {v}", p["title"]);
+                let empty = v["data"]["result"].as_array().is_none_or(|a| a.is_empty());
+                if optional || !empty {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "panel {} returns no data: {q}",
+                    p["title"]
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
             checked += 1;
         }
     }
