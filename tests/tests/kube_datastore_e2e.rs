@@ -48,6 +48,10 @@ fn answer(target: &str, method: &str) -> Option<(u16, Value)> {
             ),
         ),
         ("GET", "/api/v1/pods") => (200, list("PodList", vec![])),
+        ("GET", "/api/v1/services") => (200, list("ServiceList", vec![])),
+        ("GET", "/apis/discovery.k8s.io/v1/endpointslices") => {
+            (200, list("EndpointSliceList", vec![]))
+        }
         ("GET", "/apis/networking.k8s.io/v1/networkpolicies") => (
             200,
             list(

@@ -227,6 +227,8 @@ impl PolicyState {
                     }
                 }
                 Kind::Node => nodes = true,
+                // Policy selects pods, not Services: names for the flows only.
+                Kind::Service | Kind::EndpointSlice => {}
                 Kind::Policy => {
                     self.read_policy(store, key);
                     policies = true;

@@ -6,6 +6,8 @@
 //! <dir>/namespaces/<ns>.yaml                    NamespaceRecord
 //! <dir>/pods/<ns>/<pod>.yaml                    PodRecord (labels, node, ports)
 //! <dir>/endpoints/<node>/<container>_<if>.yaml  EndpointRecord (written by veild)
+//! <dir>/services/<ns>/<service>.yaml            ServiceRecord (cluster IPs, selector, ports)
+//! <dir>/endpointslices/<ns>/<slice>.yaml        EndpointSliceRecord (selector-less Services)
 //! <dir>/policies/**/*.yaml                      Kubernetes manifests, several per file with `---`
 //! ```
 //! Keys are the paths relative to the kind's directory (`shop/web.yaml`;
@@ -24,7 +26,7 @@ use super::local_watch;
 use super::store::{Changes, Store};
 use super::{
     Datastore, DatastoreError, DatastoreWriter, EndpointRecord, Event, EventStream,
-    NamespaceRecord, NodeRecord, PodRecord,
+    NamespaceRecord, NodeRecord, PodRecord, ServiceRecord,
 };
 
 /// A datastore in a directory.
@@ -52,7 +54,15 @@ impl LocalDatastore {
     /// Opens (creating if needed) the datastore at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, DatastoreError> {
         let dir = dir.into();
-        for sub in ["nodes", "namespaces", "pods", "endpoints", "policies"] {
+        for sub in [
+            "nodes",
+            "namespaces",
+            "pods",
+            "endpoints",
+            "services",
+            "endpointslices",
+            "policies",
+        ] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| DatastoreError::Io {
                 path: p.display().to_string(),
@@ -177,6 +187,24 @@ impl DatastoreWriter for LocalDatastore {
         )
     }
 
+    fn put_service(&self, svc: &ServiceRecord) -> Result<(), DatastoreError> {
+        let path = self
+            .dir
+            .join("services")
+            .join(check_name(&svc.namespace)?)
+            .join(format!("{}.yaml", check_name(&svc.name)?));
+        self.write(path, svc)
+    }
+
+    fn delete_service(&self, namespace: &str, name: &str) -> Result<(), DatastoreError> {
+        self.remove(
+            self.dir
+                .join("services")
+                .join(check_name(namespace)?)
+                .join(format!("{}.yaml", check_name(name)?)),
+        )
+    }
+
     fn put_namespace(&self, ns: &NamespaceRecord) -> Result<(), DatastoreError> {
         let path = self
             .dir
@@ -228,7 +256,19 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("nodes/broken.yaml"), "name: [").unwrap();
+        // A Service as a user writes it (defaults filled in).
+        std::fs::create_dir_all(dir.path().join("services/x")).unwrap();
+        std::fs::write(
+            dir.path().join("services/x/api.yaml"),
+            "namespace: x\nname: api\nclusterIPs: [10.96.0.10]\nselector: {app: a}\nports: [{port: 80, targetPort: 8080}]\n",
+        )
+        .unwrap();
         let snap = ds.load().snapshot();
+        assert_eq!(snap.services.len(), 1);
+        assert_eq!(snap.services[0].ports[0].protocol, "TCP");
+        assert_eq!(snap.services[0].ports[0].target_port, Some(8080));
+        ds.delete_service("x", "api").unwrap();
+        assert!(ds.load().snapshot().services.is_empty());
         assert_eq!(snap.nodes, vec![node]);
         assert_eq!(snap.pod("x", "a").unwrap().labels["app"], "a");
         assert_eq!(snap.policies.len(), 2);

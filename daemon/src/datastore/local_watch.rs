@@ -39,11 +39,13 @@ const SETTLE: Duration = Duration::from_millis(15);
 const SETTLE_MAX: Duration = Duration::from_millis(100);
 
 /// The kind directories and their kinds.
-pub(super) const KIND_DIRS: [(&str, Kind); 5] = [
+pub(super) const KIND_DIRS: [(&str, Kind); 7] = [
     ("nodes", Kind::Node),
     ("namespaces", Kind::Namespace),
     ("pods", Kind::Pod),
     ("endpoints", Kind::Endpoint),
+    ("services", Kind::Service),
+    ("endpointslices", Kind::EndpointSlice),
     ("policies", Kind::Policy),
 ];
 
@@ -299,6 +301,8 @@ fn parse(kind: Kind, rel: &str, object: &str, text: &str) -> Parsed {
         Kind::Namespace => one(record(object, text).map(Resource::Namespace)),
         Kind::Pod => one(record(object, text).map(Resource::Pod)),
         Kind::Endpoint => one(record(object, text).map(Resource::Endpoint)),
+        Kind::Service => one(record(object, text).map(Resource::Service)),
+        Kind::EndpointSlice => one(record(object, text).map(Resource::EndpointSlice)),
         Kind::Policy => {
             let mut entries = Vec::new();
             let mut unread_from = None;

@@ -1,5 +1,5 @@
 //! The datastore: where a node learns about the cluster (nodes, namespaces, pods,
-//! endpoints, policies of every kind) and publishes what it owns (its node
+//! endpoints, services and their endpoint slices, policies of every kind) and publishes what it owns (its node
 //! record, its endpoints).
 //!
 //! The shape is kube-rs's reflector: an implementation of [`Datastore`]
@@ -148,6 +148,63 @@ pub struct EndpointRecord {
     pub ips: Vec<IpNetwork>,
 }
 
+/// A port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// The Service's port (on its cluster IPs).
+    pub port: u16,
+    /// TCP, UDP or SCTP.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Optional port name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The pods' port it forwards to, when a number (default: `port`;
+    /// a named target port is left to the endpoint slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+/// A Service: a name for a set of pods, reached through its cluster IPs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Cluster IPs (none for a headless Service).
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Vec<IpAddr>,
+    /// Pod selector in the Service's namespace; `None`: the Service has no
+    /// selector and its endpoints come only from endpoint slices.
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+/// An EndpointSlice: addresses backing one Service (Kubernetes datastore;
+/// the local datastore derives them from the Service's selector instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointSliceRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Slice name.
+    pub name: String,
+    /// The Service it belongs to (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// Endpoint addresses.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// The ports on the endpoints (empty: every port).
+    #[serde(default)]
+    pub ports: Vec<PodPort>,
+}
+
 /// Everything a node knows of the cluster at one moment: the values of a
 /// [`store::Store`] as lists, for the parts that read the whole state (flow
 /// identities, WireGuard peers).
@@ -161,6 +218,10 @@ pub struct Snapshot {
     pub pods: Vec<PodRecord>,
     /// Wired endpoints of every node.
     pub endpoints: Vec<EndpointRecord>,
+    /// Services.
+    pub services: Vec<ServiceRecord>,
+    /// Endpoint slices of the Services.
+    pub endpoint_slices: Vec<EndpointSliceRecord>,
     /// Policy manifests, each one a YAML document, with where it came from.
     pub policies: Vec<PolicyDocument>,
     /// Objects that could not be read (a bad object never hides the rest;
@@ -203,6 +264,10 @@ pub enum Kind {
     Pod,
     /// [`EndpointRecord`].
     Endpoint,
+    /// [`ServiceRecord`].
+    Service,
+    /// [`EndpointSliceRecord`].
+    EndpointSlice,
     /// [`PolicyDocument`] (any policy kind, and tiers).
     Policy,
 }
@@ -215,6 +280,8 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Pod => "pod",
             Kind::Endpoint => "endpoint",
+            Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice",
             Kind::Policy => "policy",
         }
     }
@@ -260,6 +327,10 @@ pub enum Resource {
     Pod(PodRecord),
     /// An endpoint.
     Endpoint(EndpointRecord),
+    /// A Service.
+    Service(ServiceRecord),
+    /// An endpoint slice.
+    EndpointSlice(EndpointSliceRecord),
     /// A policy manifest.
     Policy(PolicyDocument),
 }
@@ -272,6 +343,8 @@ impl Resource {
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Pod(_) => Kind::Pod,
             Resource::Endpoint(_) => Kind::Endpoint,
+            Resource::Service(_) => Kind::Service,
+            Resource::EndpointSlice(_) => Kind::EndpointSlice,
             Resource::Policy(_) => Kind::Policy,
         }
     }
@@ -360,6 +433,10 @@ pub trait DatastoreWriter {
     fn put_pod(&self, pod: &PodRecord) -> Result<(), DatastoreError>;
     /// Removes a pod's metadata (absent is success).
     fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), DatastoreError>;
+    /// Creates or replaces a Service.
+    fn put_service(&self, service: &ServiceRecord) -> Result<(), DatastoreError>;
+    /// Removes a Service (absent is success).
+    fn delete_service(&self, namespace: &str, name: &str) -> Result<(), DatastoreError>;
     /// Creates or replaces a namespace.
     fn put_namespace(&self, ns: &NamespaceRecord) -> Result<(), DatastoreError>;
     /// Creates or replaces the policy manifests stored under `name` (one or

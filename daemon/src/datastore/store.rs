@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    EndpointRecord, Event, Issue, Key, Kind, NamespaceRecord, NodeRecord, PodRecord,
-    PolicyDocument, Resource, Snapshot,
+    EndpointRecord, EndpointSliceRecord, Event, Issue, Key, Kind, NamespaceRecord, NodeRecord,
+    PodRecord, PolicyDocument, Resource, ServiceRecord, Snapshot,
 };
 
 /// The objects of a datastore, by key.
@@ -24,6 +24,10 @@ pub struct Store {
     pub pods: BTreeMap<Key, PodRecord>,
     /// Endpoints of every node.
     pub endpoints: BTreeMap<Key, EndpointRecord>,
+    /// Services.
+    pub services: BTreeMap<Key, ServiceRecord>,
+    /// Endpoint slices.
+    pub endpoint_slices: BTreeMap<Key, EndpointSliceRecord>,
     /// Policy manifests.
     pub policies: BTreeMap<Key, PolicyDocument>,
     /// Objects that could not be read, and why.
@@ -81,6 +85,8 @@ impl Store {
                     Resource::Namespace(v) => put(&mut self.namespaces, &key, v),
                     Resource::Pod(v) => put(&mut self.pods, &key, v),
                     Resource::Endpoint(v) => put(&mut self.endpoints, &key, v),
+                    Resource::Service(v) => put(&mut self.services, &key, v),
+                    Resource::EndpointSlice(v) => put(&mut self.endpoint_slices, &key, v),
                     Resource::Policy(v) => put(&mut self.policies, &key, v),
                 };
                 if changed {
@@ -96,6 +102,8 @@ impl Store {
                     Kind::Namespace => self.namespaces.remove(&key).is_some(),
                     Kind::Pod => self.pods.remove(&key).is_some(),
                     Kind::Endpoint => self.endpoints.remove(&key).is_some(),
+                    Kind::Service => self.services.remove(&key).is_some(),
+                    Kind::EndpointSlice => self.endpoint_slices.remove(&key).is_some(),
                     Kind::Policy => self.policies.remove(&key).is_some(),
                 };
                 if removed {
@@ -138,6 +146,8 @@ impl Store {
             namespaces: self.namespaces.values().cloned().collect(),
             pods: self.pods.values().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
+            endpoint_slices: self.endpoint_slices.values().cloned().collect(),
             policies: self.policies.values().cloned().collect(),
             errors: self.issue_messages(),
         }

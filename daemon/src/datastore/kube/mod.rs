@@ -1,5 +1,5 @@
 //! The Kubernetes datastore (`veild --datastore kube`): one kube-rs watcher
-//! per kind (Nodes, Namespaces, Pods, NetworkPolicy, AdminNetworkPolicy,
+//! per kind (Nodes, Namespaces, Pods, Services, EndpointSlices ([`services`]), NetworkPolicy, AdminNetworkPolicy,
 //! BaselineAdminNetworkPolicy, ClusterNetworkPolicy, and veil.dev Tier,
 //! NetworkPolicy, GlobalNetworkPolicy), translated ([`reflect`]) into the
 //! datastore's [`Event`]s and fed to the same [`super::store::Store`] (the
@@ -28,6 +28,7 @@ pub mod convert;
 pub mod lease;
 pub mod node;
 pub mod reflect;
+pub mod services;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -35,7 +36,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -74,6 +76,10 @@ pub const API_ACCESS: &[ApiAccess] = &[
     access("", "namespaces", "watch"),
     access("", "pods", "list"),
     access("", "pods", "watch"),
+    access("", "services", "list"),
+    access("", "services", "watch"),
+    access("discovery.k8s.io", "endpointslices", "list"),
+    access("discovery.k8s.io", "endpointslices", "watch"),
     access("networking.k8s.io", "networkpolicies", "list"),
     access("networking.k8s.io", "networkpolicies", "watch"),
     access("policy.networking.k8s.io", "adminnetworkpolicies", "list"),
@@ -352,6 +358,8 @@ impl KubeDatastore {
 const KIND_NODES: &str = "nodes";
 const KIND_NAMESPACES: &str = "namespaces";
 const KIND_PODS: &str = "pods";
+const KIND_SERVICES: &str = "services";
+const KIND_ENDPOINT_SLICES: &str = "endpointslices.discovery.k8s.io";
 
 fn is_not_found(e: &watcher::Error) -> bool {
     let err = match e {
@@ -421,7 +429,13 @@ pub async fn run_kind<K, S, C>(
 impl Datastore for KubeDatastore {
     fn watch(&self) -> Result<EventStream, DatastoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut names = vec![KIND_NODES, KIND_NAMESPACES, KIND_PODS];
+        let mut names = vec![
+            KIND_NODES,
+            KIND_NAMESPACES,
+            KIND_PODS,
+            KIND_SERVICES,
+            KIND_ENDPOINT_SLICES,
+        ];
         names.extend(POLICY_KINDS.iter().map(|k| k.id));
         let gate = Arc::new(SyncGate::new(names, tx.clone()));
         let cfg = watcher::Config::default;
@@ -448,6 +462,22 @@ impl Datastore for KubeDatastore {
             false,
             watcher(Api::<Pod>::all(c.clone()), cfg()).default_backoff(),
             convert::pod,
+            tx.clone(),
+            gate.clone(),
+        ));
+        rt.spawn(run_kind(
+            KIND_SERVICES,
+            false,
+            watcher(Api::<Service>::all(c.clone()), cfg()).default_backoff(),
+            services::service,
+            tx.clone(),
+            gate.clone(),
+        ));
+        rt.spawn(run_kind(
+            KIND_ENDPOINT_SLICES,
+            false,
+            watcher(Api::<EndpointSlice>::all(c.clone()), cfg()).default_backoff(),
+            services::endpoint_slice,
             tx.clone(),
             gate.clone(),
         ));

@@ -204,6 +204,13 @@ async fn whole_watch_lists_skips_absent_crds_follows_changes_and_relists_after_4
         "10",
         vec![pod_json("web", "a", "10")],
     );
+    fake.list("/api/v1/services", "ServiceList", "10", vec![]);
+    fake.list(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSliceList",
+        "10",
+        vec![],
+    );
     fake.list(
         "/apis/networking.k8s.io/v1/networkpolicies",
         "NetworkPolicyList",
@@ -518,4 +525,122 @@ async fn a_daemon_without_the_lease_writes_no_status_and_no_event() {
     let fake = run_writer(Some(lease_json("n2", Timestamp::now()))).await;
     assert!(fake.requests("PATCH", "/status").is_empty());
     assert!(fake.requests("POST", "events").is_empty());
+}
+
+fn service_json(name: &str, rv: &str, cluster_ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv},
+        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "selector": {"app": name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+}
+
+fn slice_json(name: &str, service: &str, rv: &str, ips: &[&str]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+}
+
+fn slice_ips(store: &Store, key: &Key) -> Vec<String> {
+    store
+        .endpoint_slices
+        .get(key)
+        .map(|s| s.addresses.iter().map(|a| a.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn services_and_endpoint_slices_are_listed_followed_and_relisted_after_410() {
+    let (client, handle) = mock_client();
+    let fake = Fake::default();
+    fake.list("/api/v1/nodes", "NodeList", "10", vec![]);
+    fake.list("/api/v1/namespaces", "NamespaceList", "10", vec![]);
+    fake.list("/api/v1/pods", "PodList", "10", vec![]);
+    fake.list(
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "NetworkPolicyList",
+        "10",
+        vec![],
+    );
+    fake.list(
+        "/api/v1/services",
+        "ServiceList",
+        "10",
+        vec![service_json("backend", "10", "10.96.0.10")],
+    );
+    fake.list(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSliceList",
+        "10",
+        vec![
+            slice_json("backend-abc", "backend", "10", &["10.244.1.5"]),
+            // No service-name label: belongs to no Service, gives nothing.
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": "orphan", "namespace": "shop", "resourceVersion": "10"},
+                   "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.1.9"]}]}),
+        ],
+    );
+    fake.clone()
+        .serve(handle, |s| respond(404, &status(404, &format!("no {}", s.path))));
+    let ds = KubeDatastore::new(client, "n1", "kube-system");
+    let mut rx = ds.watch().unwrap();
+    let mut store = Store::new();
+    next_until(&mut rx, &mut store, |s| s.synced).await;
+    let svc_key = services::service_key("shop", "backend");
+    let slice_key = services::slice_key("shop", "backend-abc");
+    let svc = &store.services[&svc_key];
+    assert_eq!(svc.cluster_ips, vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(svc.selector.as_ref().unwrap()["app"], "backend");
+    assert_eq!((svc.ports[0].port, svc.ports[0].target_port), (80, Some(8080)));
+    assert_eq!(store.endpoint_slices.len(), 1, "the orphan slice gives nothing");
+    assert_eq!(store.endpoint_slices[&slice_key].service, "backend");
+    assert_eq!(slice_ips(&store, &slice_key), vec!["10.244.1.5"]);
+
+    // Added and modified.
+    fake.queue_watch(
+        "/api/v1/services",
+        vec![
+            json!({"type": "ADDED", "object": service_json("web", "11", "10.96.0.20")}),
+            json!({"type": "MODIFIED", "object": service_json("backend", "12", "10.96.0.11")}),
+        ],
+    );
+    fake.queue_watch(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        vec![json!({"type": "MODIFIED",
+                    "object": slice_json("backend-abc", "backend", "11", &["10.244.1.5", "10.244.2.6"])})],
+    );
+    next_until(&mut rx, &mut store, |s| {
+        s.services.len() == 2
+            && s.services[&svc_key].cluster_ips[0].to_string() == "10.96.0.11"
+            && slice_ips(s, &slice_key).len() == 2
+    })
+    .await;
+
+    // Deleted.
+    fake.queue_watch(
+        "/api/v1/services",
+        vec![json!({"type": "DELETED", "object": service_json("web", "13", "10.96.0.20")})],
+    );
+    next_until(&mut rx, &mut store, |s| s.services.len() == 1).await;
+
+    // 410 Gone on the slices: the relist no longer has backend-abc but a new one.
+    fake.list(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "EndpointSliceList",
+        "20",
+        vec![slice_json("backend-xyz", "backend", "20", &["10.244.3.7"])],
+    );
+    fake.queue_watch(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        vec![json!({"type": "ERROR", "object": status(410, "Expired")})],
+    );
+    let new_key = services::slice_key("shop", "backend-xyz");
+    next_until(&mut rx, &mut store, |s| {
+        !s.endpoint_slices.contains_key(&slice_key) && s.endpoint_slices.contains_key(&new_key)
+    })
+    .await;
+    assert_eq!(slice_ips(&store, &new_key), vec!["10.244.3.7"]);
+    assert_eq!(store.services.len(), 1, "services untouched by the slices' relist");
 }
