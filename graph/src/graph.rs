@@ -92,6 +92,8 @@ pub struct EdgeStats {
     pub last_seen: Millis,
     /// The policy (and rule) that decided the latest record, when known.
     pub policy: Option<Arc<str>>,
+    /// The Service the latest record's destination was reached through, when known.
+    pub service: Option<Arc<str>>,
     /// The last minute.
     pub minute: OneMinute,
     /// The last 15 minutes.
@@ -223,6 +225,7 @@ impl ServiceGraph {
                 first_seen: now,
                 last_seen: now,
                 policy: None,
+                service: None,
                 minute: OneMinute::default(),
                 quarter: FifteenMinutes::default(),
                 http: None,
@@ -349,6 +352,12 @@ impl ServiceGraph {
         let dst = self.vertex(&r.destination, now);
         let key: EdgeKey = (src, dst, r.conn.dst_port, r.conn.protocol);
         let eix = self.edge(key, now);
+        if let Some(svc) = r.destination.service() {
+            let e = &mut self.graph[eix];
+            if e.service.as_deref() != Some(svc) {
+                e.service = Some(Arc::from(svc));
+            }
+        }
         if r.verdict == Verdict::Denied {
             let e = &mut self.graph[eix];
             e.denied += 1;

@@ -62,6 +62,9 @@ pub struct Identity {
     pod: Option<String>,
     labels: BTreeMap<String, String>,
     id: String,
+    /// The Service this end was reached through (`namespace/name`), when the
+    /// collector knows one; not part of the vertex id.
+    service: Option<String>,
 }
 
 impl Identity {
@@ -82,6 +85,7 @@ impl Identity {
             pod: Some(pod.into()),
             labels,
             id,
+            service: None,
         }
     }
 
@@ -107,6 +111,7 @@ impl Identity {
             pod: None,
             labels: BTreeMap::new(),
             id,
+            service: None,
         }
     }
 
@@ -121,6 +126,7 @@ impl Identity {
             pod: None,
             labels: BTreeMap::new(),
             id,
+            service: None,
         }
     }
 
@@ -133,7 +139,19 @@ impl Identity {
             pod: None,
             labels: BTreeMap::new(),
             id: WORLD.to_string(),
+            service: None,
         }
+    }
+
+    /// The same end, reached through the Service `service` (`namespace/name`).
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// The Service this end was reached through, when known.
+    pub fn service(&self) -> Option<&str> {
+        self.service.as_deref()
     }
 
     /// The vertex id.

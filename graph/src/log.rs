@@ -32,6 +32,9 @@ pub struct FlowEnd {
     pub ip: IpAddr,
     /// Port.
     pub port: u16,
+    /// The Service it was reached through (`namespace/name`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl FlowEnd {
@@ -44,6 +47,7 @@ impl FlowEnd {
             pod: i.pod_name().map(str::to_string),
             ip,
             port,
+            service: i.service().map(str::to_string),
         }
     }
 
@@ -59,9 +63,10 @@ impl FlowEnd {
     }
 
     /// Whether `pattern` names this end: its id, workload, pod name,
-    /// `namespace/pod`, or address.
+    /// `namespace/pod`, address, or the Service it was reached through.
     pub fn matches(&self, pattern: &str) -> bool {
         self.id == pattern
+            || self.service.as_deref() == Some(pattern)
             || self.workload == pattern
             || self.pod.as_deref() == Some(pattern)
             || self.pod.as_deref().is_some_and(|p| {

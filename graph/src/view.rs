@@ -72,6 +72,9 @@ pub struct EdgeView {
     /// HTTP requests on this edge, when an L7 proxy reported some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpView>,
+    /// The Service (`namespace/name`) the target was reached through, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl EdgeView {
@@ -138,6 +141,7 @@ impl GraphView {
                 rate_15m: e.quarter.rate(now),
                 policy: e.policy.as_deref().map(str::to_string),
                 http: e.http.as_ref().map(|h| h.view(now)),
+                service: e.service.as_deref().map(str::to_string),
             });
         }
         let mut v = GraphView {
@@ -183,6 +187,11 @@ impl GraphView {
                         m.first_seen = m.first_seen.min(e.first_seen);
                         if e.last_seen >= m.last_seen && e.policy.is_some() {
                             m.policy = e.policy.clone();
+                        }
+                        if m.service.is_none()
+                            || (e.last_seen >= m.last_seen && e.service.is_some())
+                        {
+                            m.service = e.service.clone();
                         }
                         m.last_seen = m.last_seen.max(e.last_seen);
                         match (&mut m.http, &e.http) {
@@ -289,6 +298,10 @@ impl GraphView {
                 human_bytes(e.bytes_received),
                 e.rate_1m.connections_per_second,
             );
+            if let Some(svc) = &e.service {
+                s.pop();
+                let _ = writeln!(s, " service={svc}");
+            }
         }
         s
     }

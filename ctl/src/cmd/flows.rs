@@ -89,9 +89,15 @@ fn now_ms() -> u64 {
 }
 
 fn line(e: &FlowEntry) -> String {
-    let end = |x: &FlowEnd| match &x.pod {
-        Some(p) => format!("{}/{} ({}:{})", x.namespace, p, x.ip, x.port),
-        None => format!("{} ({}:{})", x.id, x.ip, x.port),
+    let end = |x: &FlowEnd| {
+        let mut s = match &x.pod {
+            Some(p) => format!("{}/{} ({}:{})", x.namespace, p, x.ip, x.port),
+            None => format!("{} ({}:{})", x.id, x.ip, x.port),
+        };
+        if let Some(svc) = &x.service {
+            s.push_str(&format!(" service: {svc}"));
+        }
+        s
     };
     let secs = e.time / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);

@@ -26,7 +26,7 @@ impl Collector for FlowMetrics {
         let rows: Vec<(Labels, u64, u64, u64, u64, u64, u64)> = self.0.with_graph(|g| {
             g.edges()
                 .map(|(s, d, e)| {
-                    let labels: Labels = vec![
+                    let mut labels: Labels = vec![
                         ("source_namespace", s.identity.namespace().to_string()),
                         ("source_workload", s.identity.workload().to_string()),
                         ("destination_namespace", d.identity.namespace().to_string()),
@@ -35,6 +35,10 @@ impl Collector for FlowMetrics {
                         ("destination_port", e.port.to_string()),
                         ("protocol", e.protocol.to_string()),
                     ];
+                    // One Service per edge at most: bounded like the edges.
+                    if let Some(svc) = &e.service {
+                        labels.push(("destination_service", svc.to_string()));
+                    }
                     (
                         labels,
                         e.connections,

@@ -34,7 +34,7 @@
 //! Parts: `store` (the node's flows, no IO), `collector` (the loop),
 //! [`conntrack`] (the netlink socket), `ctnetlink` (message codec, through
 //! `netlink-packet-netfilter`), [`dns`] (NFLOG), [`resolve`] (address book),
-//! [`l7`] (HTTP request records), `http`, `ui` and `metrics` (the surfaces). Options come from
+//! [`l7`] (HTTP request records), [`services`] (Service names), `http`, `ui` and `metrics` (the surfaces). Options come from
 //! [`crate::config::FlowConfig`]; nothing here reads the environment.
 
 mod collector;
@@ -48,6 +48,7 @@ mod interleave_tests;
 pub mod l7;
 mod metrics;
 pub mod resolve;
+pub mod services;
 mod store;
 #[cfg(test)]
 mod testutil;
@@ -148,14 +149,16 @@ pub struct FlowHandle {
 
 fn resolver_of(ctx: &NodeContext, networks: &[NamedNetwork]) -> Resolver {
     let snap = ctx.snapshots.borrow().clone();
+    let local = ctx.endpoints.list();
     let mut r = Resolver::new(
         &ctx.config.node_name,
         ctx.config.node_address,
         &snap,
-        &ctx.endpoints.list(),
+        &local,
         networks,
     );
     r.add_local_node_address(ctx.endpoints.node_tunnel_address());
+    r.set_services(services::ServiceBook::new(&snap, &local));
     r
 }
 

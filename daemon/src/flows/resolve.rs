@@ -79,6 +79,8 @@ pub struct Resolver {
     dns: Arc<RwLock<HashMap<IpAddr, Arc<Identity>>>>,
     networks: Vec<(NamedNetwork, Arc<Identity>)>,
     world: Arc<Identity>,
+    /// Services, for naming destinations (see [`super::services`]).
+    services: Option<Arc<super::services::ServiceBook>>,
 }
 
 impl Resolver {
@@ -159,6 +161,7 @@ impl Resolver {
             dns: Arc::default(),
             networks,
             world: Arc::new(Identity::world()),
+            services: None,
         }
     }
 
@@ -172,6 +175,16 @@ impl Resolver {
                 local: true,
             },
         );
+    }
+
+    /// Names destinations by the Services of `book` ([`Resolver::resolve_destination`]).
+    pub fn set_services(&mut self, book: super::services::ServiceBook) {
+        self.services = (!book.is_empty()).then(|| Arc::new(book));
+    }
+
+    /// The Services known, if any.
+    pub fn services(&self) -> Option<&super::services::ServiceBook> {
+        self.services.as_deref()
     }
 
     /// Keeps the DNS names learnt so far from an older resolver.

@@ -183,7 +183,12 @@ impl Flows {
                 // The responder is who answered: the backend behind a
                 // destination NAT (reply tuple's source).
                 let src = resolver.resolve(e.orig.src);
-                let dst = resolver.resolve(e.reply.src);
+                let dst = resolver.resolve_destination(
+                    e.orig.dst,
+                    e.reply.src,
+                    e.reply.src_port,
+                    e.orig.protocol,
+                );
                 // Daemons talking to each other's HTTP server (the cluster
                 // graph is merged that way) are Veil's own traffic.
                 if src.identity.kind() == IdentityKind::Node
@@ -224,7 +229,7 @@ impl Flows {
     pub fn ingest_denied(&self, h: &super::deny::PacketHeader, rule: Arc<RuleRef>, now: Millis) {
         let resolver = self.resolver.lock().expect("resolver lock").clone();
         let src = resolver.resolve(h.src);
-        let dst = resolver.resolve(h.dst);
+        let dst = resolver.resolve_destination(h.dst, h.dst, h.dst_port, h.protocol);
         let r = FlowRecord {
             time: now,
             event: FlowEvent::New,

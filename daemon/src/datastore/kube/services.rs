@@ -45,7 +45,10 @@ pub fn service(s: &Service) -> Vec<(Key, Outcome)> {
     let spec = s.spec.as_ref();
     let texts: Vec<&String> = match spec.and_then(|s| s.cluster_ips.as_ref()) {
         Some(v) if !v.is_empty() => v.iter().collect(),
-        _ => spec.and_then(|s| s.cluster_ip.as_ref()).into_iter().collect(),
+        _ => spec
+            .and_then(|s| s.cluster_ip.as_ref())
+            .into_iter()
+            .collect(),
     };
     let cluster_ips = texts
         .into_iter()
@@ -127,7 +130,10 @@ mod tests {
     use serde_json::json;
 
     fn value(out: Vec<(Key, Outcome)>) -> Option<Resource> {
-        out.into_iter().next().and_then(|(_, o)| o).and_then(Result::ok)
+        out.into_iter()
+            .next()
+            .and_then(|(_, o)| o)
+            .and_then(Result::ok)
     }
 
     #[test]
@@ -142,7 +148,10 @@ mod tests {
             panic!("no service record")
         };
         assert!(r.cluster_ips.is_empty() && r.selector.is_none());
-        assert_eq!(r.ports[0].target_port, None, "a named target port is left to the slices");
+        assert_eq!(
+            r.ports[0].target_port, None,
+            "a named target port is left to the slices"
+        );
     }
 
     #[test]

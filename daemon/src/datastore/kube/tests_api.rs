@@ -582,8 +582,9 @@ async fn services_and_endpoint_slices_are_listed_followed_and_relisted_after_410
                    "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.1.9"]}]}),
         ],
     );
-    fake.clone()
-        .serve(handle, |s| respond(404, &status(404, &format!("no {}", s.path))));
+    fake.clone().serve(handle, |s| {
+        respond(404, &status(404, &format!("no {}", s.path)))
+    });
     let ds = KubeDatastore::new(client, "n1", "kube-system");
     let mut rx = ds.watch().unwrap();
     let mut store = Store::new();
@@ -591,10 +592,20 @@ async fn services_and_endpoint_slices_are_listed_followed_and_relisted_after_410
     let svc_key = services::service_key("shop", "backend");
     let slice_key = services::slice_key("shop", "backend-abc");
     let svc = &store.services[&svc_key];
-    assert_eq!(svc.cluster_ips, vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        svc.cluster_ips,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(svc.selector.as_ref().unwrap()["app"], "backend");
-    assert_eq!((svc.ports[0].port, svc.ports[0].target_port), (80, Some(8080)));
-    assert_eq!(store.endpoint_slices.len(), 1, "the orphan slice gives nothing");
+    assert_eq!(
+        (svc.ports[0].port, svc.ports[0].target_port),
+        (80, Some(8080))
+    );
+    assert_eq!(
+        store.endpoint_slices.len(),
+        1,
+        "the orphan slice gives nothing"
+    );
     assert_eq!(store.endpoint_slices[&slice_key].service, "backend");
     assert_eq!(slice_ips(&store, &slice_key), vec!["10.244.1.5"]);
 
@@ -642,5 +653,9 @@ async fn services_and_endpoint_slices_are_listed_followed_and_relisted_after_410
     })
     .await;
     assert_eq!(slice_ips(&store, &new_key), vec!["10.244.3.7"]);
-    assert_eq!(store.services.len(), 1, "services untouched by the slices' relist");
+    assert_eq!(
+        store.services.len(),
+        1,
+        "services untouched by the slices' relist"
+    );
 }
