@@ -630,3 +630,22 @@ fn deploy_rbac_grants_every_api_call_of_the_kube_datastore() {
         "deploy/rbac/veil-node.yaml grants APIs the code never calls (least privilege): {extra:?}"
     );
 }
+
+#[test]
+fn watch_backoff_never_gives_up_stays_under_20s_and_restarts_small_after_a_reset() {
+    use kube::runtime::utils::Backoff;
+    let mut b = watch_backoff();
+    let delays: Vec<std::time::Duration> = (0..100).map(|_| b.next().unwrap()).collect();
+    assert!(
+        delays
+            .iter()
+            .all(|d| *d <= std::time::Duration::from_secs(20)),
+        "{delays:?}"
+    );
+    assert!(
+        delays[99] >= std::time::Duration::from_secs(10),
+        "{delays:?}"
+    );
+    b.reset();
+    assert!(b.next().unwrap() <= std::time::Duration::from_secs(1));
+}
