@@ -4,7 +4,9 @@
 //! first compile), then one pod changing labels. CPU time and peak RSS are
 //! printed against a baseline of the same run: the same objects given to the
 //! store as ready-made datastore events (what the local datastore produces),
-//! so the ratio is the cost of the Kubernetes path.
+//! so the ratio is the cost of the Kubernetes path. Each path runs in a
+//! process of its own (the bench re-executes itself), so that memory freed by
+//! one is not reused by the other; the results are the last lines.
 //!
 //! `cargo bench -p veil-daemon --bench kube_sync` (release profile).
 
@@ -124,7 +126,52 @@ fn sync(events: Vec<Event>) -> (Store, Controller) {
     (store, ctrl)
 }
 
-fn main() {
+/// What one phase measured.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phase {
+    cpu_ms: f64,
+    rss_growth_kib: u64,
+    peak_kib: u64,
+    one_us: f64,
+}
+
+fn peak_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One pod's watcher event through the kube path.
+fn pod_events(rt: &tokio::runtime::Runtime, p: Pod) -> Vec<Event> {
+    rt.block_on(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(SyncGate::new(["pods"], tx.clone()));
+        run_kind(
+            "pods",
+            false,
+            stream::iter(vec![Ok(watcher::Event::Apply(p))]),
+            convert::pod,
+            tx,
+            gate,
+        )
+        .await;
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if e != Event::Synced {
+                v.push(e);
+            }
+        }
+        v
+    })
+}
+
+/// Runs one phase in this process: `kube` (watcher events translated, then
+/// the store and the controller) or `baseline` (the same objects as
+/// ready-made datastore events, what the local datastore produces).
+fn run_phase(kube: bool) -> Phase {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -133,84 +180,116 @@ fn main() {
         .collect();
     let nss: Vec<Namespace> = (0..NAMESPACES).map(namespace).collect();
     let pols: Vec<DynamicObject> = (0..POLICIES).map(policy).collect();
-
-    // Baseline: the same objects as ready-made datastore events.
-    let ready = rt.block_on(kube_events(pods.clone(), nss.clone(), pols.clone()));
-    let rss0 = rss_kib();
-    let c0 = cpu();
-    let (base_store, base_ctrl) = sync(ready.clone());
-    let base_cpu = cpu() - c0;
-    let base_rss = rss_kib().saturating_sub(rss0);
-    drop((base_store, base_ctrl));
-
-    // The kube path, from watcher events.
-    let rss1 = rss_kib();
-    let c1 = cpu();
-    let events = rt.block_on(kube_events(pods, nss, pols));
-    let (mut store, mut ctrl) = sync(events);
-    let kube_cpu = cpu() - c1;
-    let kube_rss = rss_kib().saturating_sub(rss1);
-    assert_eq!(store.pods.len(), PODS);
-    assert_eq!(store.policies.len(), POLICIES);
-
-    // One pod changes labels: baseline is the ready-made event.
-    let one = pod(7, "app-42");
-    let ready_one = rt.block_on(kube_events(vec![one.clone()], vec![], vec![]));
     let n = 200u32;
-    let c2 = cpu();
-    for k in 0..n {
-        let p = pod(7, if k % 2 == 0 { "app-42" } else { "app-7" });
-        let ev = rt.block_on(async {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let gate = Arc::new(SyncGate::new(["pods"], tx.clone()));
-            run_kind(
-                "pods",
-                false,
-                stream::iter(vec![Ok(watcher::Event::Apply(p))]),
-                convert::pod,
-                tx,
-                gate,
-            )
-            .await;
-            let mut v = Vec::new();
-            while let Ok(e) = rx.try_recv() {
-                v.push(e);
-            }
-            v
-        });
-        let ch = store.apply_all(ev);
-        ctrl.on_changes(&store, &ch);
+    let mut ph = Phase::default();
+    if kube {
+        let rss0 = rss_kib();
+        let c0 = cpu();
+        let events = rt.block_on(kube_events(pods, nss, pols));
+        let (mut store, mut ctrl) = sync(events);
+        ph.cpu_ms = (cpu() - c0).as_secs_f64() * 1e3;
+        ph.rss_growth_kib = rss_kib().saturating_sub(rss0);
+        assert_eq!(store.pods.len(), PODS);
+        assert_eq!(store.policies.len(), POLICIES);
+        // One pod changes labels, back and forth.
+        let c = cpu();
+        for k in 0..n {
+            let ev = pod_events(&rt, pod(7, if k % 2 == 0 { "app-42" } else { "app-7" }));
+            let ch = store.apply_all(ev);
+            ctrl.on_changes(&store, &ch);
+        }
+        ph.one_us = (cpu() - c).as_secs_f64() * 1e6 / f64::from(n);
+    } else {
+        let ready = rt.block_on(kube_events(pods, nss, pols));
+        let flip = [
+            pod_events(&rt, pod(7, "app-42")),
+            pod_events(&rt, pod(7, "app-7")),
+        ];
+        let rss0 = rss_kib();
+        let c0 = cpu();
+        let (mut store, mut ctrl) = sync(ready);
+        ph.cpu_ms = (cpu() - c0).as_secs_f64() * 1e3;
+        ph.rss_growth_kib = rss_kib().saturating_sub(rss0);
+        assert_eq!(store.pods.len(), PODS);
+        let c = cpu();
+        for k in 0..n {
+            let ch = store.apply_all(flip[(k % 2) as usize].clone());
+            ctrl.on_changes(&store, &ch);
+        }
+        ph.one_us = (cpu() - c).as_secs_f64() * 1e6 / f64::from(n);
     }
-    let kube_one = (cpu() - c2) / n;
-    let back = rt.block_on(kube_events(vec![pod(7, "app-7")], vec![], vec![]));
-    let c3 = cpu();
-    for k in 0..n {
-        let ev = if k % 2 == 0 {
-            ready_one.clone()
-        } else {
-            back.clone()
-        };
-        let ev: Vec<Event> = ev.into_iter().filter(|e| *e != Event::Synced).collect();
-        let ch = store.apply_all(ev);
-        ctrl.on_changes(&store, &ch);
-    }
-    let base_one = (cpu() - c3) / n;
+    ph.peak_kib = peak_kib();
+    ph
+}
 
-    println!("kube_sync: {PODS} pods, {NAMESPACES} namespaces, {POLICIES} NetworkPolicies");
+const PHASE_ENV: &str = "VEIL_KUBE_SYNC_PHASE";
+
+fn main() {
+    // Each phase runs in a process of its own, so that its memory is its own
+    // (a freed baseline would be reused by the next phase and hide it).
+    if let Ok(which) = std::env::var(PHASE_ENV) {
+        let p = run_phase(which == "kube");
+        println!(
+            "phase {which} cpu_ms={} rss_growth_kib={} peak_kib={} one_us={}",
+            p.cpu_ms, p.rss_growth_kib, p.peak_kib, p.one_us
+        );
+        return;
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let run = |which: &str| -> Phase {
+        let out = std::process::Command::new(&exe)
+            .env(PHASE_ENV, which)
+            .output()
+            .expect("run a phase");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "phase {which} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("phase "))
+            .unwrap_or_else(|| panic!("phase {which}: no result in {text:?}"));
+        let field = |k: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Phase {
+            cpu_ms: field("cpu_ms"),
+            rss_growth_kib: field("rss_growth_kib") as u64,
+            peak_kib: field("peak_kib") as u64,
+            one_us: field("one_us"),
+        }
+    };
+    let base = run("baseline");
+    let kube = run("kube");
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    println!("kube_sync: {PODS} pods, {NAMESPACES} namespaces, {POLICIES} NetworkPolicies (one process per path)");
     println!(
-        "initial sync  CPU: kube path {:>8.1} ms, baseline (ready events) {:>8.1} ms, ratio {:.2}",
-        kube_cpu.as_secs_f64() * 1e3,
-        base_cpu.as_secs_f64() * 1e3,
-        kube_cpu.as_secs_f64() / base_cpu.as_secs_f64().max(1e-9)
+        "initial sync CPU:      kube path {:>8.1} ms, baseline (ready events) {:>8.1} ms, ratio {:.2}",
+        kube.cpu_ms,
+        base.cpu_ms,
+        ratio(kube.cpu_ms, base.cpu_ms)
     );
     println!(
-        "initial sync  RSS growth: kube path {kube_rss} KiB, baseline {base_rss} KiB, ratio {:.2}",
-        kube_rss as f64 / (base_rss.max(1)) as f64
+        "initial sync RSS growth: kube path {:>7} KiB, baseline {:>7} KiB, ratio {:.2}",
+        kube.rss_growth_kib,
+        base.rss_growth_kib,
+        ratio(kube.rss_growth_kib as f64, base.rss_growth_kib as f64)
+    );
+    println!(
+        "peak RSS of the process: kube path {:>7} KiB, baseline {:>7} KiB, ratio {:.2}",
+        kube.peak_kib,
+        base.peak_kib,
+        ratio(kube.peak_kib as f64, base.peak_kib as f64)
     );
     println!(
         "one pod relabelled CPU: kube path {:>8.1} us, baseline {:>8.1} us, ratio {:.2}",
-        kube_one.as_secs_f64() * 1e6,
-        base_one.as_secs_f64() * 1e6,
-        kube_one.as_secs_f64() / base_one.as_secs_f64().max(1e-9)
+        kube.one_us,
+        base.one_us,
+        ratio(kube.one_us, base.one_us)
     );
 }
