@@ -54,7 +54,9 @@ fn protocol(name: &str) -> Protocol {
     name.parse().unwrap_or(Protocol::Tcp)
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+type Labels = BTreeMap<String, String>;
+
+fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -69,7 +71,7 @@ impl ServiceBook {
         let mut services: Vec<_> = snapshot.services.iter().collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         // Pod addresses with their labels, by namespace.
-        let mut pods: HashMap<&str, Vec<(&BTreeMap<String, String>, IpAddr)>> = HashMap::new();
+        let mut pods: HashMap<&str, Vec<(&Labels, IpAddr)>> = HashMap::new();
         let labels_of = |ns: &str, name: &str| snapshot.pod(ns, name).map(|p| &p.labels);
         for e in &snapshot.endpoints {
             let (Some(ns), Some(name)) = (&e.pod_namespace, &e.pod_name) else {
