@@ -1,6 +1,7 @@
 //! L7 HTTP policy on the wire: veild's transparent proxy, as real packets in
-//! the lab. Every L7 scenario that needs no DNS allowlist (`domains`) passes
-//! in `veilctl lab test` with the same summary as `veilctl policy test`;
+//! the lab. Every L7 scenario (those combining `http` with a DNS allowlist,
+//! `domains`, too) passes in `veilctl lab test` with the same summary as
+//! `veilctl policy test`;
 //! across nodes one proxy (the client's node) checks both sides' rules and
 //! counts the requests per edge and records denied flows; with the proxy's
 //! veild killed, steered connections are refused and other traffic flows.
@@ -33,8 +34,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The L7 scenarios (`http` rules) of the examples and of tests/scenarios,
-/// but those that need the DNS proxy (`domains`, `domainNames`).
+/// The L7 scenarios (`http` rules) of the examples and of tests/scenarios.
 fn l7_scenarios() -> (TempDir, Vec<String>) {
     let dir = TempDir::new();
     let mut names = Vec::new();
@@ -46,11 +46,7 @@ fn l7_scenarios() -> (TempDir, Vec<String>) {
         for e in std::fs::read_dir(&src).expect("scenario folder").flatten() {
             let p = e.path();
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            if p.extension().is_none_or(|x| x != "yaml")
-                || !text.contains("http:")
-                || text.contains("domains:")
-                || text.contains("domainNames:")
-            {
+            if p.extension().is_none_or(|x| x != "yaml") || !text.contains("http:") {
                 continue;
             }
             let name = p.file_name().unwrap().to_string_lossy().to_string();
@@ -70,6 +66,9 @@ fn lab_test_passes_every_l7_scenario_as_real_packets() {
         "l7-path-rule.yaml",
         "l7-methods.yaml",
         "l7-both-sides-across-nodes.yaml",
+        // `domains` and `http` in one rule: the proxy evaluates the domains
+        // peer by the DNS proxy's allowance.
+        "l7-with-domains.yaml",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
@@ -85,6 +84,20 @@ fn lab_test_passes_every_l7_scenario_as_real_packets() {
     );
     assert!(out.contains(" 0 failed"), "{out}");
     assert!(out.contains("(HTTP 403)"), "the node answers 403: {out}");
+    // The domain-allowed address is reached through the proxy, and the
+    // requests the http rule refuses are refused by the node, not unanswered.
+    for (probe, answer) in [
+        ("#0", "(HTTP 200)"),
+        ("#1", "(HTTP 403)"),
+        ("#2", "(HTTP 403)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("PASS l7-with-domains {probe}:"))
+                    && l.ends_with(answer)),
+            "l7-with-domains {probe} {answer}: {out}"
+        );
+    }
     let summary = |s: &str| s.lines().last().unwrap_or_default().to_string();
     assert_eq!(
         summary(&String::from_utf8_lossy(&mem.stdout)),

@@ -71,7 +71,7 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
         http: None,
     };
     let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
-    match program.connection_rules(&flow) {
+    match super::decide::connection_rules(&program, &flow, shared.names.as_deref()) {
         ConnectionRules::Denied(dir) => {
             tracing::info!(src = %client, dst = %dst, direction = %dir, "L7 proxy: connection denied at L4 by the current policy; closed");
             shared.metrics.closed("denied at L4");

@@ -125,6 +125,7 @@ async fn setup(limits: Limits) -> Setup {
         snapshots,
         metrics: metrics.clone(),
         flows: None,
+        names: None,
         limits,
     });
     tokio::spawn(async move {
