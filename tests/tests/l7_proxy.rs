@@ -386,6 +386,9 @@ fn keep_alive_get(
     Ok(status)
 }
 
+/// The statuses answered on a keep-alive connection, or those and why it ended.
+type KeepAlive = Result<Vec<u16>, (Vec<u16>, String)>;
+
 /// The statuses of `GET /api/items` sent every 200 ms on one keep-alive
 /// connection from a thread in the pod's network namespace `netns`, until
 /// `stop` is set (at most 60 s); the first error ends it.
@@ -393,7 +396,7 @@ fn keep_alive_client(
     netns: String,
     server: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<Vec<u16>, (Vec<u16>, String)>> {
+) -> std::thread::JoinHandle<KeepAlive> {
     std::thread::spawn(move || {
         let fd = std::fs::File::open(format!("/run/netns/{netns}")).expect("pod netns");
         nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
