@@ -36,7 +36,7 @@ use veil_policy::compile::{ConnectionRules, L7Rule};
 use veil_policy::eval::Flow;
 use veil_policy::model::{HttpRequest, Protocol};
 
-use super::metrics::Edge;
+use super::metrics::{Edge, EdgeSeries};
 use super::{net, Shared};
 
 /// The body of an answer: the application's, or the proxy's own.
@@ -50,7 +50,7 @@ struct ConnState {
     client: SocketAddr,
     dst: SocketAddr,
     rules: Vec<L7Rule>,
-    edge: Edge,
+    series: EdgeSeries,
     upstream: Mutex<Option<Upstream>>,
 }
 
@@ -70,7 +70,6 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
         dns_name: None,
         http: None,
     };
-    let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
     match super::decide::connection_rules(&program, &flow, shared.names.as_deref()) {
         ConnectionRules::Denied(dir) => {
             tracing::info!(src = %client, dst = %dst, direction = %dir, "L7 proxy: connection denied at L4 by the current policy; closed");
@@ -82,6 +81,7 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
             splice(stream, client, dst, &shared).await;
         }
         ConnectionRules::Allowed(rules) => {
+            let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
             serve_http(stream, client, dst, rules, edge, shared).await
         }
     }
@@ -110,11 +110,11 @@ pub async fn serve_http(
     shared: Arc<Shared>,
 ) {
     let st = Arc::new(ConnState {
+        series: shared.metrics.series(edge),
         shared,
         client,
         dst,
         rules,
-        edge,
         upstream: Mutex::new(None),
     });
     let limits = st.shared.limits;
@@ -221,7 +221,7 @@ impl ConnState {
                 policy = %rule.policy, direction = %rule.direction, rule = rule.index,
                 "L7 proxy: request denied"
             );
-            self.shared.metrics.denied(&self.edge, &preq.method);
+            self.series.denied(&preq.method);
             self.shared
                 .record_request(self.client, self.dst, &preq.method, 403, started.elapsed());
             self.shared.record_denied(
@@ -279,19 +279,11 @@ impl ConnState {
         };
         drop(up);
         let status = resp.status().as_u16();
-        self.shared.metrics.request(
-            &self.edge,
-            &preq.method,
-            status,
-            started.elapsed().as_secs_f64(),
-        );
-        self.shared.record_request(
-            self.client,
-            self.dst,
-            &preq.method,
-            status,
-            started.elapsed(),
-        );
+        let elapsed = started.elapsed();
+        self.series
+            .request(&preq.method, status, elapsed.as_secs_f64());
+        self.shared
+            .record_request(self.client, self.dst, &preq.method, status, elapsed);
         let mut resp = resp;
         if status == 101 {
             if let Some(client_upgrade) = client_upgrade {
