@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE,
@@ -42,7 +42,30 @@ use super::{net, Shared};
 /// The body of an answer: the application's, or the proxy's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-type Upstream = hyper::client::conn::http1::SendRequest<Incoming>;
+type Upstream = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Bodies of at most this many bytes, announced by `Content-Length`, are
+/// read whole and forwarded with their head in one write; others are
+/// streamed.
+pub const SMALL_BODY: u64 = 16 * 1024;
+
+/// The `Content-Length` of `h` when it is at most [`SMALL_BODY`] (not 0) and
+/// no `Transfer-Encoding` is present.
+fn small_length(h: &hyper::HeaderMap) -> Option<u64> {
+    if h.contains_key(TRANSFER_ENCODING) || h.contains_key(UPGRADE) {
+        return None;
+    }
+    let n: u64 = h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()?;
+    (n > 0 && n <= SMALL_BODY).then_some(n)
+}
+
+/// `body` whole when its head announced a small length, else streamed.
+async fn small_or_streamed(h: &hyper::HeaderMap, body: Incoming) -> Result<Body, hyper::Error> {
+    if small_length(h).is_none() {
+        return Ok(Either::Left(body));
+    }
+    Ok(Either::Right(Full::new(body.collect().await?.to_bytes())))
+}
 
 /// What a request is checked against, and where it goes.
 struct ConnState {
@@ -247,6 +270,16 @@ impl ConnState {
             .headers()
             .contains_key(UPGRADE)
             .then(|| hyper::upgrade::on(&mut req));
+        let head = req.method() == hyper::Method::HEAD;
+        let (parts, body) = req.into_parts();
+        let body = match small_or_streamed(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: request body cut short");
+                return answer(StatusCode::BAD_REQUEST, "bad request body\n".into(), true);
+            }
+        };
+        let req = Request::from_parts(parts, body);
         let mut up = self.upstream.lock().await;
         if up.as_ref().is_none_or(|s| s.is_closed()) {
             match self.connect().await {
@@ -308,7 +341,18 @@ impl ConnState {
                 return resp;
             }
         }
-        resp.map(Either::Left)
+        let (parts, body) = resp.into_parts();
+        // A HEAD, 204 or 304 answer may announce a length without a body.
+        if head || status == 204 || status == 304 {
+            return Response::from_parts(parts, Either::Left(body));
+        }
+        match small_or_streamed(&parts.headers, body).await {
+            Ok(body) => Response::from_parts(parts, body),
+            Err(e) => {
+                tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: upstream answer cut short");
+                answer(StatusCode::BAD_GATEWAY, "upstream failed\n".into(), true)
+            }
+        }
     }
 
     async fn connect(&self) -> std::io::Result<Upstream> {
