@@ -210,6 +210,20 @@ impl Allowances {
         v
     }
 
+    /// The names through which `pod` may reach `addr` at unix time `now`
+    /// (sorted, once each): what the L7 proxy evaluates `domains` peers with.
+    pub fn names_for(&self, pod: Ipv4Addr, addr: Ipv4Addr, now: u64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|a| a.pod == pod && a.addr == addr && a.expires >= now)
+            .map(|a| a.name.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The number of elements per set.
     pub fn sizes(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();

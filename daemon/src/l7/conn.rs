@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE,
@@ -36,13 +36,36 @@ use veil_policy::compile::{ConnectionRules, L7Rule};
 use veil_policy::eval::Flow;
 use veil_policy::model::{HttpRequest, Protocol};
 
-use super::metrics::Edge;
+use super::metrics::{Edge, EdgeSeries};
 use super::{net, Shared};
 
 /// The body of an answer: the application's, or the proxy's own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-type Upstream = hyper::client::conn::http1::SendRequest<Incoming>;
+type Upstream = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Bodies of at most this many bytes, announced by `Content-Length`, are
+/// read whole and forwarded with their head in one write; others are
+/// streamed.
+pub const SMALL_BODY: u64 = 16 * 1024;
+
+/// The `Content-Length` of `h` when it is at most [`SMALL_BODY`] (not 0) and
+/// no `Transfer-Encoding` is present.
+fn small_length(h: &hyper::HeaderMap) -> Option<u64> {
+    if h.contains_key(TRANSFER_ENCODING) || h.contains_key(UPGRADE) {
+        return None;
+    }
+    let n: u64 = h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()?;
+    (n > 0 && n <= SMALL_BODY).then_some(n)
+}
+
+/// `body` whole when its head announced a small length, else streamed.
+async fn small_or_streamed(h: &hyper::HeaderMap, body: Incoming) -> Result<Body, hyper::Error> {
+    if small_length(h).is_none() {
+        return Ok(Either::Left(body));
+    }
+    Ok(Either::Right(Full::new(body.collect().await?.to_bytes())))
+}
 
 /// What a request is checked against, and where it goes.
 struct ConnState {
@@ -50,7 +73,7 @@ struct ConnState {
     client: SocketAddr,
     dst: SocketAddr,
     rules: Vec<L7Rule>,
-    edge: Edge,
+    series: EdgeSeries,
     upstream: Mutex<Option<Upstream>>,
 }
 
@@ -70,8 +93,7 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
         dns_name: None,
         http: None,
     };
-    let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
-    match program.connection_rules(&flow) {
+    match super::decide::connection_rules(&program, &flow, shared.names.as_deref()) {
         ConnectionRules::Denied(dir) => {
             tracing::info!(src = %client, dst = %dst, direction = %dir, "L7 proxy: connection denied at L4 by the current policy; closed");
             shared.metrics.closed("denied at L4");
@@ -82,6 +104,7 @@ pub async fn handle(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
             splice(stream, client, dst, &shared).await;
         }
         ConnectionRules::Allowed(rules) => {
+            let edge = shared.metrics.bounded(shared.edge(&program, client, dst));
             serve_http(stream, client, dst, rules, edge, shared).await
         }
     }
@@ -110,11 +133,11 @@ pub async fn serve_http(
     shared: Arc<Shared>,
 ) {
     let st = Arc::new(ConnState {
+        series: shared.metrics.series(edge),
         shared,
         client,
         dst,
         rules,
-        edge,
         upstream: Mutex::new(None),
     });
     let limits = st.shared.limits;
@@ -221,7 +244,7 @@ impl ConnState {
                 policy = %rule.policy, direction = %rule.direction, rule = rule.index,
                 "L7 proxy: request denied"
             );
-            self.shared.metrics.denied(&self.edge, &preq.method);
+            self.series.denied(&preq.method);
             self.shared
                 .record_request(self.client, self.dst, &preq.method, 403, started.elapsed());
             self.shared.record_denied(
@@ -247,6 +270,16 @@ impl ConnState {
             .headers()
             .contains_key(UPGRADE)
             .then(|| hyper::upgrade::on(&mut req));
+        let head = req.method() == hyper::Method::HEAD;
+        let (parts, body) = req.into_parts();
+        let body = match small_or_streamed(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: request body cut short");
+                return answer(StatusCode::BAD_REQUEST, "bad request body\n".into(), true);
+            }
+        };
+        let req = Request::from_parts(parts, body);
         let mut up = self.upstream.lock().await;
         if up.as_ref().is_none_or(|s| s.is_closed()) {
             match self.connect().await {
@@ -279,19 +312,11 @@ impl ConnState {
         };
         drop(up);
         let status = resp.status().as_u16();
-        self.shared.metrics.request(
-            &self.edge,
-            &preq.method,
-            status,
-            started.elapsed().as_secs_f64(),
-        );
-        self.shared.record_request(
-            self.client,
-            self.dst,
-            &preq.method,
-            status,
-            started.elapsed(),
-        );
+        let elapsed = started.elapsed();
+        self.series
+            .request(&preq.method, status, elapsed.as_secs_f64());
+        self.shared
+            .record_request(self.client, self.dst, &preq.method, status, elapsed);
         let mut resp = resp;
         if status == 101 {
             if let Some(client_upgrade) = client_upgrade {
@@ -316,7 +341,18 @@ impl ConnState {
                 return resp;
             }
         }
-        resp.map(Either::Left)
+        let (parts, body) = resp.into_parts();
+        // A HEAD, 204 or 304 answer may announce a length without a body.
+        if head || status == 204 || status == 304 {
+            return Response::from_parts(parts, Either::Left(body));
+        }
+        match small_or_streamed(&parts.headers, body).await {
+            Ok(body) => Response::from_parts(parts, body),
+            Err(e) => {
+                tracing::info!(src = %self.client, dst = %self.dst, error = %e, "L7 proxy: upstream answer cut short");
+                answer(StatusCode::BAD_GATEWAY, "upstream failed\n".into(), true)
+            }
+        }
     }
 
     async fn connect(&self) -> std::io::Result<Upstream> {

@@ -89,12 +89,67 @@ impl Default for L7Metrics {
 }
 
 /// A method as a label.
-pub fn method_label(m: &str) -> &str {
+pub fn method_label(m: &str) -> &'static str {
     METHODS
         .iter()
         .find(|x| **x == m)
         .copied()
         .unwrap_or("OTHER")
+}
+
+/// One edge's series for one connection: the histogram and the counters it
+/// used are kept, so a request costs an atomic add and an observation,
+/// never a label set built, hashed and looked up.
+pub struct EdgeSeries {
+    metrics: L7Metrics,
+    edge: Edge,
+    latency: Histogram,
+    /// (method label, status class) → its counter; a connection uses one or
+    /// two.
+    requests: Mutex<Vec<(&'static str, u16, Counter)>>,
+}
+
+impl EdgeSeries {
+    /// The edge of these series.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
+    }
+
+    fn counter(&self, method: &'static str, class: u16) -> Counter {
+        let mut known = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = known.iter().find(|(m, k, _)| *m == method && *k == class) {
+            return c.clone();
+        }
+        let c = self
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                edge: self.edge.clone(),
+                method: method.to_string(),
+                status_class: format!("{class}xx"),
+            })
+            .clone();
+        known.push((method, class, c.clone()));
+        c
+    }
+
+    /// A request answered by the application (or by the proxy with `status`).
+    pub fn request(&self, method: &str, status: u16, seconds: f64) {
+        self.counter(method_label(method), status / 100).inc();
+        self.latency.observe(seconds);
+    }
+
+    /// A request denied with 403.
+    pub fn denied(&self, method: &str) {
+        self.metrics
+            .denied
+            .get_or_create(&DeniedLabels {
+                edge: self.edge.clone(),
+                method: method_label(method).to_string(),
+            })
+            .inc();
+        self.request(method, 403, 0.0);
+    }
 }
 
 /// A status as its class (`2xx`).
@@ -142,6 +197,16 @@ impl L7Metrics {
             src_workload: "other".into(),
             dst_namespace: "other".into(),
             dst_workload: "other".into(),
+        }
+    }
+
+    /// The series of `edge` (see [`L7Metrics::bounded`]), for one connection.
+    pub fn series(&self, edge: Edge) -> EdgeSeries {
+        EdgeSeries {
+            latency: self.latency.get_or_create(&edge).clone(),
+            metrics: self.clone(),
+            edge,
+            requests: Mutex::default(),
         }
     }
 
@@ -203,6 +268,32 @@ mod tests {
         assert_eq!(method_label("get"), "OTHER");
         assert_eq!(method_label("BREW"), "OTHER");
         assert_eq!(status_class(403), "4xx");
+    }
+
+    #[test]
+    fn a_connections_series_count_as_the_shared_ones() {
+        let m = L7Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let s = m.series(edge(1));
+        for _ in 0..3 {
+            s.request("GET", 200, 0.001);
+        }
+        s.request("BREW", 503, 0.001);
+        s.denied("POST");
+        m.series(edge(1)).request("GET", 204, 0.001);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        let e = "src_namespace=\"a\",src_workload=\"w1\",dst_namespace=\"b\",dst_workload=\"x\"";
+        for line in [
+            format!("veil_l7_requests_total{{{e},method=\"GET\",status_class=\"2xx\"}} 4"),
+            format!("veil_l7_requests_total{{{e},method=\"OTHER\",status_class=\"5xx\"}} 1"),
+            format!("veil_l7_requests_total{{{e},method=\"POST\",status_class=\"4xx\"}} 1"),
+            format!("veil_l7_denied_requests_total{{{e},method=\"POST\"}} 1"),
+            format!("veil_l7_request_duration_seconds_count{{{e}}} 6"),
+        ] {
+            assert!(out.contains(&line), "{line} in {out}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! It does not do TLS, HTTP/2, or IPv6.
 
 pub mod conn;
+pub mod decide;
 pub mod metrics;
 pub mod net;
 #[cfg(test)]
@@ -83,6 +84,8 @@ pub struct Shared {
     pub metrics: L7Metrics,
     /// The node's flows, when the collector runs.
     pub flows: Option<Arc<Flows>>,
+    /// The DNS allowances (`domains` peers), when the DNS proxy runs.
+    pub names: Option<Arc<dyn decide::DomainNames>>,
     /// Bounds.
     pub limits: Limits,
 }
@@ -193,6 +196,7 @@ pub enum L7Error {
 pub async fn start(
     ctx: &NodeContext,
     flows: Option<Arc<Flows>>,
+    names: Option<Arc<dyn decide::DomainNames>>,
     limits: Limits,
 ) -> Result<(), L7Error> {
     net::install_routing().await?;
@@ -204,6 +208,7 @@ pub async fn start(
         snapshots: ctx.snapshots.clone(),
         metrics,
         flows,
+        names,
         limits,
     });
     tracing::info!(listen = %net::listen_addr(), "L7 proxy listening");

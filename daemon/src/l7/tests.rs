@@ -70,6 +70,11 @@ async fn upstream(seen: Arc<AtomicUsize>) -> SocketAddr {
                         while let Some(Ok(f)) = body.frame().await {
                             n += f.data_ref().map_or(0, |d| d.len());
                         }
+                        if head.starts_with("POST /api/len ") {
+                            // An answer with a Content-Length.
+                            let b = Full::new(Bytes::from(format!("{head}{n}")));
+                            return Ok(Response::new(http_body_util::Either::Right(b)));
+                        }
                         // A streamed (chunked) answer, in one chunk.
                         let chunks = vec![Ok::<_, Infallible>(hyper::body::Frame::data(
                             Bytes::from(format!("{head}{n}")),
@@ -125,6 +130,7 @@ async fn setup(limits: Limits) -> Setup {
         snapshots,
         metrics: metrics.clone(),
         flows: None,
+        names: None,
         limits,
     });
     tokio::spawn(async move {
@@ -303,6 +309,37 @@ async fn chunked_and_large_bodies_are_streamed_both_ways() {
     }
     let t = read_responses(&mut c, 1).await;
     assert!(t.contains(&format!("POST /api/big {size}")), "{t}");
+}
+
+#[tokio::test]
+async fn small_bodies_with_a_length_keep_their_framing_both_ways() {
+    root_or_skip!();
+    let st = setup(Limits::default()).await;
+    let mut c = TcpStream::connect(st.proxy).await.unwrap();
+    c.write_all(
+        b"POST /api/len HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhello\
+          POST /api/len HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n\r\n\
+          POST /api/len HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await
+    .unwrap();
+    let t = read_responses(&mut c, 3).await;
+    let bodies: Vec<&str> = t
+        .split("\r\n\r\n")
+        .skip(1)
+        .map(|b| b.split("HTTP/1.1").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        bodies,
+        ["POST /api/len 5", "POST /api/len 0", "POST /api/len 3"],
+        "{t}"
+    );
+    assert_eq!(
+        t.to_ascii_lowercase().matches("content-length: 15").count(),
+        3,
+        "{t}"
+    );
+    assert_eq!(st.seen.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -234,19 +234,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(error = %e, "flow collector not started: no flows nor graph on this node")
         }
     }
-    // The L7 proxy (HTTP rules); without it steered connections are refused.
-    if let Err(e) = crate::l7::start(&ctx, flows.clone(), crate::l7::Limits::default()).await {
-        tracing::error!(error = %e, "L7 proxy not started: connections decided by http rules are refused");
-    }
     // The DNS proxy (domains allowlists); without it, pods that domain rules
     // select get no DNS (the steering fails closed).
-    let _dns = match crate::dns::start(&ctx, flows).await {
+    let dns = match crate::dns::start(&ctx, flows.clone()).await {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(error = %e, "DNS proxy not started: DNS of pods with domain rules fails");
             None
         }
     };
+    // The L7 proxy (HTTP rules); without it steered connections are refused.
+    // It evaluates `domains` peers by the DNS proxy's allowances.
+    let names = dns.map(|p| p as Arc<dyn crate::l7::decide::DomainNames>);
+    if let Err(e) = crate::l7::start(&ctx, flows, names, crate::l7::Limits::default()).await {
+        tracing::error!(error = %e, "L7 proxy not started: connections decided by http rules are refused");
+    }
     tokio::spawn(policy_sync::run(
         filter.clone(),
         published.desired.clone(),

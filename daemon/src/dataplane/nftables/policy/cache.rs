@@ -71,6 +71,9 @@ pub struct RenderCache {
     pub(super) endpoints: HashMap<(String, Direction), EndpointEntry>,
     /// The nodes' tunnel addresses the policies were rendered with.
     pub(super) tunnels: BTreeMap<IpAddr, IpAddr>,
+    /// Whether a render through this cache had `http` rules: connections
+    /// the L7 proxy took then may still be open ([`super::tproxy::remember`]).
+    pub(super) l7_seen: bool,
 }
 
 impl RenderCache {

@@ -121,6 +121,7 @@ pub fn render_cached(
     r.dispatch(DISPATCH_INGRESS, MAP_INGRESS, true, ingress);
     r.out.forward = vec![vec![jump(DISPATCH_EGRESS)], vec![jump(DISPATCH_INGRESS)]];
     r.out.steering = super::tproxy::steering(program, endpoints, &r.out.maps, MAP_INGRESS);
+    super::tproxy::remember(&mut r.cache.l7_seen, &mut r.out.steering);
     super::dns::finish(&mut r.out.dns, program, endpoints);
     let (used_p, used_e) = (r.used_policies, r.used_endpoints);
     r.cache.policies.retain(|k, _| used_p.contains(k));

@@ -3,8 +3,11 @@
 //! both) to veild's transparent HTTP proxy, and keep every later packet of
 //! those connections (both legs) on the node's own stack.
 //!
-//! Layout, in the `prerouting` hook chain (filter, priority mangle, only
-//! present when a local endpoint has an `http` rule in its chains):
+//! Layout, in the `prerouting` hook chain (filter, priority mangle; rule 1
+//! from the first render with an `http` rule in the cluster on, even after
+//! the last one is removed, so that connections being proxied then go on
+//! until they close; rule 2 while the cluster has `http` rules; the others
+//! while a local endpoint has one in its chains):
 //!
 //! 1. `ct mark & CT_STEERED` → `meta mark |= FWMARK_LOCAL`, accept: packets
 //!    of a connection already steered (the client's leg) or opened by the
@@ -91,6 +94,20 @@ pub struct Steering {
     pub ingress_chains: BTreeMap<Ipv4Addr, String>,
     /// Whether any rule of the cluster's program has `http`.
     pub any_http: bool,
+    /// Whether connections steered under an earlier program may still be
+    /// open (an earlier render through the same cache had `http` rules):
+    /// their packets are still kept on the node's stack.
+    pub keep_proxied: bool,
+}
+
+/// Records in `seen` (the render cache's memory) whether `st` has `http`
+/// rules, and keeps the proxied connections' rules in `st` once any render
+/// had them: removing the last `http` rule then stops steering new
+/// connections, and those being proxied go on through the proxy until they
+/// close.
+pub fn remember(seen: &mut bool, st: &mut Steering) {
+    *seen |= st.any_http;
+    st.keep_proxied = *seen;
 }
 
 impl Steering {
@@ -200,6 +217,9 @@ fn rule(statements: Vec<Stmt>, comment: &str) -> PolicyRule {
 /// Adds the steering's sets, map, chains and hook rules to `out` (nothing
 /// when nothing is steered).
 pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
+    if st.any_http || st.keep_proxied {
+        add_keep(out);
+    }
     if st.any_http {
         add_base(out);
     }
@@ -348,9 +368,32 @@ pub fn add_objects(st: &Steering, out: &mut PolicyObjects) {
         ]);
 }
 
+/// The rules a node holds while connections may be proxied (any policy of
+/// the cluster has `http`, or had it since veild started): the proxy's
+/// connections, both legs, stay on the node's stack until they close.
+fn add_keep(out: &mut PolicyObjects) {
+    out.hooks.insert(
+        PolicyHook::Prerouting,
+        vec![rule(
+            vec![
+                ct_mark_is_set(CT_STEERED),
+                set_mark(FWMARK_LOCAL),
+                Statement::Accept(None),
+            ],
+            "L7 proxy connections stay on the node",
+        )],
+    );
+    out.hooks.insert(
+        PolicyHook::Output,
+        vec![rule(
+            vec![mark_is_set(MARK_UPSTREAM), set_ct_mark(CT_STEERED)],
+            "the L7 proxy's upstream connections",
+        )],
+    );
+}
+
 /// The rules every node holds while any policy of the cluster has `http`:
-/// proxied connections stay on the node's stack, and nothing but a proxy
-/// sends the DSCP [`DSCP_PROXIED`] to another node.
+/// nothing but a proxy sends the DSCP [`DSCP_PROXIED`] to another node.
 fn add_base(out: &mut PolicyObjects) {
     let [pod, not_wg] = from_pod();
     let clear_dscp = || {
@@ -359,47 +402,31 @@ fn add_base(out: &mut PolicyObjects) {
             value: num(0),
         })
     };
-    out.hooks.insert(
-        PolicyHook::Prerouting,
-        vec![
-            rule(
-                vec![
-                    ct_mark_is_set(CT_STEERED),
-                    set_mark(FWMARK_LOCAL),
-                    Statement::Accept(None),
-                ],
-                "L7 proxy connections stay on the node",
-            ),
-            rule(
-                vec![pod, not_wg, dscp(DSCP_PROXIED), clear_dscp()],
-                "only a proxy claims a checked connection",
-            ),
-        ],
-    );
-    out.hooks.insert(
-        PolicyHook::Output,
-        vec![
-            rule(
-                vec![mark_is_set(MARK_UPSTREAM), set_ct_mark(CT_STEERED)],
-                "the L7 proxy's upstream connections",
-            ),
-            rule(
-                vec![
-                    eq(meta(MetaKey::Oifname), s("veil-wg")),
-                    eq(
-                        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
-                            meta(MetaKey::Mark),
-                            num(MARK_UPSTREAM),
-                        ))),
-                        num(0),
-                    ),
-                    dscp(DSCP_PROXIED),
-                    clear_dscp(),
-                ],
-                "only a proxy claims a checked connection",
-            ),
-        ],
-    );
+    out.hooks
+        .entry(PolicyHook::Prerouting)
+        .or_default()
+        .push(rule(
+            vec![pod, not_wg, dscp(DSCP_PROXIED), clear_dscp()],
+            "only a proxy claims a checked connection",
+        ));
+    out.hooks
+        .entry(PolicyHook::Output)
+        .or_default()
+        .extend([rule(
+            vec![
+                eq(meta(MetaKey::Oifname), s("veil-wg")),
+                eq(
+                    Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                        meta(MetaKey::Mark),
+                        num(MARK_UPSTREAM),
+                    ))),
+                    num(0),
+                ),
+                dscp(DSCP_PROXIED),
+                clear_dscp(),
+            ],
+            "only a proxy claims a checked connection",
+        )]);
 }
 
 fn ct_new() -> Stmt {
@@ -519,6 +546,60 @@ probes: []
             .filter(|rule| rule.statements.contains(&set_mark(MARK_ALLOW)))
             .count();
         assert_eq!((http_allows, l4_allows), (1, 1));
+    }
+
+    #[test]
+    fn after_the_last_http_rule_only_proxied_connections_stay_local() {
+        let parts = |yaml: &str| {
+            let st = Scenario::parse(yaml).unwrap().initial_state().unwrap();
+            let c = veil_policy::compile::Compiled::new(&st.cluster, &st.policies);
+            let eps: Vec<LocalEndpoint> = st
+                .cluster
+                .pods
+                .values()
+                .enumerate()
+                .map(|(i, p)| LocalEndpoint {
+                    ifname: format!("veil{i:011x}"),
+                    ip: p.ip,
+                    pod: Some(p.key()),
+                })
+                .collect();
+            (c, eps)
+        };
+        let mut cache = super::super::RenderCache::new();
+        let none = BTreeMap::new();
+        let (c, eps) = parts(SHOP);
+        let with = super::super::render_cached(&mut cache, c.program(), &eps, &none);
+        assert!(with.steering.keep_proxied);
+        let (c, eps) = parts(&SHOP.replace("          http: {methods: [GET]}\n", ""));
+        let after = super::super::render_cached(&mut cache, c.program(), &eps, &none);
+        let o = after.objects();
+        let comments = |h: PolicyHook| -> Vec<String> {
+            o.hooks[&h]
+                .iter()
+                .filter_map(|r| r.comment.clone())
+                .collect()
+        };
+        assert_eq!(
+            comments(PolicyHook::Prerouting),
+            ["L7 proxy connections stay on the node"],
+            "no new connection is steered"
+        );
+        assert_eq!(
+            comments(PolicyHook::Output),
+            ["the L7 proxy's upstream connections"]
+        );
+        assert!(!o.chains.contains_key(CLASSIFY) && !o.sets.contains_key(SET_INGRESS));
+        // A render with a fresh cache (veild restarted: no proxied
+        // connection survived) has none of it.
+        assert!(!after.steering.any_http);
+        assert_eq!(
+            render(c.program(), &eps)
+                .objects()
+                .hooks
+                .get(&PolicyHook::Prerouting),
+            None
+        );
     }
 
     #[test]
