@@ -16,7 +16,8 @@
 //! - [`udp`], [`tcp`]: the listeners (TCP: several messages per connection,
 //!   pipelined); [`sockets`]: transparent sockets and the policy routing.
 //! - [`allow`]: the allowance cache, persisted in the state directory and
-//!   re-installed at start.
+//!   re-installed at start; [`writer`]: how it reaches the kernel (an
+//!   in-process nf_tables netlink batch, `nft` only as a fallback).
 //! - `dns.allowances` on the socket: what `veilctl dns` shows.
 //!
 //! It does not answer from a cache of its own, rewrite answers, or handle
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod sockets;
 pub mod tcp;
 pub mod udp;
+pub mod writer;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -228,21 +230,31 @@ impl Proxy {
             .into_iter()
             .filter(|a| live.contains_key(&a.set) && a.expires > now)
             .collect();
-        let mut n = 0;
+        // One batch per set: a set the policy sync has not installed yet
+        // loses only its own allowances.
+        let mut by_set: std::collections::BTreeMap<String, Vec<allow::Allowance>> =
+            std::collections::BTreeMap::new();
         for a in keep {
-            let e = allow::Element {
-                set: a.set.clone(),
-                pod: a.pod,
-                addr: a.addr,
-                timeout: u32::try_from(a.expires - now).unwrap_or(u32::MAX),
-            };
-            match self.writer.add(std::slice::from_ref(&e)) {
+            by_set.entry(a.set.clone()).or_default().push(a);
+        }
+        let mut n = 0;
+        for (set, group) in by_set {
+            let elems: Vec<allow::Element> = group
+                .iter()
+                .map(|a| allow::Element {
+                    set: a.set.clone(),
+                    pod: a.pod,
+                    addr: a.addr,
+                    timeout: u32::try_from(a.expires - now).unwrap_or(u32::MAX),
+                })
+                .collect();
+            match self.writer.add(&elems) {
                 Ok(()) => {
-                    self.cache.record([a]);
-                    n += 1;
+                    n += group.len();
+                    self.cache.record(group);
                 }
                 Err(err) => {
-                    tracing::debug!(set = %a.set, error = %err, "saved DNS allowance not restored")
+                    tracing::debug!(set = %set, error = %err, "saved DNS allowances not restored")
                 }
             }
         }
@@ -260,16 +272,23 @@ pub async fn start(
         what: "policy routing",
         source,
     })?;
+    let sets = allow::NetlinkSets::default();
+    let fallbacks = sets.fallbacks.clone();
     let proxy = Arc::new(
         Proxy::new(
             ctx.desired.clone(),
             ctx.policy_applied.clone(),
-            Box::new(allow::NftSets),
+            Box::new(sets),
         )
         .with_names(flows),
     );
     if let Ok(mut r) = ctx.metrics.lock() {
         proxy.metrics.register(&mut r);
+        r.sub_registry_with_prefix("veil_dns").register(
+            "set_write_fallbacks",
+            "Allowance batches written with nft because the netlink writer failed",
+            fallbacks,
+        );
     }
     let file = allow::path(&ctx.config.state_dir);
     match Allowances::load(&file, unix_now()) {
