@@ -26,6 +26,7 @@
 pub mod allow;
 pub mod answer;
 pub mod metrics;
+pub mod rules;
 pub mod sockets;
 pub mod tcp;
 pub mod udp;
@@ -39,11 +40,11 @@ use tokio::sync::watch;
 
 use crate::context::NodeContext;
 use crate::controller::Desired;
-use crate::dataplane::nftables::policy::dns::{domain_rules, rules_by_set, DomainRule};
+use crate::dataplane::nftables::policy::dns::{rules_by_set, DomainRule};
 use crate::node::policy_sync::AppliedPolicy;
 use allow::{Allowances, SetWriter};
 use answer::{inspect, servfail, Question};
-use metrics::{DnsMetrics, RuleLabels};
+use metrics::DnsMetrics;
 
 pub use crate::dataplane::nftables::policy::dns::DEFAULT_PORT;
 
@@ -84,6 +85,7 @@ pub struct Proxy {
     /// The flow collector, taught every accepted answer: flows and the graph
     /// name external addresses by the name the proxy saw.
     names: Option<Arc<crate::flows::Flows>>,
+    rule_cache: rules::RuleCache,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -106,6 +108,7 @@ impl Proxy {
             writer,
             metrics: DnsMetrics::default(),
             names: None,
+            rule_cache: rules::RuleCache::default(),
         }
     }
 
@@ -117,7 +120,11 @@ impl Proxy {
 
     /// The `domains` rules of the pod at `pod`.
     pub fn rules(&self, pod: Ipv4Addr) -> Vec<DomainRule> {
-        domain_rules(&self.desired.borrow().program, IpAddr::V4(pod))
+        self.rule_cache
+            .get(&self.desired, pod)
+            .iter()
+            .map(|c| c.rule.clone())
+            .collect()
     }
 
     /// Handles the resolver's `answer` to the pod's `query`: installs what it
@@ -153,18 +160,11 @@ impl Proxy {
                 f.learn_dns(&res.name, &ips);
             }
         }
-        let rules: Vec<DomainRule> = self
-            .rules(pod)
-            .into_iter()
-            .filter(|r| r.matches(&res.name))
-            .collect();
-        let label = |r: &DomainRule| RuleLabels {
-            set: r.set.clone(),
-            policy: r.policy.clone(),
-            rule: r.index.to_string(),
-        };
+        let all = self.rule_cache.get(&self.desired, pod);
+        let rules: Vec<&rules::CachedRule> =
+            all.iter().filter(|r| r.rule.matches(&res.name)).collect();
         for r in &rules {
-            self.metrics.rule_queries.get_or_create(&label(r)).inc();
+            self.metrics.rule_queries.get_or_create(&r.labels).inc();
         }
         let v4: Vec<(Ipv4Addr, u32)> = res
             .addrs
@@ -177,7 +177,7 @@ impl Proxy {
         if rules.is_empty() || v4.is_empty() {
             return Some(answer.to_vec());
         }
-        let sets: Vec<String> = rules.iter().map(|r| r.set.clone()).collect();
+        let sets: Vec<String> = rules.iter().map(|r| r.rule.set.clone()).collect();
         let needed = self.cache.needed(&sets, pod, &res.name, &v4, unix_now());
         if !needed.is_empty() {
             let elems: Vec<allow::Element> = needed.iter().map(|(e, _)| e.clone()).collect();
@@ -191,7 +191,7 @@ impl Proxy {
             tracing::debug!(pod = %pod, name = %res.name, addrs = v4.len(), rules = rules.len(), "DNS allowance installed");
         }
         for r in &rules {
-            self.metrics.rule_answers.get_or_create(&label(r)).inc();
+            self.metrics.rule_answers.get_or_create(&r.labels).inc();
         }
         Some(answer.to_vec())
     }

@@ -61,6 +61,14 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, So
 /// Serves until shutdown.
 pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let queries = proxy
+        .metrics
+        .queries
+        .get_or_create(&TransportLabels {
+            transport: "udp".into(),
+        })
+        .clone();
+    let replies = Arc::new(sockets::ReplySockets::default());
     loop {
         let got = tokio::select! {
             r = sock.async_io(Interest::READABLE, || recv(&sock, &mut buf)) => r,
@@ -75,13 +83,9 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
         };
         let query = buf[..n].to_vec();
         let p = proxy.clone();
+        let replies = replies.clone();
+        queries.inc();
         tokio::spawn(async move {
-            p.metrics
-                .queries
-                .get_or_create(&TransportLabels {
-                    transport: "udp".into(),
-                })
-                .inc();
             let start = Instant::now();
             let out = exchange(&p, &query, src, dst).await;
             let reply = match out {
@@ -97,7 +101,7 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
                 }
             };
             if let Some(r) = reply {
-                if let Err(e) = sockets::send_from(dst, SocketAddr::V4(src), &r) {
+                if let Err(e) = replies.send_from(dst, SocketAddr::V4(src), &r) {
                     tracing::debug!(pod = %src, error = %e, "DNS proxy: answer not sent");
                     p.metrics.drop("reply_failed");
                 }
@@ -120,15 +124,18 @@ async fn exchange(
     sock.connect(dst).await?;
     sock.send(query).await?;
     let id = query.get(..2);
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Not zeroed: `recv_buf` only exposes what the kernel wrote.
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     loop {
-        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        buf.clear();
+        match tokio::time::timeout_at(deadline, sock.recv_buf(&mut buf)).await {
             Ok(r) => r?,
             Err(_) => return Ok(None),
         };
         if buf.get(..2) == id {
-            return Ok(Some(buf[..n].to_vec()));
+            buf.shrink_to_fit();
+            return Ok(Some(buf));
         }
         p.metrics.drop("id_mismatch");
     }
