@@ -314,7 +314,7 @@ fn write_policy(lab: &Lab, text: &str) {
 fn proxy_queries(lab: &Lab, transport: &str) -> u64 {
     let o = lab.exec(
         &["--node", "node-a"],
-        &["curl", "-s", "localhost:9590/metrics"],
+        &["curl", "-s", "http://127.0.0.1:9590/metrics"],
     );
     let text = String::from_utf8_lossy(&o.stdout);
     let needle = format!("veil_dns_queries_total{{transport=\"{transport}\"}} ");

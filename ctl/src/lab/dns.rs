@@ -32,7 +32,8 @@ pub struct Zone {
     /// `name: target`: the name is an alias (CNAME) of the target.
     #[serde(default)]
     pub cnames: BTreeMap<String, String>,
-    /// TTL (seconds) of a name's records; [`TTL`] otherwise.
+    /// TTL (seconds) of a name's records (a `numbered` suffix's applies to
+    /// its names); [`TTL`] otherwise.
     #[serde(default)]
     pub ttls: BTreeMap<String, u32>,
     /// More A records of a name (after its own address, if it has one).
@@ -90,8 +91,19 @@ impl Records {
         self
     }
 
+    /// The TTL of `name`: its own, else (for a numbered name) its suffix's.
     fn ttl(&self, name: &str) -> u32 {
-        self.zone.ttls.get(&normalize(name)).copied().unwrap_or(TTL)
+        let n = normalize(name);
+        let suffix = n
+            .split_once('.')
+            .filter(|(_, s)| self.zone.numbered.contains_key(*s))
+            .map(|(_, s)| s);
+        self.zone
+            .ttls
+            .get(&n)
+            .or_else(|| self.zone.ttls.get(suffix?))
+            .copied()
+            .unwrap_or(TTL)
     }
 
     /// Every address of `name` (not following aliases).
@@ -375,6 +387,7 @@ mod tests {
     fn numbered_names_get_consecutive_addresses() {
         let r = records().with_zone(Zone {
             numbered: BTreeMap::from([("bench.example.com".into(), Ipv4Addr::new(198, 19, 0, 0))]),
+            ttls: BTreeMap::from([("bench.example.com".into(), 3600)]),
             ..Zone::default()
         });
         let a =
@@ -383,6 +396,7 @@ mod tests {
             a.answers[0].data,
             RData::A(A(Ipv4Addr::new(198, 19, 1, 44)))
         );
+        assert_eq!(a.answers[0].ttl, 3600);
         let x = decode(&answer(&query("x1.bench.example.com.", RecordType::A), &r, None).unwrap());
         assert_eq!(x.metadata.response_code, ResponseCode::NXDomain);
     }

@@ -1,6 +1,6 @@
 //! DNS over UDP: the transparent listener, one task per query. The query
 //! goes to the resolver the pod asked (its original destination) from the
-//! pod's address; the answer (unchanged, or SERVFAIL) goes back from the
+//! pod's address (a socket kept per pod, [`UpstreamPool`]); the answer (unchanged, or SERVFAIL) goes back from the
 //! resolver's address. Answers are read into a 64 KiB buffer, so EDNS(0)
 //! sizes pass; a truncated answer is released as it is and the pod retries
 //! over TCP ([`super::tcp`]).
@@ -22,6 +22,47 @@ use super::{sockets, Proxy, UPSTREAM_TIMEOUT};
 
 /// Largest DNS message.
 const MAX_MESSAGE: usize = 65_535;
+/// Idle upstream sockets kept per pod.
+const POOL_PER_POD: usize = 8;
+/// Pods with idle upstream sockets kept (beyond: the pool starts over).
+const POOL_PODS: usize = 4096;
+
+/// Upstream sockets (bound to a pod's address, marked) kept for the pod's
+/// next query: creating one cost seven system calls and a reactor
+/// registration per query. A socket goes back only after a matched answer,
+/// drained; each use connects it to that query's resolver.
+#[derive(Debug, Default)]
+pub struct UpstreamPool {
+    idle: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Vec<UdpSocket>>>,
+}
+
+impl UpstreamPool {
+    fn take(&self, pod: Ipv4Addr) -> io::Result<UdpSocket> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&pod)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(s) => Ok(s),
+            None => UdpSocket::from_std(sockets::upstream(Type::DGRAM, pod)?.into()),
+        }
+    }
+
+    fn give(&self, pod: Ipv4Addr, s: UdpSocket) {
+        let mut scratch = [0u8; 512];
+        while s.try_recv(&mut scratch).is_ok() {}
+        let mut m = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= POOL_PODS && !m.contains_key(&pod) {
+            m.clear();
+        }
+        let v = m.entry(pod).or_default();
+        if v.len() < POOL_PER_POD {
+            v.push(s);
+        }
+    }
+}
 
 /// Binds the transparent UDP listener.
 pub fn bind(port: u16) -> io::Result<UdpSocket> {
@@ -69,6 +110,7 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
         })
         .clone();
     let replies = Arc::new(sockets::ReplySockets::default());
+    let pool = Arc::new(UpstreamPool::default());
     loop {
         let got = tokio::select! {
             r = sock.async_io(Interest::READABLE, || recv(&sock, &mut buf)) => r,
@@ -84,10 +126,11 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
         let query = buf[..n].to_vec();
         let p = proxy.clone();
         let replies = replies.clone();
+        let pool = pool.clone();
         queries.inc();
         tokio::spawn(async move {
             let start = Instant::now();
-            let out = exchange(&p, &query, src, dst).await;
+            let out = exchange(&p, &pool, &query, src, dst).await;
             let reply = match out {
                 Ok(Some(answer)) => p.release(*src.ip(), &query, &answer).await,
                 Ok(None) => {
@@ -115,12 +158,12 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
 /// query's ID, or None on timeout.
 async fn exchange(
     p: &Proxy,
+    pool: &UpstreamPool,
     query: &[u8],
     src: SocketAddrV4,
     dst: SocketAddrV4,
 ) -> io::Result<Option<Vec<u8>>> {
-    let s = sockets::upstream(Type::DGRAM, *src.ip())?;
-    let sock = UdpSocket::from_std(s.into())?;
+    let sock = pool.take(*src.ip())?;
     sock.connect(dst).await?;
     sock.send(query).await?;
     let id = query.get(..2);
@@ -135,6 +178,7 @@ async fn exchange(
         };
         if buf.get(..2) == id {
             buf.shrink_to_fit();
+            pool.give(*src.ip(), sock);
             return Ok(Some(buf));
         }
         p.metrics.drop("id_mismatch");

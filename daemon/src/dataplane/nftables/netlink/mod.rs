@@ -154,7 +154,11 @@ impl SetWriter {
         if guard.is_none() {
             *guard = Some(open().map_err(NetlinkError::Io)?);
         }
-        let sock = guard.as_ref().expect("opened above");
+        let Some(sock) = guard.as_ref() else {
+            return Err(NetlinkError::Io(std::io::Error::other(
+                "netlink socket not open",
+            )));
+        };
         let r = exchange(sock, &bytes, acked, &owned, first.set);
         if matches!(
             r,
