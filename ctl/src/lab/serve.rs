@@ -53,6 +53,9 @@ pub struct ServeSpec {
     /// When set, port 53 on UDP and TCP answers DNS with these names.
     #[serde(default)]
     pub dns: Option<BTreeMap<String, Ipv4Addr>>,
+    /// Aliases, TTLs and more addresses for that DNS (tests; [`dns::Zone`]).
+    #[serde(default)]
+    pub dns_zone: Option<dns::Zone>,
     /// File written (JSON list of warnings) once every port is bound.
     #[serde(default)]
     pub ready_file: Option<PathBuf>,
@@ -105,10 +108,12 @@ async fn serve(spec: ServeSpec) -> Result<(), ServeError> {
     let mut warnings = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    let dns_records = spec
-        .dns
-        .as_ref()
-        .map(|m| Arc::new(dns::Records::new(m.iter().map(|(n, ip)| (n.as_str(), *ip)))));
+    let dns_records = spec.dns.as_ref().map(|m| {
+        Arc::new(
+            dns::Records::new(m.iter().map(|(n, ip)| (n.as_str(), *ip)))
+                .with_zone(spec.dns_zone.clone().unwrap_or_default()),
+        )
+    });
     if let Some(records) = &dns_records {
         let udp = UdpSocket::bind(any(53))
             .await

@@ -409,6 +409,7 @@ pub fn serve_spec(
         udp: of(Proto::Udp),
         sctp: of(Proto::Sctp),
         dns,
+        dns_zone: None,
         ready_file: Some(ready_file),
     }
 }

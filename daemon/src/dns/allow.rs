@@ -8,19 +8,15 @@
 //! element added again); it is written again only when what is left of it
 //! is less than the new answer's `max(TTL, 30 s)`. Expired entries are swept from memory; the kernel
 //! drops its elements on its own. It does not decide which rules match (see
-//! [`super::DomainRules`]) and does not talk to the network.
+//! `DomainRule`), does not talk to the network, and writes the kernel only
+//! through [`super::writer`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-
-use crate::dataplane::nftables::TABLE;
 
 /// The shortest allowance, whatever the TTL (POLICY-API.md).
 pub const MIN_TTL: u32 = 30;
@@ -34,79 +30,7 @@ pub fn timeout_for(ttl: u32) -> u32 {
     ttl.max(MIN_TTL).saturating_add(GRACE)
 }
 
-/// One element of a `domains` set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Element {
-    /// The set.
-    pub set: String,
-    /// The pod.
-    pub pod: Ipv4Addr,
-    /// The destination.
-    pub addr: Ipv4Addr,
-    /// Seconds.
-    pub timeout: u32,
-}
-
-/// Errors writing the kernel's sets.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// `nft` could not be run.
-    #[error("cannot run nft: {0}")]
-    Spawn(#[source] std::io::Error),
-    /// `nft` refused the elements (e.g. the set does not exist yet).
-    #[error("nft refused the elements: {0}")]
-    Refused(String),
-}
-
-/// Adds elements to the kernel's sets, all or none.
-pub trait SetWriter: Send + Sync {
-    /// Adds (or extends) `elems` in one transaction.
-    fn add(&self, elems: &[Element]) -> Result<(), WriteError>;
-}
-
-/// The `nft` command (one transaction per call).
-#[derive(Debug, Default)]
-pub struct NftSets;
-
-/// The `nft -f` script adding `elems`.
-pub fn script(elems: &[Element]) -> String {
-    let mut s = String::new();
-    for e in elems {
-        let _ = writeln!(
-            s,
-            "add element inet {TABLE} {} {{ {} . {} timeout {}s }}",
-            e.set, e.pod, e.addr, e.timeout
-        );
-    }
-    s
-}
-
-impl SetWriter for NftSets {
-    fn add(&self, elems: &[Element]) -> Result<(), WriteError> {
-        if elems.is_empty() {
-            return Ok(());
-        }
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(WriteError::Spawn)?;
-        if let Some(mut i) = child.stdin.take() {
-            i.write_all(script(elems).as_bytes())
-                .map_err(WriteError::Spawn)?;
-        }
-        let out = child.wait_with_output().map_err(WriteError::Spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(WriteError::Refused(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
-        }
-    }
-}
+pub use super::writer::{script, Element, NetlinkSets, NftSets, SetWriter, WriteError};
 
 /// One allowance as kept and persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,19 +270,5 @@ mod tests {
         assert_eq!(c.sweep(1001, &|s| s == "d1"), 1);
         assert_eq!(c.sweep(1070, &|_| true), 1);
         assert!(c.list().is_empty());
-    }
-
-    #[test]
-    fn script_adds_each_element_with_its_timeout() {
-        let s = script(&[Element {
-            set: "d1".into(),
-            pod: ip("10.244.0.5"),
-            addr: ip("203.0.113.1"),
-            timeout: 35,
-        }]);
-        assert_eq!(
-            s,
-            "add element inet veil d1 { 10.244.0.5 . 203.0.113.1 timeout 35s }\n"
-        );
     }
 }

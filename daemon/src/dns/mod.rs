@@ -16,7 +16,8 @@
 //! - [`udp`], [`tcp`]: the listeners (TCP: several messages per connection,
 //!   pipelined); [`sockets`]: transparent sockets and the policy routing.
 //! - [`allow`]: the allowance cache, persisted in the state directory and
-//!   re-installed at start.
+//!   re-installed at start; [`writer`]: how it reaches the kernel (an
+//!   in-process nf_tables netlink batch, `nft` only as a fallback).
 //! - `dns.allowances` on the socket: what `veilctl dns` shows.
 //!
 //! It does not answer from a cache of its own, rewrite answers, or handle
@@ -25,9 +26,11 @@
 pub mod allow;
 pub mod answer;
 pub mod metrics;
+pub mod rules;
 pub mod sockets;
 pub mod tcp;
 pub mod udp;
+pub mod writer;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -37,11 +40,11 @@ use tokio::sync::watch;
 
 use crate::context::NodeContext;
 use crate::controller::Desired;
-use crate::dataplane::nftables::policy::dns::{domain_rules, rules_by_set, DomainRule};
+use crate::dataplane::nftables::policy::dns::{rules_by_set, DomainRule};
 use crate::node::policy_sync::AppliedPolicy;
 use allow::{Allowances, SetWriter};
 use answer::{inspect, servfail, Question};
-use metrics::{DnsMetrics, RuleLabels};
+use metrics::DnsMetrics;
 
 pub use crate::dataplane::nftables::policy::dns::DEFAULT_PORT;
 
@@ -82,6 +85,7 @@ pub struct Proxy {
     /// The flow collector, taught every accepted answer: flows and the graph
     /// name external addresses by the name the proxy saw.
     names: Option<Arc<crate::flows::Flows>>,
+    rule_cache: rules::RuleCache,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -104,6 +108,7 @@ impl Proxy {
             writer,
             metrics: DnsMetrics::default(),
             names: None,
+            rule_cache: rules::RuleCache::default(),
         }
     }
 
@@ -115,7 +120,11 @@ impl Proxy {
 
     /// The `domains` rules of the pod at `pod`.
     pub fn rules(&self, pod: Ipv4Addr) -> Vec<DomainRule> {
-        domain_rules(&self.desired.borrow().program, IpAddr::V4(pod))
+        self.rule_cache
+            .get(&self.desired, pod)
+            .iter()
+            .map(|c| c.rule.clone())
+            .collect()
     }
 
     /// Handles the resolver's `answer` to the pod's `query`: installs what it
@@ -151,18 +160,11 @@ impl Proxy {
                 f.learn_dns(&res.name, &ips);
             }
         }
-        let rules: Vec<DomainRule> = self
-            .rules(pod)
-            .into_iter()
-            .filter(|r| r.matches(&res.name))
-            .collect();
-        let label = |r: &DomainRule| RuleLabels {
-            set: r.set.clone(),
-            policy: r.policy.clone(),
-            rule: r.index.to_string(),
-        };
+        let all = self.rule_cache.get(&self.desired, pod);
+        let rules: Vec<&rules::CachedRule> =
+            all.iter().filter(|r| r.rule.matches(&res.name)).collect();
         for r in &rules {
-            self.metrics.rule_queries.get_or_create(&label(r)).inc();
+            self.metrics.rule_queries.get_or_create(&r.labels).inc();
         }
         let v4: Vec<(Ipv4Addr, u32)> = res
             .addrs
@@ -175,7 +177,7 @@ impl Proxy {
         if rules.is_empty() || v4.is_empty() {
             return Some(answer.to_vec());
         }
-        let sets: Vec<String> = rules.iter().map(|r| r.set.clone()).collect();
+        let sets: Vec<String> = rules.iter().map(|r| r.rule.set.clone()).collect();
         let needed = self.cache.needed(&sets, pod, &res.name, &v4, unix_now());
         if !needed.is_empty() {
             let elems: Vec<allow::Element> = needed.iter().map(|(e, _)| e.clone()).collect();
@@ -189,7 +191,7 @@ impl Proxy {
             tracing::debug!(pod = %pod, name = %res.name, addrs = v4.len(), rules = rules.len(), "DNS allowance installed");
         }
         for r in &rules {
-            self.metrics.rule_answers.get_or_create(&label(r)).inc();
+            self.metrics.rule_answers.get_or_create(&r.labels).inc();
         }
         Some(answer.to_vec())
     }
@@ -228,21 +230,31 @@ impl Proxy {
             .into_iter()
             .filter(|a| live.contains_key(&a.set) && a.expires > now)
             .collect();
-        let mut n = 0;
+        // One batch per set: a set the policy sync has not installed yet
+        // loses only its own allowances.
+        let mut by_set: std::collections::BTreeMap<String, Vec<allow::Allowance>> =
+            std::collections::BTreeMap::new();
         for a in keep {
-            let e = allow::Element {
-                set: a.set.clone(),
-                pod: a.pod,
-                addr: a.addr,
-                timeout: u32::try_from(a.expires - now).unwrap_or(u32::MAX),
-            };
-            match self.writer.add(std::slice::from_ref(&e)) {
+            by_set.entry(a.set.clone()).or_default().push(a);
+        }
+        let mut n = 0;
+        for (set, group) in by_set {
+            let elems: Vec<allow::Element> = group
+                .iter()
+                .map(|a| allow::Element {
+                    set: a.set.clone(),
+                    pod: a.pod,
+                    addr: a.addr,
+                    timeout: u32::try_from(a.expires - now).unwrap_or(u32::MAX),
+                })
+                .collect();
+            match self.writer.add(&elems) {
                 Ok(()) => {
-                    self.cache.record([a]);
-                    n += 1;
+                    n += group.len();
+                    self.cache.record(group);
                 }
                 Err(err) => {
-                    tracing::debug!(set = %a.set, error = %err, "saved DNS allowance not restored")
+                    tracing::debug!(set = %set, error = %err, "saved DNS allowances not restored")
                 }
             }
         }
@@ -260,16 +272,23 @@ pub async fn start(
         what: "policy routing",
         source,
     })?;
+    let sets = allow::NetlinkSets::default();
+    let fallbacks = sets.fallbacks.clone();
     let proxy = Arc::new(
         Proxy::new(
             ctx.desired.clone(),
             ctx.policy_applied.clone(),
-            Box::new(allow::NftSets),
+            Box::new(sets),
         )
         .with_names(flows),
     );
     if let Ok(mut r) = ctx.metrics.lock() {
         proxy.metrics.register(&mut r);
+        r.sub_registry_with_prefix("veil_dns").register(
+            "set_write_fallbacks",
+            "Allowance batches written with nft because the netlink writer failed",
+            fallbacks,
+        );
     }
     let file = allow::path(&ctx.config.state_dir);
     match Allowances::load(&file, unix_now()) {

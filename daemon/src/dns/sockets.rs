@@ -5,7 +5,8 @@
 //!   destination (`IP_RECVORIGDSTADDR`).
 //! - Upstream sockets bind the pod's address (`IP_TRANSPARENT`) and carry
 //!   [`MARK_UPSTREAM`]; answers to the pod are sent from the resolver's
-//!   address and port by a transparent socket bound there.
+//!   address and port by a transparent socket bound there, kept for the
+//!   next answer ([`ReplySockets`]).
 //! - `ip rule fwmark MARK_TPROXY lookup ROUTE_TABLE` and a local default
 //!   route in that table deliver marked packets to these sockets.
 //!
@@ -89,12 +90,57 @@ pub fn upstream(ty: Type, pod: Ipv4Addr) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Sends `bytes` to `to` from `from` (the resolver's address and port).
-pub fn send_from(from: SocketAddrV4, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+/// Most reply sockets kept (one per resolver address and port in use).
+const MAX_REPLY_SOCKETS: usize = 256;
+
+/// Transparent sockets bound to resolvers' addresses, kept for the next
+/// answer from the same resolver (creating one per answer cost five system
+/// calls). A socket that fails to send is dropped; beyond
+/// [`MAX_REPLY_SOCKETS`] the table starts over. They never read: their
+/// receive buffer is the minimum.
+#[derive(Debug, Default)]
+pub struct ReplySockets {
+    map: std::sync::Mutex<std::collections::HashMap<SocketAddrV4, std::sync::Arc<Socket>>>,
+}
+
+impl ReplySockets {
+    /// Sends `bytes` to `to` from `from` (the resolver's address and port).
+    pub fn send_from(&self, from: SocketAddrV4, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        let sock = {
+            let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(&from) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = std::sync::Arc::new(reply_socket(from)?);
+                    if m.len() >= MAX_REPLY_SOCKETS {
+                        m.clear();
+                    }
+                    m.insert(from, s.clone());
+                    s
+                }
+            }
+        };
+        // Non-blocking: a full send buffer drops this answer (as the network
+        // might), it never stalls the proxy.
+        match sock.send_to(bytes, &to.into()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.map
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&from);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn reply_socket(from: SocketAddrV4) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_ip_transparent_v4(true)?;
+    s.set_nonblocking(true)?;
+    s.set_recv_buffer_size(0)?;
     s.bind(&SocketAddr::V4(from).into())?;
-    s.send_to(bytes, &to.into())?;
-    Ok(())
+    Ok(s)
 }

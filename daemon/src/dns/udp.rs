@@ -1,6 +1,6 @@
 //! DNS over UDP: the transparent listener, one task per query. The query
 //! goes to the resolver the pod asked (its original destination) from the
-//! pod's address; the answer (unchanged, or SERVFAIL) goes back from the
+//! pod's address (a socket kept per pod, [`UpstreamPool`]); the answer (unchanged, or SERVFAIL) goes back from the
 //! resolver's address. Answers are read into a 64 KiB buffer, so EDNS(0)
 //! sizes pass; a truncated answer is released as it is and the pod retries
 //! over TCP ([`super::tcp`]).
@@ -22,6 +22,47 @@ use super::{sockets, Proxy, UPSTREAM_TIMEOUT};
 
 /// Largest DNS message.
 const MAX_MESSAGE: usize = 65_535;
+/// Idle upstream sockets kept per pod.
+const POOL_PER_POD: usize = 8;
+/// Pods with idle upstream sockets kept (beyond: the pool starts over).
+const POOL_PODS: usize = 4096;
+
+/// Upstream sockets (bound to a pod's address, marked) kept for the pod's
+/// next query: creating one cost seven system calls and a reactor
+/// registration per query. A socket goes back only after a matched answer,
+/// drained; each use connects it to that query's resolver.
+#[derive(Debug, Default)]
+pub struct UpstreamPool {
+    idle: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Vec<UdpSocket>>>,
+}
+
+impl UpstreamPool {
+    fn take(&self, pod: Ipv4Addr) -> io::Result<UdpSocket> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&pod)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(s) => Ok(s),
+            None => UdpSocket::from_std(sockets::upstream(Type::DGRAM, pod)?.into()),
+        }
+    }
+
+    fn give(&self, pod: Ipv4Addr, s: UdpSocket) {
+        let mut scratch = [0u8; 512];
+        while s.try_recv(&mut scratch).is_ok() {}
+        let mut m = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= POOL_PODS && !m.contains_key(&pod) {
+            m.clear();
+        }
+        let v = m.entry(pod).or_default();
+        if v.len() < POOL_PER_POD {
+            v.push(s);
+        }
+    }
+}
 
 /// Binds the transparent UDP listener.
 pub fn bind(port: u16) -> io::Result<UdpSocket> {
@@ -61,6 +102,15 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, So
 /// Serves until shutdown.
 pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let queries = proxy
+        .metrics
+        .queries
+        .get_or_create(&TransportLabels {
+            transport: "udp".into(),
+        })
+        .clone();
+    let replies = Arc::new(sockets::ReplySockets::default());
+    let pool = Arc::new(UpstreamPool::default());
     loop {
         let got = tokio::select! {
             r = sock.async_io(Interest::READABLE, || recv(&sock, &mut buf)) => r,
@@ -75,15 +125,12 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
         };
         let query = buf[..n].to_vec();
         let p = proxy.clone();
+        let replies = replies.clone();
+        let pool = pool.clone();
+        queries.inc();
         tokio::spawn(async move {
-            p.metrics
-                .queries
-                .get_or_create(&TransportLabels {
-                    transport: "udp".into(),
-                })
-                .inc();
             let start = Instant::now();
-            let out = exchange(&p, &query, src, dst).await;
+            let out = exchange(&p, &pool, &query, src, dst).await;
             let reply = match out {
                 Ok(Some(answer)) => p.release(*src.ip(), &query, &answer).await,
                 Ok(None) => {
@@ -97,7 +144,7 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
                 }
             };
             if let Some(r) = reply {
-                if let Err(e) = sockets::send_from(dst, SocketAddr::V4(src), &r) {
+                if let Err(e) = replies.send_from(dst, SocketAddr::V4(src), &r) {
                     tracing::debug!(pod = %src, error = %e, "DNS proxy: answer not sent");
                     p.metrics.drop("reply_failed");
                 }
@@ -111,24 +158,28 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
 /// query's ID, or None on timeout.
 async fn exchange(
     p: &Proxy,
+    pool: &UpstreamPool,
     query: &[u8],
     src: SocketAddrV4,
     dst: SocketAddrV4,
 ) -> io::Result<Option<Vec<u8>>> {
-    let s = sockets::upstream(Type::DGRAM, *src.ip())?;
-    let sock = UdpSocket::from_std(s.into())?;
+    let sock = pool.take(*src.ip())?;
     sock.connect(dst).await?;
     sock.send(query).await?;
     let id = query.get(..2);
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Not zeroed: `recv_buf` only exposes what the kernel wrote.
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     loop {
-        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        buf.clear();
+        match tokio::time::timeout_at(deadline, sock.recv_buf(&mut buf)).await {
             Ok(r) => r?,
             Err(_) => return Ok(None),
         };
         if buf.get(..2) == id {
-            return Ok(Some(buf[..n].to_vec()));
+            buf.shrink_to_fit();
+            pool.give(*src.ip(), sock);
+            return Ok(Some(buf));
         }
         p.metrics.drop("id_mismatch");
     }

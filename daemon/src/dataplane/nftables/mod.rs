@@ -24,6 +24,7 @@ pub mod delta;
 pub mod desired;
 pub mod host;
 pub mod metrics;
+pub mod netlink;
 pub mod plan;
 pub mod policy;
 
