@@ -9,6 +9,8 @@
 //! Everything these helpers create lives in namespaces and temporary
 //! directories of their own; nothing touches the machine's own namespace.
 
+pub mod lab_policy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use lab_support::*;
 use serde_json::Value;
+use veil_tests::lab_policy;
 
 struct TempDir(PathBuf);
 
@@ -110,28 +111,13 @@ fn lab_test_passes_every_l7_scenario_as_real_packets() {
 
 const SCENARIO: &str = "l7-both-sides-across-nodes.yaml";
 
-fn sock(lab: &Lab, node: &str) -> PathBuf {
-    PathBuf::from(format!("/run/veil/labs/{}/{node}/veild.sock", lab.name))
-}
-
-fn applied(lab: &Lab, nodes: &[&str], min: u64) -> bool {
-    nodes.iter().all(|n| {
-        veil_tests::call(&sock(lab, n), veil_api::method::NODE_STATUS, Value::Null).is_ok_and(|s| {
-            let g = s["policyGeneration"].as_u64().unwrap_or(0);
-            g >= min && s["policyAppliedGeneration"].as_u64() == Some(g)
-        })
-    })
-}
-
 /// The policies of a scenario of tests/scenarios.
 fn scenario_policies(scenario: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(root().join("tests/scenarios").join(scenario)).unwrap();
-    let v: Value = serde_yaml::from_str(&text).unwrap();
-    v["policies"].as_array().unwrap().clone()
+    lab_policy::scenario_policies(&root().join("tests/scenarios").join(scenario))
 }
 
-/// Writes the scenario's policies into the lab's datastore; waits until both
-/// nodes' kernels hold them.
+/// Writes the scenario's policies into the lab's datastore; waits until the
+/// kernels of `nodes` hold them.
 fn apply_policies(lab: &Lab, scenario: &str, nodes: &[&str]) {
     write_policies(lab, &scenario_policies(scenario), nodes);
 }
@@ -139,29 +125,7 @@ fn apply_policies(lab: &Lab, scenario: &str, nodes: &[&str]) {
 /// Writes `policies` into the lab's datastore (replacing what the test wrote
 /// before); waits until the kernels of `nodes` hold them.
 fn write_policies(lab: &Lab, policies: &[Value], nodes: &[&str]) {
-    let docs: Vec<String> = policies
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap())
-        .collect();
-    // Each node's generation before the write: the policies are in once
-    // every node has applied a newer one.
-    let generation = |n: &str| {
-        veil_tests::call(&sock(lab, n), veil_api::method::NODE_STATUS, Value::Null)
-            .ok()
-            .and_then(|s| s["policyGeneration"].as_u64())
-            .unwrap_or(0)
-    };
-    let before: Vec<(&str, u64)> = nodes.iter().map(|n| (*n, generation(n))).collect();
-    let dir = PathBuf::from(format!("/run/veil/labs/{}/datastore/policies", lab.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("l7-test.yaml"), docs.join("\n---\n")).unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || before
-            .iter()
-            .all(|(n, g)| applied(lab, &[n], g + 1))),
-        "policy never applied: {}",
-        show(&veilctl(&["status", "--lab", &lab.name]))
-    );
+    lab_policy::write_policies(&lab.name, "l7-test.yaml", policies, nodes);
 }
 
 /// A probe from `from` to `to` port 8080: allowed?, and the JSON result.
@@ -202,17 +166,6 @@ fn metrics(lab: &Lab, node: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn veild_pid(lab: &Lab, node: &str) -> u32 {
-    let s = lab.status();
-    s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no pid of {node} in {s}")) as u32
 }
 
 #[test]
@@ -311,7 +264,7 @@ fn with_the_proxy_down_steered_connections_are_refused_and_others_flow() {
     let (ok, v) = read("POST");
     assert!(!ok && v["status"] == 403, "{v}");
 
-    let pid = veild_pid(&lab, "node-a");
+    let pid = lab.veild_pid("node-a");
     let st = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

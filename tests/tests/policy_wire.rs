@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lab_support::*;
-use serde_json::Value;
+use veil_tests::lab_policy;
 
 /// The contract's examples and the project's suite that need neither the
 /// DNS proxy (`domains`) nor the L7 proxy (`http` rules): those two arrive
@@ -86,55 +86,15 @@ fn examples() -> PathBuf {
 /// Writes the scenario's policies into the lab's datastore and waits until
 /// every node's kernel holds them.
 fn apply_policies(lab: &Lab, scenario: &str) {
-    let text = std::fs::read_to_string(examples().join(scenario)).unwrap();
-    let v: serde_yaml_compat::Value = serde_yaml_compat::from_str(&text);
-    let docs: Vec<String> = v["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| serde_json::to_string(p).unwrap())
-        .collect();
-    let before = generations(lab);
-    let dir = PathBuf::from(format!("/run/veil/labs/{}/datastore/policies", lab.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    // JSON is YAML: one document per policy.
-    std::fs::write(dir.join("wire-test.yaml"), docs.join("\n---\n")).unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || in_sync(lab, before + 1)),
-        "policy never applied: {}",
-        show(&veilctl(&["status", "--lab", &lab.name]))
-    );
+    let policies = lab_policy::scenario_policies(&examples().join(scenario));
+    lab_policy::write_policies(&lab.name, "wire-test.yaml", &policies, &NODES);
 }
 
-/// The lowest policy generation of the lab's nodes.
-fn generations(lab: &Lab) -> u64 {
-    let dir = PathBuf::from(format!("/run/veil/labs/{}", lab.name));
-    ["node-a", "node-b"]
-        .iter()
-        .map(|n| {
-            let sock = dir.join(n).join("veild.sock");
-            veil_tests::call(&sock, veil_api::method::NODE_STATUS, Value::Null)
-                .map(|s| s["policyGeneration"].as_u64().unwrap_or(0))
-                .unwrap_or(0)
-        })
-        .min()
-        .unwrap_or(0)
-}
+const NODES: [&str; 2] = ["node-a", "node-b"];
 
 /// Every node applied a generation ≥ `min` and holds what it compiled.
 fn in_sync(lab: &Lab, min: u64) -> bool {
-    let dir = PathBuf::from(format!("/run/veil/labs/{}", lab.name));
-    ["node-a", "node-b"].iter().all(|n| {
-        let sock = dir.join(n).join("veild.sock");
-        match veil_tests::call(&sock, veil_api::method::NODE_STATUS, Value::Null) {
-            Ok(s) => {
-                let g = s["policyGeneration"].as_u64().unwrap_or(0);
-                let a = s["policyAppliedGeneration"].as_u64().unwrap_or(0);
-                g >= min && a == g
-            }
-            Err(_) => false,
-        }
-    })
+    NODES.iter().all(|n| lab_policy::applied(&lab.name, n, min))
 }
 
 fn probe(lab: &Lab, from: &str, to: &str, port: &str) -> bool {
@@ -163,17 +123,6 @@ fn nft(lab: &Lab, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn veild_pid(lab: &Lab, node: &str) -> u32 {
-    let s = lab.status();
-    s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no pid of {node} in {s}")) as u32
 }
 
 #[test]
@@ -223,7 +172,7 @@ fn deleted_rule_comes_back_and_policy_outlives_a_killed_veild() {
     );
 
     // SIGKILL: the kernel's table keeps enforcing.
-    let pid = veild_pid(&lab, "node-a");
+    let pid = lab.veild_pid("node-a");
     nix_kill(pid);
     assert!(eventually(
         Duration::from_secs(5),
@@ -261,12 +210,4 @@ fn nix_kill(pid: u32) {
         .status()
         .unwrap();
     assert!(st.success(), "kill -9 {pid}");
-}
-
-/// Scenario YAML as JSON values.
-mod serde_yaml_compat {
-    pub type Value = serde_json::Value;
-    pub fn from_str(s: &str) -> Value {
-        serde_yaml::from_str(s).expect("scenario YAML")
-    }
 }

@@ -89,6 +89,18 @@ impl Lab {
             .to_string()
     }
 
+    /// The pid of `node`'s veild, from the status.
+    pub fn veild_pid(&self, node: &str) -> u32 {
+        let s = self.status();
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["pid"].as_u64())
+            .unwrap_or_else(|| panic!("no pid of {node} in {s}")) as u32
+    }
+
     /// The lab's namespace prefix.
     pub fn prefix(&self) -> String {
         format!("vl-{}-", self.name)
