@@ -40,7 +40,7 @@ pub use lifecycle::{Lifecycle, LifecycleCounters, LifecycleLimits};
 pub use log::{FlowEnd, FlowEntry, FlowFilter, FlowLog, FlowPage};
 pub use record::{
     ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Locality, Millis, Protocol, RuleRef,
-    Verdict,
+    Verdict, ALLOW_END_OF_TIERS, ALLOW_NO_POLICY, ALLOW_UNKNOWN_RULE,
 };
 pub use view::{EdgeView, GraphView, NodeView};
 pub use window::Rate;

@@ -96,9 +96,13 @@ pub struct FlowEntry {
     /// Deciding policy and rule, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// Deciding rule, structured (denied attempts).
+    /// Deciding rule, structured: the denying rule, or the allowing rule of
+    /// the egress (or of the ingress when only that was evaluated here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRef>,
+    /// The ingress allow rule when the same node also evaluated the egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_rule: Option<RuleRef>,
     /// The node that logged it, filled in by whoever merges logs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
@@ -163,7 +167,11 @@ impl FlowFilter {
             }
         }
         if let Some(p) = &self.policy {
-            if !e.rule.as_ref().is_some_and(|r| r.matches_policy(p)) {
+            if ![&e.rule, &e.ingress_rule]
+                .into_iter()
+                .flatten()
+                .any(|r| r.matches_policy(p))
+            {
                 return false;
             }
         }
@@ -257,6 +265,7 @@ impl FlowSink for FlowLog {
             verdict: r.verdict,
             policy: r.policy.as_deref().map(str::to_string),
             rule: r.rule.as_deref().cloned(),
+            ingress_rule: r.ingress_rule.as_deref().cloned(),
             node: String::new(),
         };
         self.next_seq += 1;
@@ -297,6 +306,7 @@ mod tests {
             verdict,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,

@@ -51,6 +51,9 @@ pub struct CtEntry {
     pub counters: Counters,
     /// Conntrack id.
     pub id: u32,
+    /// Conntrack mark (the policy's allow stamps, see
+    /// `dataplane::nftables::policy::verdict_mark`); 0 when unset.
+    pub mark: u32,
 }
 
 /// What a receive produced.

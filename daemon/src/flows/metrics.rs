@@ -331,6 +331,7 @@ mod tests {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -379,6 +380,7 @@ mod tests {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,

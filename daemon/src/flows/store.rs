@@ -16,6 +16,7 @@ use veil_graph::{
 };
 
 use super::conntrack::CtEntry;
+use crate::dataplane::nftables::policy::verdict_mark::RuleIdTable;
 use super::resolve::Resolver;
 use super::FlowOptions;
 
@@ -67,6 +68,8 @@ pub struct Flows {
     http_port: u16,
     state: Mutex<State>,
     resolver: Mutex<Arc<Resolver>>,
+    /// Names the allow rules' ids in connections' marks.
+    rule_ids: Mutex<Arc<RuleIdTable>>,
     /// Health counters.
     pub health: Health,
     /// Counters of the policy log (denies and `Log` entries per policy, losses).
@@ -114,6 +117,7 @@ impl Flows {
                 log: FlowLog::new(opts.log_capacity),
             }),
             resolver: Mutex::new(Arc::new(resolver)),
+            rule_ids: Mutex::new(Arc::default()),
             health: Health::default(),
             policy_log: Default::default(),
         }
@@ -129,6 +133,11 @@ impl Flows {
         let mut cur = self.resolver.lock().expect("resolver lock");
         r.keep_dns_from(&cur);
         *cur = Arc::new(r);
+    }
+
+    /// Replaces the table naming allow rules' ids (a new policy generation).
+    pub fn set_rule_ids(&self, t: Arc<RuleIdTable>) {
+        *self.rule_ids.lock().expect("rule ids lock") = t;
     }
 
     /// Records that `name` resolved to `ips` (for the DNS proxy): flows to
@@ -176,6 +185,7 @@ impl Flows {
     /// Resolves conntrack entries to flow records (Veil's own traffic left out).
     fn records(&self, entries: &[CtEntry], now: Millis) -> Vec<FlowRecord> {
         let resolver = self.resolver.lock().expect("resolver lock").clone();
+        let rule_ids = self.rule_ids.lock().expect("rule ids lock").clone();
         entries
             .iter()
             .filter(|e| !self.is_infrastructure(e))
@@ -193,6 +203,16 @@ impl Flows {
                 {
                     return None;
                 }
+                let pod = |r: &super::resolve::Resolved| {
+                    r.local && r.identity.kind() == IdentityKind::Pod
+                };
+                let (egress, ingress) =
+                    super::verdicts::allowed_by(&rule_ids, e.mark, pod(&src), pod(&dst));
+                let policy = super::verdicts::policy_text(&egress, &ingress);
+                let (rule, ingress_rule) = match egress {
+                    Some(e) => (Some(e), ingress),
+                    None => (ingress, None),
+                };
                 Some(FlowRecord {
                     time: now,
                     event: e.event,
@@ -208,8 +228,9 @@ impl Flows {
                     destination: dst.identity,
                     counters: e.counters,
                     verdict: Verdict::Allowed,
-                    policy: None,
-                    rule: None,
+                    policy,
+                    rule,
+                    ingress_rule,
                     locality: Locality {
                         source_local: src.local,
                         destination_local: dst.local,
@@ -246,6 +267,7 @@ impl Flows {
             verdict: Verdict::Denied,
             policy: Some(Arc::from(rule.to_string())),
             rule: Some(rule),
+            ingress_rule: None,
             locality: Locality {
                 source_local: src.local,
                 destination_local: dst.local,

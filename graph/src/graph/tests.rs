@@ -41,6 +41,7 @@ fn rec(
         verdict: Verdict::Allowed,
         policy: None,
         rule: None,
+        ingress_rule: None,
         locality: Locality {
             source_local: true,
             destination_local: false,

@@ -71,6 +71,8 @@ pub struct RenderCache {
     pub(super) endpoints: HashMap<(String, Direction), EndpointEntry>,
     /// The nodes' tunnel addresses the policies were rendered with.
     pub(super) tunnels: BTreeMap<IpAddr, IpAddr>,
+    /// Ids of allow rules in connections' marks ([`super::verdict_mark`]).
+    pub(super) rule_ids: super::verdict_mark::RuleIds,
 }
 
 impl RenderCache {
