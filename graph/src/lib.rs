@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod denies;
 pub mod graph;
 pub mod hash;
 pub mod http;
@@ -33,6 +34,7 @@ pub mod record;
 pub mod view;
 pub mod window;
 
+pub use denies::{Attempt, DeniedAttempts, DenyLimits};
 pub use graph::{EdgeStats, GraphCounters, GraphLimits, ServiceGraph, Vertex};
 pub use http::{HttpRecord, HttpStats, HttpView, LATENCY_BOUNDS};
 pub use identity::{derive_workload, strip_generated_suffixes, Identity, IdentityKind};

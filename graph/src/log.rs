@@ -219,6 +219,30 @@ impl FlowLog {
         }
     }
 
+    /// Counts denied record `r`, a repeat of the attempt logged at `first`
+    /// (see [`crate::DeniedAttempts`]), on that attempt's entry: its packets
+    /// and bytes grow, no entry is added. False when the entry already left
+    /// the ring.
+    pub fn count_repeat(&mut self, r: &FlowRecord, first: Millis) -> bool {
+        let found = self.entries.iter_mut().rev().find(|e| {
+            e.verdict == Verdict::Denied
+                && e.time == first
+                && e.protocol == r.conn.protocol
+                && e.source.ip == r.conn.src
+                && e.source.port == r.conn.src_port
+                && e.destination.ip == r.conn.dst
+                && e.destination.port == r.conn.dst_port
+        });
+        match found {
+            Some(e) => {
+                e.counters.packets_sent += r.counters.packets_sent;
+                e.counters.bytes_sent += r.counters.bytes_sent;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The newest sequence number (0 when empty).
     pub fn cursor(&self) -> u64 {
         self.next_seq - 1

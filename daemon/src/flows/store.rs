@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
-    ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
+    Attempt, ConnKey, Counters, DeniedAttempts, DenyLimits, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
     IdentityKind, Lifecycle, LifecycleCounters, LifecycleLimits, Locality, Millis, RuleRef,
     ServiceGraph, Verdict,
 };
@@ -40,6 +40,8 @@ struct State {
     lifecycle: Lifecycle,
     graph: ServiceGraph,
     log: FlowLog,
+    /// Makes a denied connect one record, however many SYNs it sent.
+    denies: DeniedAttempts,
 }
 
 impl State {
@@ -47,6 +49,12 @@ impl State {
     fn observe(&mut self, records: &[FlowRecord]) {
         let mut out = Vec::with_capacity(records.len() + 2);
         for r in records {
+            if r.verdict == Verdict::Denied {
+                if let Attempt::Repeat { first } = self.denies.observe(r) {
+                    self.log.count_repeat(r, first);
+                    continue;
+                }
+            }
             self.lifecycle.observe(r, &mut out);
         }
         self.sink(&out);
@@ -115,6 +123,7 @@ impl Flows {
                 }),
                 graph: ServiceGraph::new(opts.limits),
                 log: FlowLog::new(opts.log_capacity),
+                denies: DeniedAttempts::new(DenyLimits::default(), opts.limits.hash_seed ^ 5),
             }),
             resolver: Mutex::new(Arc::new(resolver)),
             rule_ids: Mutex::new(Arc::default()),
