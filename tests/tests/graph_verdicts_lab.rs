@@ -56,6 +56,9 @@ policies:
       ingress:
         - from: [{podSelector: {matchLabels: {role: api}}}]
           ports: [{port: 5432, protocol: TCP}]
+probes:
+  - {from: store/frontend, to: store/api, port: 8080, expect: allow}
+  - {from: store/frontend, to: store/database, port: 5432, expect: deny}
 "#;
 
 fn status_of(lab: &Lab, node: &str) -> Option<Value> {
