@@ -26,7 +26,9 @@ fn usage() -> ! {
 }
 
 fn arg<T: std::str::FromStr>(a: &[String], i: usize) -> T {
-    a.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())
+    a.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage())
 }
 
 fn main() {
@@ -36,7 +38,11 @@ fn main() {
             let dst: SocketAddr = arg(&a, 2);
             let rate: f64 = arg(&a, 3);
             let secs: u64 = arg::<u64>(&a, 4).min(600);
-            let threads: usize = a.get(5).and_then(|s| s.parse().ok()).unwrap_or(1).clamp(1, 64);
+            let threads: usize = a
+                .get(5)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1)
+                .clamp(1, 64);
             let start = Instant::now();
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
@@ -58,7 +64,11 @@ fn main() {
         Some("serve") => {
             let addr: SocketAddr = arg(&a, 2);
             let secs: u64 = arg::<u64>(&a, 3).min(900);
-            let threads: usize = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(2).clamp(1, 64);
+            let threads: usize = a
+                .get(4)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2)
+                .clamp(1, 64);
             let end = Instant::now() + Duration::from_secs(secs);
             let hs: Vec<_> = (0..threads)
                 .map(|_| std::thread::spawn(move || serve(addr, end)))
@@ -130,7 +140,9 @@ fn open(dst: SocketAddr) -> std::io::Result<Option<Socket>> {
             close_rst(&s);
             Ok(None)
         }
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == ErrorKind::WouldBlock => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == ErrorKind::WouldBlock =>
+        {
             Ok(Some(s))
         }
         Err(e) => Err(e),
@@ -145,8 +157,8 @@ fn close_rst(s: &Socket) {
 /// Accepts and drops connections on `addr` until `end` (SO_REUSEPORT: one
 /// listener per thread).
 fn serve(addr: SocketAddr, end: Instant) {
-    let l = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
+    let l =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
     l.set_reuse_port(true).expect("SO_REUSEPORT");
     l.set_reuse_address(true).expect("SO_REUSEADDR");
     l.bind(&addr.into()).expect("bind");

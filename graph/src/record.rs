@@ -179,7 +179,8 @@ impl RuleRef {
     /// Whether this names an allow that no rule decided (see [`ALLOW_NO_POLICY`]).
     pub fn is_default_allow(&self) -> bool {
         self.policy.is_none()
-            && [ALLOW_NO_POLICY, ALLOW_END_OF_TIERS, ALLOW_UNKNOWN_RULE].contains(&self.kind.as_str())
+            && [ALLOW_NO_POLICY, ALLOW_END_OF_TIERS, ALLOW_UNKNOWN_RULE]
+                .contains(&self.kind.as_str())
     }
 }
 

@@ -68,14 +68,16 @@ fn status_of(lab: &Lab, node: &str) -> Option<Value> {
 
 /// Every node applied a generation ≥ `min` and holds what it compiled.
 fn in_sync(lab: &Lab, min: u64) -> bool {
-    ["node-a", "node-b"].iter().all(|n| match status_of(lab, n) {
-        Some(s) => {
-            let g = s["policyGeneration"].as_u64().unwrap_or(0);
-            let a = s["policyAppliedGeneration"].as_u64().unwrap_or(0);
-            g >= min && a == g
-        }
-        None => false,
-    })
+    ["node-a", "node-b"]
+        .iter()
+        .all(|n| match status_of(lab, n) {
+            Some(s) => {
+                let g = s["policyGeneration"].as_u64().unwrap_or(0);
+                let a = s["policyAppliedGeneration"].as_u64().unwrap_or(0);
+                g >= min && a == g
+            }
+            None => false,
+        })
 }
 
 /// Writes the scenario's policies into the lab's datastore and waits until

@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
-    Attempt, ConnKey, Counters, DeniedAttempts, DenyLimits, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
-    IdentityKind, Lifecycle, LifecycleCounters, LifecycleLimits, Locality, Millis, RuleRef,
-    ServiceGraph, Verdict,
+    Attempt, ConnKey, Counters, DeniedAttempts, DenyLimits, FlowEvent, FlowFilter, FlowLog,
+    FlowPage, FlowRecord, FlowSink, GraphView, IdentityKind, Lifecycle, LifecycleCounters,
+    LifecycleLimits, Locality, Millis, RuleRef, ServiceGraph, Verdict,
 };
 
 use super::conntrack::CtEntry;
-use crate::dataplane::nftables::policy::verdict_mark::RuleIdTable;
 use super::resolve::Resolver;
 use super::FlowOptions;
+use crate::dataplane::nftables::policy::verdict_mark::RuleIdTable;
 
 /// Collector health counters.
 #[derive(Debug, Default)]

@@ -73,7 +73,11 @@ pub fn allowed_by(
 
 /// The record's `policy` text: each named rule, egress first.
 pub fn policy_text(e: &Option<Arc<RuleRef>>, i: &Option<Arc<RuleRef>>) -> Option<Arc<str>> {
-    let parts: Vec<String> = [e, i].into_iter().flatten().map(|r| r.to_string()).collect();
+    let parts: Vec<String> = [e, i]
+        .into_iter()
+        .flatten()
+        .map(|r| r.to_string())
+        .collect();
     (!parts.is_empty()).then(|| Arc::from(parts.join(", ")))
 }
 

@@ -305,7 +305,11 @@ fn a_hundred_thousand_distinct_edges_stay_under_the_configured_cap() {
         for d in &ids[..250] {
             n += 1;
             g.ingest(&rec(n, FlowEvent::Destroy, (n % 60_000) as u16, s, d, 1));
-            assert!(g.edge_count() <= 20_000, "{} edges after {n}", g.edge_count());
+            assert!(
+                g.edge_count() <= 20_000,
+                "{} edges after {n}",
+                g.edge_count()
+            );
         }
     }
     assert_eq!(n, 100_000);

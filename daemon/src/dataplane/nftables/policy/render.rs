@@ -127,10 +127,12 @@ pub fn render_cached(
     r.cache.policies.retain(|k, _| used_p.contains(k));
     r.cache.endpoints.retain(|k, _| used_e.contains(k));
     let used = &r.cache.policies;
-    r.cache.rule_ids.sweep(|d, p| {
-        used.contains_key(&(format!("{:?}/{}", p.kind, p.full_name()), d))
-    });
-    r.out.prefixes.set_rule_ids(r.cache.rule_ids.table().clone());
+    r.cache
+        .rule_ids
+        .sweep(|d, p| used.contains_key(&(format!("{:?}/{}", p.kind, p.full_name()), d)));
+    r.out
+        .prefixes
+        .set_rule_ids(r.cache.rule_ids.table().clone());
     r.out
 }
 
@@ -314,11 +316,7 @@ impl Renderer<'_> {
                     set_mark(MARK_ALLOW | super::tproxy::MARK_HTTP),
                     ret(),
                 ],
-                Action::Allow => vec![
-                    stamp(&mut self.cache.rule_ids),
-                    set_mark(MARK_ALLOW),
-                    ret(),
-                ],
+                Action::Allow => vec![stamp(&mut self.cache.rule_ids), set_mark(MARK_ALLOW), ret()],
                 Action::Pass => vec![set_mark(MARK_PASS), ret()],
                 Action::Deny | Action::Log => {
                     let deny = cr.action == Action::Deny;

@@ -95,7 +95,11 @@ impl RuleIdTable {
         match id {
             0 => None,
             ID_END_OF_TIERS => Some(Allowed::EndOfTiers),
-            _ => Some(t.get(&id).cloned().map_or(Allowed::Unknown(id), Allowed::Rule)),
+            _ => Some(
+                t.get(&id)
+                    .cloned()
+                    .map_or(Allowed::Unknown(id), Allowed::Rule),
+            ),
         }
     }
 
@@ -292,7 +296,8 @@ mod tests {
         assert!(matches!(i, Some(Allowed::Rule(r)) if r.policy == gnp("b") && r.rule == 3));
         assert_eq!(ids.table().decode(0), (None, None));
         assert_eq!(
-            ids.table().decode(u32::from(ID_END_OF_TIERS) << CT_INGRESS_SHIFT),
+            ids.table()
+                .decode(u32::from(ID_END_OF_TIERS) << CT_INGRESS_SHIFT),
             (None, Some(Allowed::EndOfTiers))
         );
         assert_eq!(
@@ -307,7 +312,9 @@ mod tests {
         let a = ids.id(Direction::Egress, "t", &gnp("a"), 0);
         ids.sweep(|_, p| *p != gnp("a"));
         // Still named for connections stamped before.
-        assert!(matches!(ids.table().name(Direction::Egress, a), Some(Allowed::Rule(r)) if r.policy == gnp("a")));
+        assert!(
+            matches!(ids.table().name(Direction::Egress, a), Some(Allowed::Rule(r)) if r.policy == gnp("a"))
+        );
         // Coming back before reuse: the same id.
         assert_eq!(ids.id(Direction::Egress, "t", &gnp("a"), 0), a);
         ids.sweep(|_, p| *p != gnp("a"));
