@@ -214,7 +214,7 @@
     return list.map(e => "<tr><td>" + e.port + "/" + e.protocol + "</td><td>" + e.connections + " (" + e.active +
       " open)</td><td>" + human(e.bytes_sent) + " → / " + human(e.bytes_received) + " ←</td><td>" +
       (e.denied ? "<b class=\"denied\">" + e.denied + " denied</b>" : "allowed") +
-      (e.policy ? "<br><small>" + esc(e.policy) + "</small>" : "") + "</td><td>" + ago(e.last_seen) + "</td></tr>" +
+      (e.policy ? "<br><small class=\"policy\">deciding policy: " + esc(e.policy) + "</small>" : "") + "</td><td>" + ago(e.last_seen) + "</td></tr>" +
       (e.http ? "<tr><td></td><td colspan=\"4\">HTTP " + e.http.requests + " requests, " + e.http.errors + " errors" +
         (e.http.denied ? ", " + e.http.denied + " denied" : "") + " · " + rate(e.http.requests_per_second) +
         " req/s · p99 " + Math.round(e.http.p99_seconds * 1000) + " ms</td></tr>" : "")).join("");

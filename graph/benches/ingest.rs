@@ -66,6 +66,7 @@ fn stream(n: usize, fanout: u64) -> Vec<FlowRecord> {
                 verdict: Verdict::Allowed,
                 policy: None,
                 rule: None,
+                ingress_rule: None,
                 locality: Locality {
                     source_local: true,
                     destination_local: false,
@@ -158,6 +159,7 @@ fn memory_per_100k_edges(_c: &mut Criterion) {
                 verdict: Verdict::Allowed,
                 policy: None,
                 rule: None,
+                ingress_rule: None,
                 locality: Locality {
                     source_local: true,
                     destination_local: false,

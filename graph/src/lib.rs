@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod denies;
 pub mod graph;
 pub mod hash;
 pub mod http;
@@ -33,6 +34,7 @@ pub mod record;
 pub mod view;
 pub mod window;
 
+pub use denies::{Attempt, DeniedAttempts, DenyLimits};
 pub use graph::{EdgeStats, GraphCounters, GraphLimits, ServiceGraph, Vertex};
 pub use http::{HttpRecord, HttpStats, HttpView, LATENCY_BOUNDS};
 pub use identity::{derive_workload, strip_generated_suffixes, Identity, IdentityKind};
@@ -40,7 +42,7 @@ pub use lifecycle::{Lifecycle, LifecycleCounters, LifecycleLimits};
 pub use log::{FlowEnd, FlowEntry, FlowFilter, FlowLog, FlowPage};
 pub use record::{
     ConnKey, Counters, FlowEvent, FlowRecord, FlowSink, Locality, Millis, Protocol, RuleRef,
-    Verdict,
+    Verdict, ALLOW_END_OF_TIERS, ALLOW_NO_POLICY, ALLOW_UNKNOWN_RULE,
 };
 pub use view::{EdgeView, GraphView, NodeView};
 pub use window::Rate;

@@ -302,6 +302,7 @@ mod tests {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality::default(),
         }
     }

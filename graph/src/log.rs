@@ -101,9 +101,13 @@ pub struct FlowEntry {
     /// Deciding policy and rule, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// Deciding rule, structured (denied attempts).
+    /// Deciding rule, structured: the denying rule, or the allowing rule of
+    /// the egress (or of the ingress when only that was evaluated here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRef>,
+    /// The ingress allow rule when the same node also evaluated the egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_rule: Option<RuleRef>,
     /// The node that logged it, filled in by whoever merges logs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
@@ -168,7 +172,11 @@ impl FlowFilter {
             }
         }
         if let Some(p) = &self.policy {
-            if !e.rule.as_ref().is_some_and(|r| r.matches_policy(p)) {
+            if ![&e.rule, &e.ingress_rule]
+                .into_iter()
+                .flatten()
+                .any(|r| r.matches_policy(p))
+            {
                 return false;
             }
         }
@@ -213,6 +221,30 @@ impl FlowLog {
             capacity: capacity.max(1),
             next_seq: 1,
             entries: VecDeque::new(),
+        }
+    }
+
+    /// Counts denied record `r`, a repeat of the attempt logged at `first`
+    /// (see [`crate::DeniedAttempts`]), on that attempt's entry: its packets
+    /// and bytes grow, no entry is added. False when the entry already left
+    /// the ring.
+    pub fn count_repeat(&mut self, r: &FlowRecord, first: Millis) -> bool {
+        let found = self.entries.iter_mut().rev().find(|e| {
+            e.verdict == Verdict::Denied
+                && e.time == first
+                && e.protocol == r.conn.protocol
+                && e.source.ip == r.conn.src
+                && e.source.port == r.conn.src_port
+                && e.destination.ip == r.conn.dst
+                && e.destination.port == r.conn.dst_port
+        });
+        match found {
+            Some(e) => {
+                e.counters.packets_sent += r.counters.packets_sent;
+                e.counters.bytes_sent += r.counters.bytes_sent;
+                true
+            }
+            None => false,
         }
     }
 
@@ -262,6 +294,7 @@ impl FlowSink for FlowLog {
             verdict: r.verdict,
             policy: r.policy.as_deref().map(str::to_string),
             rule: r.rule.as_deref().cloned(),
+            ingress_rule: r.ingress_rule.as_deref().cloned(),
             node: String::new(),
         };
         self.next_seq += 1;
@@ -302,6 +335,7 @@ mod tests {
             verdict,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,

@@ -131,12 +131,24 @@ impl FromStr for Verdict {
     }
 }
 
-/// The policy rule that decided a flow (from the dataplane's NFLOG prefix).
+/// `kind` of an allow that no rule decided: no policy selects the pod in
+/// that direction (Kubernetes allows a pod no policy selects).
+pub const ALLOW_NO_POLICY: &str = "no-policy";
+/// `kind` of an allow that no rule decided: every tier passed the packet and
+/// none denied it (the default allow at the end of the tiers).
+pub const ALLOW_END_OF_TIERS: &str = "end-of-tiers";
+/// `kind` of an allow by a rule the node cannot name (its id table overflowed).
+pub const ALLOW_UNKNOWN_RULE: &str = "unknown-rule";
+
+/// The policy rule that decided a flow: from the dataplane's NFLOG prefix
+/// for denies, from the connection's conntrack mark for allows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RuleRef {
     /// Tier of the deciding rule.
     pub tier: String,
-    /// Policy kind code (`gnp`, `knp`, `anp`, ...); empty for the tier's default.
+    /// Policy kind code (`gnp`, `knp`, `anp`, ...); empty for the tier's
+    /// default; for an allow without a rule, [`ALLOW_NO_POLICY`],
+    /// [`ALLOW_END_OF_TIERS`] or [`ALLOW_UNKNOWN_RULE`] (tier empty).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
     /// Policy name, `namespace/name` when namespaced; `None` for the tier's default.
@@ -159,8 +171,16 @@ impl RuleRef {
                     || p.rsplit('/').next() == Some(pattern)
                     || format!("{}:{p}", self.kind) == pattern
             }
+            None if self.is_default_allow() => pattern == self.kind,
             None => pattern == "default" || pattern == format!("{}/default", self.tier),
         }
+    }
+
+    /// Whether this names an allow that no rule decided (see [`ALLOW_NO_POLICY`]).
+    pub fn is_default_allow(&self) -> bool {
+        self.policy.is_none()
+            && [ALLOW_NO_POLICY, ALLOW_END_OF_TIERS, ALLOW_UNKNOWN_RULE]
+                .contains(&self.kind.as_str())
     }
 }
 
@@ -169,6 +189,15 @@ impl fmt::Display for RuleRef {
     /// tier's default.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.policy, self.rule) {
+            (None, _) if self.kind == ALLOW_NO_POLICY => {
+                write!(f, "no policy selects the pod ({})", self.direction)
+            }
+            (None, _) if self.kind == ALLOW_END_OF_TIERS => {
+                write!(f, "default allow: every tier passed ({})", self.direction)
+            }
+            (None, _) if self.kind == ALLOW_UNKNOWN_RULE => {
+                write!(f, "an allow rule the node cannot name ({})", self.direction)
+            }
             (Some(p), Some(r)) => {
                 write!(f, "{}/{}:{p}#{r} {}", self.tier, self.kind, self.direction)
             }
@@ -318,8 +347,14 @@ pub struct FlowRecord {
     pub verdict: Verdict,
     /// The policy and rule that decided, e.g. `security/gnp:deny-db#2 egress`, when known.
     pub policy: Option<Arc<str>>,
-    /// The same, structured (denied records from the dataplane carry it).
+    /// The same, structured: the denying rule, or for an allowed connection
+    /// the rule that allowed its source's egress (or, when this node did
+    /// not evaluate the egress, its destination's ingress).
     pub rule: Option<Arc<RuleRef>>,
+    /// For an allowed connection whose both ends this node evaluated (both
+    /// pods local), the rule that allowed the destination's ingress (`rule`
+    /// is then the egress one).
+    pub ingress_rule: Option<Arc<RuleRef>>,
     /// Which ends are local to the observing node.
     pub locality: Locality,
 }

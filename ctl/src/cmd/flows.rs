@@ -101,9 +101,10 @@ fn line(e: &FlowEntry) -> String {
     };
     let secs = e.time / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let by = match (&e.rule, &e.policy) {
-        (Some(r), _) => format!(" by {r}"),
-        (None, Some(p)) => format!(" by {p}"),
+    let by = match (&e.rule, &e.ingress_rule, &e.policy) {
+        (Some(r), Some(i), _) => format!(" by {r}, {i}"),
+        (Some(r), None, _) => format!(" by {r}"),
+        (None, _, Some(p)) => format!(" by {p}"),
         _ => String::new(),
     };
     format!(

@@ -51,6 +51,9 @@ pub struct CtEntry {
     pub counters: Counters,
     /// Conntrack id.
     pub id: u32,
+    /// Conntrack mark (the policy's allow stamps, see
+    /// `dataplane::nftables::policy::verdict_mark`); 0 when unset.
+    pub mark: u32,
 }
 
 /// What a receive produced.
@@ -97,7 +100,15 @@ pub struct NetlinkConntrack {
     events: netlink_sys::Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// The receive timeout set on `events` (set again only when it changes).
+    timeout: Option<Duration>,
+    /// An overrun met while draining a batch, reported by the next `recv`.
+    overrun_pending: bool,
 }
+
+/// Datagrams read without waiting after the first one of a `recv`: events
+/// are handed over in batches (one lock of the flow state per batch).
+const BATCH: usize = 512;
 
 fn sock_err(what: &'static str) -> impl FnOnce(io::Error) -> SourceError {
     move |source| SourceError::Socket { what, source }
@@ -129,6 +140,8 @@ impl NetlinkConntrack {
             events: s,
             buf: vec![0u8; 1 << 18],
             seq: 1,
+            timeout: None,
+            overrun_pending: false,
         })
     }
 
@@ -157,7 +170,13 @@ fn set_timeout(s: &netlink_sys::Socket, t: Duration) -> Result<(), SourceError> 
 
 impl ConntrackSource for NetlinkConntrack {
     fn recv(&mut self, timeout: Duration) -> Result<Received, SourceError> {
-        set_timeout(&self.events, timeout)?;
+        if std::mem::take(&mut self.overrun_pending) {
+            return Ok(Received::Overrun);
+        }
+        if self.timeout != Some(timeout) {
+            set_timeout(&self.events, timeout)?;
+            self.timeout = Some(timeout);
+        }
         let n = match self.events.recv(&mut &mut self.buf[..], 0) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(Received::Overrun),
@@ -172,11 +191,16 @@ impl ConntrackSource for NetlinkConntrack {
             Err(e) => return Err(sock_err("receive events")(e)),
         };
         let mut entries = Vec::new();
-        for m in parse_datagram(&self.buf[..n.min(self.buf.len())], false) {
-            match m {
-                Ok(Message::Entry(e)) => entries.push(e),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "skipping conntrack message"),
+        self.parse_into(n, &mut entries);
+        // Drain what is already queued, without waiting.
+        for _ in 0..BATCH {
+            match self.events.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(n) => self.parse_into(n, &mut entries),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.overrun_pending = true;
+                    break;
+                }
+                Err(_) => break,
             }
         }
         Ok(Received::Entries(entries))
@@ -196,6 +220,16 @@ impl ConntrackSource for NetlinkConntrack {
 }
 
 impl NetlinkConntrack {
+    fn parse_into(&self, n: usize, entries: &mut Vec<CtEntry>) {
+        for m in parse_datagram(&self.buf[..n.min(self.buf.len())], false) {
+            match m {
+                Ok(Message::Entry(e)) => entries.push(e),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "skipping conntrack message"),
+            }
+        }
+    }
+
     /// One dump on a fresh socket; `None` when interrupted.
     fn dump_once(&mut self) -> Result<Option<Vec<CtEntry>>, SourceError> {
         let mut s = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(sock_err("socket"))?;

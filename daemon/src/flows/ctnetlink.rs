@@ -128,11 +128,13 @@ fn parse_message(msg: &[u8], at: usize, dump: bool) -> Result<Message, ParseErro
 
 fn entry(event: FlowEvent, attrs: &[ConntrackAttribute]) -> Result<CtEntry, ParseError> {
     let (mut orig, mut reply, mut id, mut tcp_state) = (None, None, 0u32, None);
+    let mut mark = 0u32;
     let mut counters = Counters::default();
     for a in attrs {
         match a {
             ConntrackAttribute::CtaTupleOrig(t) => orig = Some(tuple(t, "original")?),
             ConntrackAttribute::CtaTupleReply(t) => reply = Some(tuple(t, "reply")?),
+            ConntrackAttribute::CtaMark(m) => mark = *m,
             ConntrackAttribute::CtaProtoInfo(infos) => {
                 for i in infos {
                     if let ProtoInfo::TCP(tcp) = i {
@@ -182,6 +184,7 @@ fn entry(event: FlowEvent, attrs: &[ConntrackAttribute]) -> Result<CtEntry, Pars
         reply,
         counters,
         id,
+        mark,
     })
 }
 
@@ -271,6 +274,7 @@ pub(crate) mod tests {
     use std::net::IpAddr;
 
     const CTA_TUPLE_ORIG: u16 = 1;
+    const CTA_MARK_ATTR: u16 = 8;
     const CTA_TUPLE_REPLY: u16 = 2;
     const CTA_PROTOINFO: u16 = 4;
     const CTA_PROTOINFO_TCP: u16 = 1;
@@ -350,6 +354,7 @@ pub(crate) mod tests {
                 ],
             ),
             nla(CTA_ID, &id.to_be_bytes()),
+            nla(CTA_MARK_ATTR, &0x0100_3002u32.to_be_bytes()),
         ]
         .concat();
         let mut m = Vec::new();
@@ -376,6 +381,7 @@ pub(crate) mod tests {
         assert_eq!(e.reply.src_port, 8080);
         assert_eq!(e.orig.protocol, Protocol::Tcp);
         assert_eq!(e.id, 77);
+        assert_eq!(e.mark, 0x0100_3002);
         assert_eq!(e.counters.bytes_sent, 120);
         assert_eq!(e.counters.packets_received, 2);
         assert_eq!(e.counters.bytes_received, 1200);

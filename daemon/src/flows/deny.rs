@@ -306,6 +306,21 @@ mod tests {
         );
         let last = f.flows(&FlowFilter::default()).flows.pop().unwrap();
         assert_eq!(last.policy.as_deref(), Some("default/default ingress"));
+        // Its SYN retransmitted (1 s, then 2 s later): the same attempt, one
+        // record counting three packets, one denied attempt on the edge.
+        for t in [1_006, 3_006] {
+            f.ingest_policy_log(
+                "D|I|default|default",
+                &syn([10, 244, 1, 2], 40001, [10, 244, 1, 3], 8080),
+                &LogPrefixes::default(),
+                t,
+            );
+        }
+        let all = f.flows(&FlowFilter::default()).flows;
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert_eq!(all[1].counters.packets_sent, 3);
+        assert_eq!(all[1].counters.bytes_sent, 3 * all[0].counters.bytes_sent);
+        assert_eq!(f.view(3_006).edges[0].denied, 2);
         let m = f.policy_log.by_policy.lock().unwrap().clone();
         assert_eq!(
             m.get(&(

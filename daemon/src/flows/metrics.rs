@@ -335,6 +335,7 @@ mod tests {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,
@@ -383,6 +384,7 @@ mod tests {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: true,

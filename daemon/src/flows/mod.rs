@@ -53,6 +53,7 @@ mod store;
 #[cfg(test)]
 mod testutil;
 mod ui;
+pub mod verdicts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,7 +237,12 @@ pub fn start_with(ctx: &NodeContext, opts: FlowOptions) -> Result<FlowHandle, Fl
             let mut snapshots = ctx2.snapshots.clone();
             let mut shutdown = ctx2.shutdown.clone();
             let mut last_refresh = Instant::now();
+            let mut prefixes = ctx2.log_prefixes.clone();
+            f2.set_rule_ids(prefixes.borrow_and_update().rule_ids());
             loop {
+                if prefixes.has_changed().unwrap_or(false) {
+                    f2.set_rule_ids(prefixes.borrow_and_update().rule_ids());
+                }
                 if *shutdown.borrow_and_update() {
                     break;
                 }

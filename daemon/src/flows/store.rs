@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use veil_graph::{
-    ConnKey, Counters, FlowEvent, FlowFilter, FlowLog, FlowPage, FlowRecord, FlowSink, GraphView,
-    IdentityKind, Lifecycle, LifecycleCounters, LifecycleLimits, Locality, Millis, RuleRef,
-    ServiceGraph, Verdict,
+    Attempt, ConnKey, Counters, DeniedAttempts, DenyLimits, FlowEvent, FlowFilter, FlowLog,
+    FlowPage, FlowRecord, FlowSink, GraphView, IdentityKind, Lifecycle, LifecycleCounters,
+    LifecycleLimits, Locality, Millis, RuleRef, ServiceGraph, Verdict,
 };
 
 use super::conntrack::CtEntry;
 use super::resolve::Resolver;
 use super::FlowOptions;
+use crate::dataplane::nftables::policy::verdict_mark::RuleIdTable;
 
 /// Collector health counters.
 #[derive(Debug, Default)]
@@ -39,6 +40,8 @@ struct State {
     lifecycle: Lifecycle,
     graph: ServiceGraph,
     log: FlowLog,
+    /// Makes a denied connect one record, however many SYNs it sent.
+    denies: DeniedAttempts,
 }
 
 impl State {
@@ -46,6 +49,12 @@ impl State {
     fn observe(&mut self, records: &[FlowRecord]) {
         let mut out = Vec::with_capacity(records.len() + 2);
         for r in records {
+            if r.verdict == Verdict::Denied {
+                if let Attempt::Repeat { first } = self.denies.observe(r) {
+                    self.log.count_repeat(r, first);
+                    continue;
+                }
+            }
             self.lifecycle.observe(r, &mut out);
         }
         self.sink(&out);
@@ -67,6 +76,8 @@ pub struct Flows {
     http_port: u16,
     state: Mutex<State>,
     resolver: Mutex<Arc<Resolver>>,
+    /// Names the allow rules' ids in connections' marks.
+    rule_ids: Mutex<Arc<RuleIdTable>>,
     /// Health counters.
     pub health: Health,
     /// Counters of the policy log (denies and `Log` entries per policy, losses).
@@ -112,8 +123,10 @@ impl Flows {
                 }),
                 graph: ServiceGraph::new(opts.limits),
                 log: FlowLog::new(opts.log_capacity),
+                denies: DeniedAttempts::new(DenyLimits::default(), opts.limits.hash_seed ^ 5),
             }),
             resolver: Mutex::new(Arc::new(resolver)),
+            rule_ids: Mutex::new(Arc::default()),
             health: Health::default(),
             policy_log: Default::default(),
         }
@@ -129,6 +142,11 @@ impl Flows {
         let mut cur = self.resolver.lock().expect("resolver lock");
         r.keep_dns_from(&cur);
         *cur = Arc::new(r);
+    }
+
+    /// Replaces the table naming allow rules' ids (a new policy generation).
+    pub fn set_rule_ids(&self, t: Arc<RuleIdTable>) {
+        *self.rule_ids.lock().expect("rule ids lock") = t;
     }
 
     /// Records that `name` resolved to `ips` (for the DNS proxy): flows to
@@ -176,6 +194,7 @@ impl Flows {
     /// Resolves conntrack entries to flow records (Veil's own traffic left out).
     fn records(&self, entries: &[CtEntry], now: Millis) -> Vec<FlowRecord> {
         let resolver = self.resolver.lock().expect("resolver lock").clone();
+        let rule_ids = self.rule_ids.lock().expect("rule ids lock").clone();
         entries
             .iter()
             .filter(|e| !self.is_infrastructure(e))
@@ -198,6 +217,16 @@ impl Flows {
                 {
                     return None;
                 }
+                let pod = |r: &super::resolve::Resolved| {
+                    r.local && r.identity.kind() == IdentityKind::Pod
+                };
+                let (egress, ingress) =
+                    super::verdicts::allowed_by(&rule_ids, e.mark, pod(&src), pod(&dst));
+                let policy = super::verdicts::policy_text(&egress, &ingress);
+                let (rule, ingress_rule) = match egress {
+                    Some(e) => (Some(e), ingress),
+                    None => (ingress, None),
+                };
                 Some(FlowRecord {
                     time: now,
                     event: e.event,
@@ -213,8 +242,9 @@ impl Flows {
                     destination: dst.identity,
                     counters: e.counters,
                     verdict: Verdict::Allowed,
-                    policy: None,
-                    rule: None,
+                    policy,
+                    rule,
+                    ingress_rule,
                     locality: Locality {
                         source_local: src.local,
                         destination_local: dst.local,
@@ -251,6 +281,7 @@ impl Flows {
             verdict: Verdict::Denied,
             policy: Some(Arc::from(rule.to_string())),
             rule: Some(rule),
+            ingress_rule: None,
             locality: Locality {
                 source_local: src.local,
                 destination_local: dst.local,

@@ -78,6 +78,7 @@ pub(crate) fn entry(
             packets_received: 1,
         },
         id,
+        mark: 0,
     }
 }
 

@@ -81,6 +81,7 @@ fuzz_target!(|data: &[u8]| {
             },
             policy: (c[5] & 0x40 != 0).then(|| Arc::from("a/p#1")),
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: c[0] & 0x10 != 0,
                 destination_local: c[0] & 0x20 != 0,

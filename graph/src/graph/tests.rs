@@ -41,6 +41,7 @@ fn rec(
         verdict: Verdict::Allowed,
         policy: None,
         rule: None,
+        ingress_rule: None,
         locality: Locality {
             source_local: true,
             destination_local: false,
@@ -288,4 +289,40 @@ proptest::proptest! {
         proptest::prop_assert_eq!(e.active as usize, open);
         proptest::prop_assert!(e.counters.bytes_sent <= max_bytes.values().sum::<u64>());
     }
+}
+
+#[test]
+fn a_hundred_thousand_distinct_edges_stay_under_the_configured_cap() {
+    // 400 × 250 workload pairs: 100,000 distinct edges, newest last.
+    let ids: Vec<Arc<Identity>> = (0..400).map(|i| pod("ns", &format!("w{i}"))).collect();
+    let mut g = ServiceGraph::new(GraphLimits {
+        max_edges: 20_000,
+        max_connections: 1_000,
+        hash_seed: 7,
+    });
+    let mut n: u64 = 0;
+    for s in &ids {
+        for d in &ids[..250] {
+            n += 1;
+            g.ingest(&rec(n, FlowEvent::Destroy, (n % 60_000) as u16, s, d, 1));
+            assert!(
+                g.edge_count() <= 20_000,
+                "{} edges after {n}",
+                g.edge_count()
+            );
+        }
+    }
+    assert_eq!(n, 100_000);
+    let c = g.counters();
+    assert_eq!(c.evicted_edges + g.edge_count() as u64, 100_000);
+    assert!(g.edge_count() > 20_000 * 7 / 8, "{}", g.edge_count());
+    // The newest edge is kept, the oldest went.
+    let last = (ids[399].id().to_string(), ids[249].id().to_string());
+    let first = (ids[0].id().to_string(), ids[0].id().to_string());
+    let kept: Vec<(String, String)> = g
+        .edges()
+        .map(|(s, d, _)| (s.identity.id().to_string(), d.identity.id().to_string()))
+        .collect();
+    assert!(kept.contains(&last));
+    assert!(!kept.contains(&first));
 }

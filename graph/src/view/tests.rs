@@ -48,6 +48,7 @@ fn sample() -> ServiceGraph {
             verdict: Verdict::Allowed,
             policy: None,
             rule: None,
+            ingress_rule: None,
             locality: Locality {
                 source_local: true,
                 destination_local: false,

@@ -74,6 +74,8 @@ pub struct RenderCache {
     /// Whether a render through this cache had `http` rules: connections
     /// the L7 proxy took then may still be open ([`super::tproxy::remember`]).
     pub(super) l7_seen: bool,
+    /// Ids of allow rules in connections' marks ([`super::verdict_mark`]).
+    pub(super) rule_ids: super::verdict_mark::RuleIds,
 }
 
 impl RenderCache {

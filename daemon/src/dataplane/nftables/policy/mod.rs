@@ -43,6 +43,7 @@ pub mod prefix;
 mod render;
 pub mod schema;
 pub mod tproxy;
+pub mod verdict_mark;
 
 pub use cache::RenderCache;
 pub use prefix::{LogPrefix, LogPrefixes};

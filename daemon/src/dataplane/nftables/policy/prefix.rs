@@ -39,7 +39,8 @@ pub struct LogPrefix {
     pub rule: Option<usize>,
 }
 
-fn kind_code(k: Kind) -> &'static str {
+/// The short code of a policy kind (`gnp`, `knp`, ...).
+pub fn kind_code(k: Kind) -> &'static str {
     match k {
         Kind::K8sNetworkPolicy => "knp",
         Kind::AdminNetworkPolicy => "anp",
@@ -155,6 +156,8 @@ impl LogPrefix {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogPrefixes {
     by_prefix: BTreeMap<String, LogPrefix>,
+    /// What the allow rules' ids in connections' marks name.
+    rule_ids: std::sync::Arc<super::verdict_mark::RuleIdTable>,
 }
 
 impl LogPrefixes {
@@ -172,6 +175,16 @@ impl LogPrefixes {
             .get(prefix)
             .cloned()
             .or_else(|| LogPrefix::parse(prefix))
+    }
+
+    /// Sets the table naming allow rules' ids ([`super::verdict_mark`]).
+    pub fn set_rule_ids(&mut self, t: super::verdict_mark::RuleIdTable) {
+        self.rule_ids = std::sync::Arc::new(t);
+    }
+
+    /// The table naming allow rules' ids in connections' conntrack marks.
+    pub fn rule_ids(&self) -> std::sync::Arc<super::verdict_mark::RuleIdTable> {
+        self.rule_ids.clone()
     }
 
     /// Number of prefixes.

@@ -18,7 +18,7 @@ use super::{
     LOG_RATE_PER_SECOND, MAP_EGRESS, MAP_INGRESS, MARK_ALLOW, MARK_PASS, NFLOG_GROUP_DENY,
     NFLOG_GROUP_LOG, OPEN_CHAIN,
 };
-use crate::dataplane::nftables::desired::{PolicyChain, LOG_SUPPRESSED_COUNTER};
+use crate::dataplane::nftables::desired::LOG_SUPPRESSED_COUNTER;
 
 /// A pod of this node: its host-side interface and its address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,9 +86,10 @@ pub fn render_cached(
         used_endpoints: HashSet::new(),
         recording: None,
     };
-    r.out
-        .chains
-        .insert(OPEN_CHAIN.to_string(), PolicyChain::default());
+    r.out.chains.insert(
+        OPEN_CHAIN.to_string(),
+        chain_of(OPEN_CHAIN, vec![vec![super::verdict_mark::stamp_open()]]),
+    );
     let mut eps: Vec<&LocalEndpoint> = endpoints.iter().collect();
     eps.sort();
     let mut egress = Vec::new();
@@ -126,6 +127,13 @@ pub fn render_cached(
     let (used_p, used_e) = (r.used_policies, r.used_endpoints);
     r.cache.policies.retain(|k, _| used_p.contains(k));
     r.cache.endpoints.retain(|k, _| used_e.contains(k));
+    let used = &r.cache.policies;
+    r.cache
+        .rule_ids
+        .sweep(|d, p| used.contains_key(&(format!("{:?}/{}", p.kind, p.full_name()), d)));
+    r.out
+        .prefixes
+        .set_rule_ids(r.cache.rule_ids.table().clone());
     r.out
 }
 
@@ -184,7 +192,15 @@ impl Renderer<'_> {
         let chain = match self.cache.endpoints.get(&key) {
             Some(e) if e.walk == walk => e.chain.clone(),
             _ => {
-                let chain = chain_of(&name, walk_rules(&walk));
+                let mut rules = walk_rules(&walk);
+                if walk.last().is_some_and(|(_, deny)| deny.is_none()) {
+                    // Falling off the last tier allows: say so in the mark.
+                    rules.push(vec![super::verdict_mark::stamp(
+                        dir,
+                        super::verdict_mark::ID_END_OF_TIERS,
+                    )]);
+                }
+                let chain = chain_of(&name, rules);
                 self.cache.endpoints.insert(
                     key.clone(),
                     EndpointEntry {
@@ -291,12 +307,17 @@ impl Renderer<'_> {
         let mut chains = Vec::new();
         let mut prefixes = Vec::new();
         for cr in crules {
+            let stamp = |ids: &mut super::verdict_mark::RuleIds| {
+                super::verdict_mark::stamp(dir, ids.id(dir, &tier, &key, cr.index))
+            };
             let action: Vec<Stmt> = match cr.action {
                 // An http rule also flags the L7 proxy's steering (tproxy.rs).
-                Action::Allow if cr.http.is_some() => {
-                    vec![set_mark(MARK_ALLOW | super::tproxy::MARK_HTTP), ret()]
-                }
-                Action::Allow => vec![set_mark(MARK_ALLOW), ret()],
+                Action::Allow if cr.http.is_some() => vec![
+                    stamp(&mut self.cache.rule_ids),
+                    set_mark(MARK_ALLOW | super::tproxy::MARK_HTTP),
+                    ret(),
+                ],
+                Action::Allow => vec![stamp(&mut self.cache.rule_ids), set_mark(MARK_ALLOW), ret()],
                 Action::Pass => vec![set_mark(MARK_PASS), ret()],
                 Action::Deny | Action::Log => {
                     let deny = cr.action == Action::Deny;
