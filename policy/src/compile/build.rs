@@ -4,15 +4,15 @@
 //!
 //! Incremental updates that reuse this are in the `update` module.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::program::{
     CPeer, CPolicy, CPort, CRule, ChainTier, EndpointProgram, IpSet, SetId, SetKey, TierInfo,
 };
-use super::{Compiled, FxHashMap, FxHashSet};
+use super::{Compiled, FxHashMap, FxHashSet, PolicyEntry};
 use crate::cluster::{Cluster, Pod};
-use crate::model::{NsScope, PodSelector, PortMatch, Protocol, Rule};
+use crate::model::{NsScope, ObjectKey, PodSelector, Policy, PortMatch, Protocol, Rule};
 use crate::policyset::PolicySet;
 
 impl Compiled {
@@ -21,10 +21,11 @@ impl Compiled {
         idx: &ClusterIndex<'_>,
         cluster: &Cluster,
         key: SetKey,
-        used: &mut HashSet<SetId>,
+        used: &mut Vec<SetId>,
     ) -> SetId {
         if let Some(&id) = self.set_index.get(&key) {
-            used.insert(id);
+            self.set_refs[id as usize] += 1;
+            used.push(id);
             return id;
         }
         let set = IpSet {
@@ -80,7 +81,11 @@ impl Compiled {
             }
         }
         self.set_index.insert(key, id);
-        used.insert(id);
+        if self.set_refs.len() <= id as usize {
+            self.set_refs.resize(id as usize + 1, 0);
+        }
+        self.set_refs[id as usize] = 1;
+        used.push(id);
         id
     }
 
@@ -90,7 +95,7 @@ impl Compiled {
         cluster: &Cluster,
         index: usize,
         r: &Rule,
-        used: &mut HashSet<SetId>,
+        used: &mut Vec<SetId>,
     ) -> CRule {
         let peers: Vec<CPeer> = r
             .peers
@@ -177,37 +182,125 @@ impl Compiled {
         }
     }
 
+    /// Compiles one policy's rules, holding a reference on each set they use.
+    fn compile_entry(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, p: &Policy) -> PolicyEntry {
+        let mut sets = Vec::new();
+        let ingress = p
+            .ingress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut sets))
+            .collect();
+        let egress = p
+            .egress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut sets))
+            .collect();
+        PolicyEntry {
+            policy: p.clone(),
+            ingress,
+            egress,
+            sets,
+        }
+    }
+
+    /// Drops an entry's references on its sets, freeing the sets no rule
+    /// uses any more.
+    fn release_entry(&mut self, e: &PolicyEntry) {
+        for &id in &e.sets {
+            let r = &mut self.set_refs[id as usize];
+            *r -= 1;
+            if *r > 0 {
+                continue;
+            }
+            let Some(Some(set)) = self.program.sets.get_mut(id as usize).map(Option::take) else {
+                continue;
+            };
+            if matches!(set.key, SetKey::NamedPort(_)) {
+                for l in &mut self.program.named_by_addr {
+                    l.retain(|e| e.0 != id);
+                }
+            }
+            if let SetKey::Pods(sel) = &set.key {
+                match &sel.namespaces {
+                    NsScope::Named(ns) => {
+                        if let Some(v) = self.sets_by_ns.get_mut(ns) {
+                            v.retain(|x| *x != id);
+                        }
+                    }
+                    NsScope::Selector(_) => self.sets_global.retain(|x| *x != id),
+                }
+            }
+            self.set_index.remove(&set.key);
+            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
+                b.clear();
+            }
+        }
+    }
+
+    /// Brings the compiled rules up to date with `policies`: compiles the
+    /// policies added or changed since the last call (in evaluation order),
+    /// drops the ones removed or replaced, and lays the program's policies
+    /// and rules out again in evaluation order. Unchanged policies keep
+    /// their compiled rules and sets. Returns the subjects (old and new) of
+    /// the policies that changed.
     pub(super) fn compile_policies(
         &mut self,
         cluster: &Cluster,
         idx: &ClusterIndex<'_>,
         policies: &PolicySet,
-    ) {
+    ) -> Vec<PodSelector> {
         let tiers = policies.tiers();
         let tier_pos: HashMap<&str, u32> = tiers
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.as_str(), i as u32))
             .collect();
-        let mut ordered: Vec<_> = policies.policies().values().collect();
-        ordered.sort_by(|a, b| {
-            (tier_pos.get(a.tier.as_str()), &a.sort_key)
-                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
-        });
-        let mut used = HashSet::new();
+        let order = |p: &Policy| (tier_pos.get(p.tier.as_str()).copied(), p.sort_key.clone());
+        let mut ordered: Vec<&Policy> = policies.policies().values().collect();
+        ordered.sort_by_cached_key(|p| order(p));
+
+        let mut subjects = Vec::new();
+        let gone: Vec<ObjectKey> = self
+            .entries
+            .keys()
+            .filter(|k| !policies.policies().contains_key(*k))
+            .cloned()
+            .collect();
+        let mut stale = Vec::new();
+        for k in gone {
+            if let Some(e) = self.entries.remove(&k) {
+                subjects.push(e.policy.subject.clone());
+                stale.push(e);
+            }
+        }
+        for &p in &ordered {
+            if self.entries.get(&p.key).is_some_and(|e| e.policy == *p) {
+                continue;
+            }
+            // Compiled before the old entry is released: sets both use stay.
+            let e = self.compile_entry(idx, cluster, p);
+            subjects.push(p.subject.clone());
+            if let Some(old) = self.entries.insert(p.key.clone(), e) {
+                if old.policy.subject != p.subject {
+                    subjects.push(old.policy.subject.clone());
+                }
+                stale.push(old);
+            }
+        }
+        for e in &stale {
+            self.release_entry(e);
+        }
+
         let mut out = Vec::with_capacity(ordered.len());
-        let mut arena: Vec<CRule> = Vec::new();
+        let mut arena: Vec<CRule> = Vec::with_capacity(self.program.rules.len());
         for p in ordered {
+            let e = &self.entries[&p.key];
             let start = arena.len() as u32;
-            for (i, r) in p.ingress.iter().enumerate() {
-                let c = self.compile_rule(idx, cluster, i, r, &mut used);
-                arena.push(c);
-            }
+            arena.extend(e.ingress.iter().cloned());
             let ingress = (start, arena.len() as u32);
-            for (i, r) in p.egress.iter().enumerate() {
-                let c = self.compile_rule(idx, cluster, i, r, &mut used);
-                arena.push(c);
-            }
+            arena.extend(e.egress.iter().cloned());
             let egress = (ingress.1, arena.len() as u32);
             out.push(CPolicy {
                 key: p.key.clone(),
@@ -218,29 +311,6 @@ impl Compiled {
                 ingress,
                 egress,
             });
-        }
-        // Free the sets no rule uses any more.
-        let stale: Vec<(SetKey, SetId)> = self
-            .set_index
-            .iter()
-            .filter(|(_, id)| !used.contains(id))
-            .map(|(k, id)| (k.clone(), *id))
-            .collect();
-        for (k, id) in stale {
-            if matches!(k, SetKey::NamedPort(_)) {
-                for l in &mut self.program.named_by_addr {
-                    l.retain(|e| e.0 != id);
-                }
-            }
-            self.set_index.remove(&k);
-            self.program.sets[id as usize] = None;
-            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
-                b.clear();
-            }
-            self.sets_global.retain(|x| *x != id);
-            for v in self.sets_by_ns.values_mut() {
-                v.retain(|x| *x != id);
-            }
         }
         self.program.tiers = tiers
             .into_iter()
@@ -264,6 +334,7 @@ impl Compiled {
         }
         self.program.policies = out;
         self.program.rules = arena;
+        subjects
     }
 
     pub(super) fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
@@ -354,7 +425,7 @@ impl<'a> ClusterIndex<'a> {
         Self { by_ns }
     }
 
-    fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
+    pub(super) fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
         match scope {
             NsScope::Named(ns) => self.by_ns.get(ns.as_str()).cloned().unwrap_or_default(),
             NsScope::Selector(sel) => cluster
