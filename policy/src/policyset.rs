@@ -4,16 +4,30 @@
 //! it inconsistent is rejected as a whole and changes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::PolicyError;
 use crate::kinds::{Object, ObjectBody};
 use crate::model::{Kind, ObjectKey, Policy, Tier};
 
 /// The tiers and policies in force.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     tiers: BTreeMap<String, Tier>,
     policies: BTreeMap<ObjectKey, Policy>,
+    /// Per policy, the revision it was applied with (see [`Self::revision`]).
+    revisions: BTreeMap<ObjectKey, u64>,
+}
+
+/// Revisions are unique in the process: two sets never give one revision to
+/// different contents.
+static NEXT_REVISION: AtomicU64 = AtomicU64::new(1);
+
+impl PartialEq for PolicySet {
+    /// Equal contents (revisions aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.tiers == other.tiers && self.policies == other.policies
+    }
 }
 
 impl PolicySet {
@@ -41,7 +55,11 @@ impl PolicySet {
         }
         self.check_apply(&tiers, &policies)?;
         self.tiers.extend(tiers);
-        self.policies.extend(policies);
+        for (k, p) in policies {
+            let rev = NEXT_REVISION.fetch_add(1, Ordering::Relaxed);
+            self.revisions.insert(k.clone(), rev);
+            self.policies.insert(k, p);
+        }
         Ok(())
     }
 
@@ -116,6 +134,7 @@ impl PolicySet {
                 self.tiers.remove(&k.name);
             } else {
                 self.policies.remove(k);
+                self.revisions.remove(k);
             }
         }
         Ok(())
@@ -132,6 +151,13 @@ impl PolicySet {
     /// The custom tiers by name.
     pub fn custom_tiers(&self) -> &BTreeMap<String, Tier> {
         &self.tiers
+    }
+
+    /// The revision of a policy: unique in the process to the policy as
+    /// applied, so an equal revision means an equal policy (a different one
+    /// may still be an equal policy applied again).
+    pub fn revision(&self, key: &ObjectKey) -> Option<u64> {
+        self.revisions.get(key).copied()
     }
 
     /// The policies, by key.

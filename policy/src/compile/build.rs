@@ -4,7 +4,7 @@
 //!
 //! Incremental updates that reuse this are in the `update` module.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::program::{
@@ -199,6 +199,7 @@ impl Compiled {
             .collect();
         PolicyEntry {
             policy: p.clone(),
+            revision: None,
             ingress,
             egress,
             sets,
@@ -242,26 +243,35 @@ impl Compiled {
     /// Brings the compiled rules up to date with `policies`: compiles the
     /// policies added or changed since the last call (in evaluation order),
     /// drops the ones removed or replaced, and lays the program's policies
-    /// and rules out again in evaluation order. Unchanged policies keep
-    /// their compiled rules and sets. Returns the subjects (old and new) of
-    /// the policies that changed.
+    /// and rules out again in evaluation order, moving the unchanged ones
+    /// (their rules and sets stay). Returns the subjects (old and new) of
+    /// the policies that changed, and each old policy index's new index
+    /// (`None` when the tiers changed: every index is new).
     pub(super) fn compile_policies(
         &mut self,
         cluster: &Cluster,
         idx: &ClusterIndex<'_>,
         policies: &PolicySet,
-    ) -> Vec<PodSelector> {
-        let tiers = policies.tiers();
-        let tier_pos: HashMap<&str, u32> = tiers
+    ) -> (Vec<PodSelector>, Option<Vec<Option<u32>>>) {
+        let tiers: Vec<TierInfo> = policies
+            .tiers()
+            .into_iter()
+            .map(|t| TierInfo {
+                name: t.name,
+                order: t.order,
+                default_action: t.default_action,
+            })
+            .collect();
+        let relayout = tiers != self.program.tiers;
+        let tier_pos: HashMap<String, u32> = tiers
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i as u32))
+            .map(|(i, t)| (t.name.clone(), i as u32))
             .collect();
-        let order = |p: &Policy| (tier_pos.get(p.tier.as_str()).copied(), p.sort_key.clone());
-        let mut ordered: Vec<&Policy> = policies.policies().values().collect();
-        ordered.sort_by_cached_key(|p| order(p));
+        let pos = |p: &Policy| tier_pos.get(p.tier.as_str()).copied();
 
         let mut subjects = Vec::new();
+        let mut replaced: HashSet<ObjectKey> = HashSet::new();
         let gone: Vec<ObjectKey> = self
             .entries
             .keys()
@@ -273,68 +283,119 @@ impl Compiled {
             if let Some(e) = self.entries.remove(&k) {
                 subjects.push(e.policy.subject.clone());
                 stale.push(e);
+                replaced.insert(k);
             }
         }
-        for &p in &ordered {
-            if self.entries.get(&p.key).is_some_and(|e| e.policy == *p) {
-                continue;
+        let mut added: Vec<&Policy> = Vec::new();
+        for p in policies.policies().values() {
+            let rev = policies.revision(&p.key);
+            match self.entries.get_mut(&p.key) {
+                Some(e) if rev.is_some() && e.revision == rev => continue,
+                Some(e) if e.policy == *p => {
+                    e.revision = rev;
+                    continue;
+                }
+                _ => {}
             }
+            added.push(p);
+        }
+        added.sort_by(|a, b| (pos(a), &a.sort_key).cmp(&(pos(b), &b.sort_key)));
+        for &p in &added {
             // Compiled before the old entry is released: sets both use stay.
-            let e = self.compile_entry(idx, cluster, p);
+            let mut e = self.compile_entry(idx, cluster, p);
+            e.revision = policies.revision(&p.key);
             subjects.push(p.subject.clone());
             if let Some(old) = self.entries.insert(p.key.clone(), e) {
                 if old.policy.subject != p.subject {
                     subjects.push(old.policy.subject.clone());
                 }
                 stale.push(old);
+                replaced.insert(p.key.clone());
             }
         }
         for e in &stale {
             self.release_entry(e);
         }
 
-        let mut out = Vec::with_capacity(ordered.len());
-        let mut arena: Vec<CRule> = Vec::with_capacity(self.program.rules.len());
-        for p in ordered {
-            let e = &self.entries[&p.key];
+        // Lay out: the old order without the replaced, merged with the
+        // added; unchanged policies and their rules are moved, not copied.
+        let (old_pols, old_rules) = if relayout {
+            // Every tier index may differ: lay every policy out anew.
+            added = policies.policies().values().collect();
+            added.sort_by(|a, b| (pos(a), &a.sort_key).cmp(&(pos(b), &b.sort_key)));
+            self.program.policies.clear();
+            self.program.rules.clear();
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                std::mem::take(&mut self.program.policies),
+                std::mem::take(&mut self.program.rules),
+            )
+        };
+        let mut out: Vec<CPolicy> = Vec::with_capacity(policies.policies().len());
+        let mut arena: Vec<CRule> = Vec::with_capacity(old_rules.len());
+        let mut renumber = Vec::with_capacity(old_pols.len());
+        let mut rules = old_rules.into_iter();
+        let mut ins = added.into_iter().peekable();
+        let entries = &self.entries;
+        let push_new = |p: &Policy, out: &mut Vec<CPolicy>, arena: &mut Vec<CRule>| {
+            let e = &entries[&p.key];
             let start = arena.len() as u32;
             arena.extend(e.ingress.iter().cloned());
             let ingress = (start, arena.len() as u32);
             arena.extend(e.egress.iter().cloned());
-            let egress = (ingress.1, arena.len() as u32);
             out.push(CPolicy {
                 key: p.key.clone(),
-                tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
+                tier: pos(p).unwrap_or(0),
                 subject: p.subject.clone(),
                 applies_ingress: p.applies_ingress,
                 applies_egress: p.applies_egress,
                 ingress,
-                egress,
+                egress: (ingress.1, arena.len() as u32),
             });
+        };
+        for mut old in old_pols {
+            let n = (old.egress.1 - old.ingress.0) as usize;
+            if replaced.contains(&old.key) {
+                renumber.push(None);
+                rules.by_ref().take(n).for_each(drop);
+                continue;
+            }
+            let key = (Some(old.tier), &entries[&old.key].policy.sort_key);
+            while let Some(p) = ins.next_if(|p| (pos(p), &p.sort_key) < key) {
+                push_new(p, &mut out, &mut arena);
+            }
+            renumber.push(Some(out.len() as u32));
+            let n_in = old.ingress.1 - old.ingress.0;
+            let start = arena.len() as u32;
+            arena.extend(rules.by_ref().take(n));
+            old.ingress = (start, start + n_in);
+            old.egress = (start + n_in, arena.len() as u32);
+            out.push(old);
         }
-        self.program.tiers = tiers
-            .into_iter()
-            .map(|t| TierInfo {
-                name: t.name,
-                order: t.order,
-                default_action: t.default_action,
-            })
-            .collect();
-        self.policies_by_ns.clear();
+        for p in ins {
+            push_new(p, &mut out, &mut arena);
+        }
+        self.program.tiers = tiers;
+        for v in self.policies_by_ns.values_mut() {
+            v.clear();
+        }
         self.policies_global.clear();
         for (i, p) in out.iter().enumerate() {
             match &p.subject.namespaces {
-                NsScope::Named(ns) => self
-                    .policies_by_ns
-                    .entry(ns.clone())
-                    .or_default()
-                    .push(i as u32),
+                NsScope::Named(ns) => match self.policies_by_ns.get_mut(ns.as_str()) {
+                    Some(v) => v.push(i as u32),
+                    None => {
+                        self.policies_by_ns.insert(ns.clone(), vec![i as u32]);
+                    }
+                },
                 NsScope::Selector(_) => self.policies_global.push(i as u32),
             }
         }
+        self.policies_by_ns.retain(|_, v| !v.is_empty());
         self.program.policies = out;
         self.program.rules = arena;
-        subjects
+        (subjects, (!relayout).then_some(renumber))
     }
 
     pub(super) fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {

@@ -74,6 +74,8 @@ pub struct Compiled {
 #[derive(Debug, Clone)]
 struct PolicyEntry {
     policy: Policy,
+    /// The revision of `policy` in the set it was compiled from.
+    revision: Option<u64>,
     ingress: Vec<CRule>,
     egress: Vec<CRule>,
     sets: Vec<SetId>,

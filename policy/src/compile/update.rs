@@ -5,14 +5,12 @@
 //! Every update leaves the program equal in verdicts to a compile from
 //! scratch (the differential tests check this).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::build::ClusterIndex;
 use super::program::{ChainTier, IpSet, SetId, SetKey};
 use super::{Compiled, FxHashSet};
 use crate::cluster::{Cluster, Pod};
-use crate::model::ObjectKey;
 use crate::policyset::PolicySet;
 use crate::selector::LabelSelector;
 
@@ -24,18 +22,11 @@ impl Compiled {
     /// change of the tiers rebuilds every chain.
     pub fn update_policies(&mut self, cluster: &Cluster, policies: &PolicySet) {
         let idx = ClusterIndex::new(cluster);
-        let old_tiers = std::mem::take(&mut self.program.tiers);
-        let old_keys: Vec<ObjectKey> = self
-            .program
-            .policies
-            .iter()
-            .map(|p| p.key.clone())
-            .collect();
-        let subjects = self.compile_policies(cluster, &idx, policies);
-        if self.program.tiers != old_tiers {
+        let (subjects, renumber) = self.compile_policies(cluster, &idx, policies);
+        let Some(renumber) = renumber else {
             self.rebuild_all_chains(cluster, &idx);
             return;
-        }
+        };
         if subjects.is_empty() {
             return;
         }
@@ -47,14 +38,6 @@ impl Compiled {
                 }
             }
         }
-        let new_pos: HashMap<&ObjectKey, u32> = self
-            .program
-            .policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (&p.key, i as u32))
-            .collect();
-        let renumber: Vec<Option<u32>> = old_keys.iter().map(|k| new_pos.get(k).copied()).collect();
         let mut rebuild = Vec::new();
         let policies = &self.program.policies;
         for (ip, ep) in self.program.endpoints.iter_mut() {
