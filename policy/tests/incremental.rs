@@ -143,7 +143,9 @@ fn step(
                 return "nothing to delete".into();
             }
             let k = keys[b.below(keys.len())].clone();
-            policies.delete(std::slice::from_ref(&k)).expect("deleting a policy");
+            policies
+                .delete(std::slice::from_ref(&k))
+                .expect("deleting a policy");
             compiled.update_policies(cluster, policies);
             format!("delete {k}")
         }
@@ -188,7 +190,12 @@ fn step(
         _ => {
             let names: Vec<String> = cluster.namespaces.keys().cloned().collect();
             let ns = names[b.below(names.len())].clone();
-            let mut l = donor.namespaces.values().nth(b.below(donor.namespaces.len())).cloned().unwrap_or_default();
+            let mut l = donor
+                .namespaces
+                .values()
+                .nth(b.below(donor.namespaces.len()))
+                .cloned()
+                .unwrap_or_default();
             l.insert("kubernetes.io/metadata.name".into(), ns.clone());
             cluster.namespaces.insert(ns.clone(), l);
             compiled.update_namespace(cluster, &ns);
@@ -212,10 +219,20 @@ fn check(data: &[u8]) -> Result<(), String> {
     let mut compiled = Compiled::new(&cluster, &policies);
     let mut done = Vec::new();
     for _ in 0..12 {
-        let what = step(&mut b, &pool, &donor, &mut cluster, &mut policies, &mut compiled);
+        let what = step(
+            &mut b,
+            &pool,
+            &donor,
+            &mut cluster,
+            &mut policies,
+            &mut compiled,
+        );
         done.push(what);
         let scratch = Compiled::new(&cluster, &policies);
-        let (inc, full) = (normalized(compiled.program()), normalized(scratch.program()));
+        let (inc, full) = (
+            normalized(compiled.program()),
+            normalized(scratch.program()),
+        );
         if inc != full {
             return Err(format!(
                 "after {done:?}: incremental program differs from a full compile\nincremental:\n{inc}\nfull:\n{full}"

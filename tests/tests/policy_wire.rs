@@ -411,11 +411,19 @@ fn established_connection_survives_killed_veild_and_no_denied_connection_passes(
     stop.store(true, Ordering::Relaxed);
     let (tried, passed) = watcher.join().unwrap();
     let served = keepalive.join().unwrap();
-    eprintln!("denied connections tried: {tried}, passed: {passed}; established connection: {served:?}");
-    assert_eq!(passed, 0, "{passed} of {tried} denied connections got through");
+    eprintln!(
+        "denied connections tried: {tried}, passed: {passed}; established connection: {served:?}"
+    );
+    assert_eq!(
+        passed, 0,
+        "{passed} of {tried} denied connections got through"
+    );
     assert!(tried >= 4, "only {tried} denied connections tried");
     let served = served.expect("the established connection broke");
-    assert!(served >= 6, "only {served} requests on the established connection");
+    assert!(
+        served >= 6,
+        "only {served} requests on the established connection"
+    );
     assert!(
         probe(&lab, "store/api", "store/database", "5432"),
         "new allowed connections after the restart"

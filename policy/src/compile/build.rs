@@ -183,7 +183,12 @@ impl Compiled {
     }
 
     /// Compiles one policy's rules, holding a reference on each set they use.
-    fn compile_entry(&mut self, idx: &ClusterIndex<'_>, cluster: &Cluster, p: &Policy) -> PolicyEntry {
+    fn compile_entry(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        p: &Policy,
+    ) -> PolicyEntry {
         let mut sets = Vec::new();
         let ingress = p
             .ingress
