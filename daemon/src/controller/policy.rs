@@ -376,15 +376,17 @@ impl PolicyState {
             if new == old.as_ref() {
                 continue;
             }
-            if let Some(n) = new {
-                let shared = self.sources.iter().any(|(k, s)| {
+            let shared = |name: &veil_policy::model::ObjectKey| {
+                self.sources.iter().any(|(k, s)| {
                     k != key
-                        && (s.valid.as_ref().is_some_and(|o| o.key == n.key)
-                            || s.in_force.as_ref().is_some_and(|o| o.key == n.key))
-                });
-                if shared {
-                    return None;
-                }
+                        && (s.valid.as_ref().is_some_and(|o| o.key == *name)
+                            || s.in_force.as_ref().is_some_and(|o| o.key == *name))
+                })
+            };
+            if new.is_some_and(|n| shared(&n.key)) || old.as_ref().is_some_and(|o| shared(&o.key)) {
+                return None;
+            }
+            if let Some(n) = new {
                 apply.push(n.clone());
             }
             if let Some(o) = old {
