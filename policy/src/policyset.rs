@@ -4,16 +4,30 @@
 //! it inconsistent is rejected as a whole and changes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::PolicyError;
 use crate::kinds::{Object, ObjectBody};
 use crate::model::{Kind, ObjectKey, Policy, Tier};
 
 /// The tiers and policies in force.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     tiers: BTreeMap<String, Tier>,
     policies: BTreeMap<ObjectKey, Policy>,
+    /// Per policy, the revision it was applied with (see [`Self::revision`]).
+    revisions: BTreeMap<ObjectKey, u64>,
+}
+
+/// Revisions are unique in the process: two sets never give one revision to
+/// different contents.
+static NEXT_REVISION: AtomicU64 = AtomicU64::new(1);
+
+impl PartialEq for PolicySet {
+    /// Equal contents (revisions aside).
+    fn eq(&self, other: &Self) -> bool {
+        self.tiers == other.tiers && self.policies == other.policies
+    }
 }
 
 impl PolicySet {
@@ -23,34 +37,78 @@ impl PolicySet {
     }
 
     /// Creates or replaces objects (matched by kind, namespace and name).
-    /// All or nothing: on error the set is unchanged.
+    /// All or nothing: on error the set is unchanged. Costs what it changes:
+    /// only the objects given are checked against the set (applying never
+    /// removes a tier, so the policies already in force stay valid).
     pub fn apply(&mut self, objects: impl IntoIterator<Item = Object>) -> Result<(), PolicyError> {
-        let mut next = self.clone();
+        let mut tiers: BTreeMap<String, Tier> = BTreeMap::new();
+        let mut policies: BTreeMap<ObjectKey, Policy> = BTreeMap::new();
         for o in objects {
             match o.body {
                 ObjectBody::Tier(t) => {
-                    next.tiers.insert(t.name.clone(), t);
+                    tiers.insert(t.name.clone(), t);
                 }
                 ObjectBody::Policy(p) => {
-                    next.policies.insert(o.key, p);
+                    policies.insert(o.key, p);
                 }
             }
         }
-        next.validate()?;
-        *self = next;
+        self.check_apply(&tiers, &policies)?;
+        self.tiers.extend(tiers);
+        for (k, p) in policies {
+            let rev = NEXT_REVISION.fetch_add(1, Ordering::Relaxed);
+            self.revisions.insert(k.clone(), rev);
+            self.policies.insert(k, p);
+        }
+        Ok(())
+    }
+
+    /// Whether adding `tiers` and `policies` keeps the set consistent.
+    fn check_apply(
+        &self,
+        tiers: &BTreeMap<String, Tier>,
+        policies: &BTreeMap<ObjectKey, Policy>,
+    ) -> Result<(), PolicyError> {
+        if !tiers.is_empty() {
+            // Orders of the tiers after the update, the new ones checked.
+            let mut orders: BTreeMap<u32, &str> = self
+                .tiers
+                .values()
+                .filter(|t| !tiers.contains_key(&t.name))
+                .map(|t| (t.order, t.name.as_str()))
+                .collect();
+            for t in tiers.values() {
+                if let Some(other) = orders.insert(t.order, &t.name) {
+                    return Err(PolicyError::invalid(
+                        format!("tier {}", t.name),
+                        "spec.order",
+                        format!("order {} is already used by tier {other}", t.order),
+                    ));
+                }
+            }
+        }
+        for p in policies.values() {
+            let builtin = Tier::builtins().iter().any(|t| t.name == p.tier);
+            if !builtin && !self.tiers.contains_key(&p.tier) && !tiers.contains_key(&p.tier) {
+                return Err(PolicyError::invalid(
+                    p.key.to_string(),
+                    "spec.tier",
+                    format!("tier {:?} does not exist", p.tier),
+                ));
+            }
+        }
         Ok(())
     }
 
     /// Deletes objects. All or nothing: on error the set is unchanged.
     pub fn delete(&mut self, keys: &[ObjectKey]) -> Result<(), PolicyError> {
-        let mut next = self.clone();
-        for k in keys {
+        for (i, k) in keys.iter().enumerate() {
             let found = if k.kind == Kind::Tier {
-                next.tiers.remove(&k.name).is_some()
+                self.tiers.contains_key(&k.name)
             } else {
-                next.policies.remove(k).is_some()
+                self.policies.contains_key(k)
             };
-            if !found {
+            if !found || keys[..i].contains(k) {
                 return Err(PolicyError::invalid(
                     k.to_string(),
                     "metadata.name",
@@ -59,7 +117,11 @@ impl PolicySet {
             }
         }
         for k in keys.iter().filter(|k| k.kind == Kind::Tier) {
-            if let Some(p) = next.policies.values().find(|p| p.tier == k.name) {
+            let user = self
+                .policies
+                .values()
+                .find(|p| p.tier == k.name && !keys.contains(&p.key));
+            if let Some(p) = user {
                 return Err(PolicyError::invalid(
                     k.to_string(),
                     "metadata.name",
@@ -67,30 +129,12 @@ impl PolicySet {
                 ));
             }
         }
-        next.validate()?;
-        *self = next;
-        Ok(())
-    }
-
-    fn validate(&self) -> Result<(), PolicyError> {
-        let mut orders: BTreeMap<u32, &str> = BTreeMap::new();
-        for t in self.tiers.values() {
-            if let Some(other) = orders.insert(t.order, &t.name) {
-                return Err(PolicyError::invalid(
-                    format!("tier {}", t.name),
-                    "spec.order",
-                    format!("order {} is already used by tier {other}", t.order),
-                ));
-            }
-        }
-        for p in self.policies.values() {
-            let builtin = Tier::builtins().iter().any(|t| t.name == p.tier);
-            if !builtin && !self.tiers.contains_key(&p.tier) {
-                return Err(PolicyError::invalid(
-                    p.key.to_string(),
-                    "spec.tier",
-                    format!("tier {:?} does not exist", p.tier),
-                ));
+        for k in keys {
+            if k.kind == Kind::Tier {
+                self.tiers.remove(&k.name);
+            } else {
+                self.policies.remove(k);
+                self.revisions.remove(k);
             }
         }
         Ok(())
@@ -107,6 +151,13 @@ impl PolicySet {
     /// The custom tiers by name.
     pub fn custom_tiers(&self) -> &BTreeMap<String, Tier> {
         &self.tiers
+    }
+
+    /// The revision of a policy: unique in the process to the policy as
+    /// applied, so an equal revision means an equal policy (a different one
+    /// may still be an equal policy applied again).
+    pub fn revision(&self, key: &ObjectKey) -> Option<u64> {
+        self.revisions.get(key).copied()
     }
 
     /// The policies, by key.

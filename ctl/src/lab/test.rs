@@ -3,7 +3,8 @@
 //! (where every node's `veild` reads them), then for each step applies its
 //! changes (policies created, replaced or deleted; pod and namespace labels),
 //! waits until every daemon reports it applied ([`super::applied`]), and sends each probe from its source pod
-//! ([`super::probe`]). The lab is removed at the end unless kept.
+//! ([`super::probe`]), the probes of one step concurrently. The lab is
+//! removed at the end unless kept.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -243,18 +244,40 @@ fn run_steps(
             std::thread::sleep(opts.settle);
             before = daemons.generations().map_err(LabError::NotApplied)?;
         }
-        for (pi, probe) in step.probes.iter().enumerate() {
-            let from = state
-                .pod(&probe.from)
-                .ok_or_else(|| state.no_such("pod", &probe.from))?;
-            let spec = probe_spec(state, probe);
-            let result =
-                super::probe::run_in(&from.netns, &opts.binaries.veilctl, &spec, &probe.from)?;
+        // The step's probes run concurrently (a denied probe waits for its
+        // timeout; they do not depend on each other), and are reported in
+        // order.
+        let specs = step
+            .probes
+            .iter()
+            .map(|probe| {
+                let from = state
+                    .pod(&probe.from)
+                    .ok_or_else(|| state.no_such("pod", &probe.from))?;
+                Ok((from.netns.clone(), probe_spec(state, probe)))
+            })
+            .collect::<Result<Vec<_>, LabError>>()?;
+        let results: Vec<Result<ProbeResult, LabError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = specs
+                .iter()
+                .zip(&step.probes)
+                .map(|((netns, spec), probe)| {
+                    scope.spawn(move || {
+                        super::probe::run_in(netns, &opts.binaries.veilctl, spec, &probe.from)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for (pi, (probe, result)) in step.probes.iter().zip(results).enumerate() {
             let o = Outcome {
                 step: si,
                 index: pi,
                 probe: probe.clone(),
-                result,
+                result: result?,
             };
             report(&o);
             outcomes.push(o);

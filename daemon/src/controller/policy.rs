@@ -197,7 +197,7 @@ impl PolicyState {
         let mut pods = BTreeSet::new();
         let mut namespaces = BTreeSet::new();
         let mut nodes = false;
-        let mut policies = false;
+        let mut policies: BTreeMap<Key, Option<Object>> = BTreeMap::new();
         for key in &changes.keys {
             match key.kind {
                 Kind::Pod => {
@@ -230,8 +230,9 @@ impl PolicyState {
                 // Policy selects pods, not Services: names for the flows only.
                 Kind::Service | Kind::EndpointSlice => {}
                 Kind::Policy => {
+                    let in_force = self.sources.get(key).and_then(|s| s.in_force.clone());
+                    policies.entry(key.clone()).or_insert(in_force);
                     self.read_policy(store, key);
-                    policies = true;
                 }
             }
         }
@@ -270,10 +271,17 @@ impl PolicyState {
                 self.compiled.update_pod(&self.cluster, &id);
             }
         }
-        if policies {
-            let next = self.build_set();
-            if next != self.set {
-                self.set = next;
+        if !policies.is_empty() {
+            let changed = match self.update_set(&policies) {
+                Some(changed) => changed,
+                None => {
+                    let next = self.build_set();
+                    let changed = next != self.set;
+                    self.set = next;
+                    changed
+                }
+            };
+            if changed {
                 self.compiled.update_policies(&self.cluster, &self.set);
             }
         }
@@ -350,6 +358,64 @@ impl PolicyState {
                 src.issue = Some(issue_of(&e, &doc.origin));
             }
         }
+    }
+
+    /// The fast path of a change of some documents (`changed`: each one's
+    /// object in force before): applies their valid objects to the set in
+    /// force and deletes the objects of documents gone, without rebuilding
+    /// the set. Returns whether the set changed, or `None` when the change
+    /// needs [`Self::build_set`]: objects are left out of the set, a document
+    /// names an object another document also names, or the set refuses the
+    /// change (then the set is as before).
+    fn update_set(&mut self, changed: &BTreeMap<Key, Option<Object>>) -> Option<bool> {
+        if !self.rejected.is_empty() {
+            return None;
+        }
+        let mut apply = Vec::new();
+        let mut delete = Vec::new();
+        for (key, old) in changed {
+            let new = self.sources.get(key).and_then(|s| s.valid.as_ref());
+            if new == old.as_ref() {
+                continue;
+            }
+            let shared = |name: &veil_policy::model::ObjectKey| {
+                self.sources.iter().any(|(k, s)| {
+                    k != key
+                        && (s.valid.as_ref().is_some_and(|o| o.key == *name)
+                            || s.in_force.as_ref().is_some_and(|o| o.key == *name))
+                })
+            };
+            if new.is_some_and(|n| shared(&n.key)) || old.as_ref().is_some_and(|o| shared(&o.key)) {
+                return None;
+            }
+            if let Some(n) = new {
+                apply.push(n.clone());
+            }
+            if let Some(o) = old {
+                if new.is_none_or(|n| n.key != o.key) {
+                    delete.push(o.clone());
+                }
+            }
+        }
+        if apply.is_empty() && delete.is_empty() {
+            return Some(false);
+        }
+        let keys: Vec<_> = delete.iter().map(|o| o.key.clone()).collect();
+        if self.set.delete(&keys).is_err() {
+            return None;
+        }
+        if self.set.apply(apply).is_err() {
+            // Put the deleted objects back (they were consistent with the rest).
+            let restored = self.set.apply(delete);
+            debug_assert!(restored.is_ok(), "restoring deleted objects: {restored:?}");
+            return None;
+        }
+        for key in changed.keys() {
+            if let Some(s) = self.sources.get_mut(key) {
+                s.in_force = s.valid.clone();
+            }
+        }
+        Some(true)
     }
 
     /// The largest consistent set: every valid object, except those that

@@ -337,3 +337,106 @@ spec:
         Verdict::Allow
     );
 }
+
+/// The set in force after `events`, through the incremental path, equals the
+/// set a controller reading the whole store at once builds, and so do the
+/// errors.
+fn same_as_fresh(store: &mut Store, ctrl: &mut Controller, events: Vec<Event>, what: &str) {
+    step(store, ctrl, events);
+    let mut fresh = Controller::new("n1");
+    fresh.on_changes(store, &Default::default());
+    assert_eq!(
+        ctrl.policy().policy_set(),
+        fresh.policy().policy_set(),
+        "{what}: incremental set vs full rebuild"
+    );
+    let errs = |c: &Controller| {
+        let mut v: Vec<String> = c
+            .policy()
+            .errors(store)
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(errs(ctrl), errs(&fresh), "{what}: errors");
+}
+
+#[test]
+fn document_changes_give_the_set_a_full_rebuild_gives() {
+    let (mut store, mut ctrl) = cluster();
+    let tier = |order: u32| {
+        format!("apiVersion: veil.dev/v1alpha1\nkind: Tier\nmetadata: {{name: t1}}\nspec: {{order: {order}}}\n")
+    };
+    let gnp = "apiVersion: veil.dev/v1alpha1
+kind: GlobalNetworkPolicy
+metadata: {name: g}
+spec: {tier: t1, selector: {}, types: [Ingress]}
+";
+    let deny = |app: &str| {
+        format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  policyTypes: [Ingress]\n")
+    };
+    let del = |f: &str| Event::Deleted(Key::new(Kind::Policy, format!("{f}#0")));
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("deny.yaml", &deny("client"))],
+        "add",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("deny.yaml", &deny("web"))],
+        "change",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("deny2.yaml", &deny("x"))],
+        "two documents, one object",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![del("deny.yaml")],
+        "one of the two deleted",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("gnp.yaml", gnp)],
+        "tier missing",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("tier.yaml", &tier(50))],
+        "tier added",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![policy("tier.yaml", &tier(60))],
+        "tier order changed",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![del("tier.yaml")],
+        "tier deleted while named",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![del("gnp.yaml"), del("tier.yaml")],
+        "both gone",
+    );
+    same_as_fresh(
+        &mut store,
+        &mut ctrl,
+        vec![del("deny2.yaml"), del("allow.yaml")],
+        "all gone",
+    );
+    assert!(ctrl.policy().policy_set().policies().is_empty());
+}

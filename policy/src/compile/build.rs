@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use super::program::{
     CPeer, CPolicy, CPort, CRule, ChainTier, EndpointProgram, IpSet, SetId, SetKey, TierInfo,
 };
-use super::{Compiled, FxHashMap, FxHashSet};
+use super::{Compiled, FxHashMap, FxHashSet, PolicyEntry};
 use crate::cluster::{Cluster, Pod};
-use crate::model::{NsScope, PodSelector, PortMatch, Protocol, Rule};
+use crate::model::{NsScope, ObjectKey, PodSelector, Policy, PortMatch, Protocol, Rule};
 use crate::policyset::PolicySet;
 
 impl Compiled {
@@ -21,10 +21,11 @@ impl Compiled {
         idx: &ClusterIndex<'_>,
         cluster: &Cluster,
         key: SetKey,
-        used: &mut HashSet<SetId>,
+        used: &mut Vec<SetId>,
     ) -> SetId {
         if let Some(&id) = self.set_index.get(&key) {
-            used.insert(id);
+            self.set_refs[id as usize] += 1;
+            used.push(id);
             return id;
         }
         let set = IpSet {
@@ -80,7 +81,11 @@ impl Compiled {
             }
         }
         self.set_index.insert(key, id);
-        used.insert(id);
+        if self.set_refs.len() <= id as usize {
+            self.set_refs.resize(id as usize + 1, 0);
+        }
+        self.set_refs[id as usize] = 1;
+        used.push(id);
         id
     }
 
@@ -90,7 +95,7 @@ impl Compiled {
         cluster: &Cluster,
         index: usize,
         r: &Rule,
-        used: &mut HashSet<SetId>,
+        used: &mut Vec<SetId>,
     ) -> CRule {
         let peers: Vec<CPeer> = r
             .peers
@@ -177,72 +182,84 @@ impl Compiled {
         }
     }
 
+    /// Compiles one policy's rules, holding a reference on each set they use.
+    fn compile_entry(
+        &mut self,
+        idx: &ClusterIndex<'_>,
+        cluster: &Cluster,
+        p: &Policy,
+    ) -> PolicyEntry {
+        let mut sets = Vec::new();
+        let ingress = p
+            .ingress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut sets))
+            .collect();
+        let egress = p
+            .egress
+            .iter()
+            .enumerate()
+            .map(|(i, r)| self.compile_rule(idx, cluster, i, r, &mut sets))
+            .collect();
+        PolicyEntry {
+            policy: p.clone(),
+            revision: None,
+            ingress,
+            egress,
+            sets,
+        }
+    }
+
+    /// Drops an entry's references on its sets, freeing the sets no rule
+    /// uses any more.
+    fn release_entry(&mut self, e: &PolicyEntry) {
+        for &id in &e.sets {
+            let r = &mut self.set_refs[id as usize];
+            *r -= 1;
+            if *r > 0 {
+                continue;
+            }
+            let Some(Some(set)) = self.program.sets.get_mut(id as usize).map(Option::take) else {
+                continue;
+            };
+            if matches!(set.key, SetKey::NamedPort(_)) {
+                for l in &mut self.program.named_by_addr {
+                    l.retain(|e| e.0 != id);
+                }
+            }
+            if let SetKey::Pods(sel) = &set.key {
+                match &sel.namespaces {
+                    NsScope::Named(ns) => {
+                        if let Some(v) = self.sets_by_ns.get_mut(ns) {
+                            v.retain(|x| *x != id);
+                        }
+                    }
+                    NsScope::Selector(_) => self.sets_global.retain(|x| *x != id),
+                }
+            }
+            self.set_index.remove(&set.key);
+            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
+                b.clear();
+            }
+        }
+    }
+
+    /// Brings the compiled rules up to date with `policies`: compiles the
+    /// policies added or changed since the last call (in evaluation order),
+    /// drops the ones removed or replaced, and lays the program's policies
+    /// and rules out again in evaluation order, moving the unchanged ones
+    /// (their rules and sets stay). Returns the subjects (old and new) of
+    /// the policies that changed, and each old policy index's new index
+    /// (`None` when the tiers changed: every index is new).
     pub(super) fn compile_policies(
         &mut self,
         cluster: &Cluster,
         idx: &ClusterIndex<'_>,
         policies: &PolicySet,
-    ) {
-        let tiers = policies.tiers();
-        let tier_pos: HashMap<&str, u32> = tiers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i as u32))
-            .collect();
-        let mut ordered: Vec<_> = policies.policies().values().collect();
-        ordered.sort_by(|a, b| {
-            (tier_pos.get(a.tier.as_str()), &a.sort_key)
-                .cmp(&(tier_pos.get(b.tier.as_str()), &b.sort_key))
-        });
-        let mut used = HashSet::new();
-        let mut out = Vec::with_capacity(ordered.len());
-        let mut arena: Vec<CRule> = Vec::new();
-        for p in ordered {
-            let start = arena.len() as u32;
-            for (i, r) in p.ingress.iter().enumerate() {
-                let c = self.compile_rule(idx, cluster, i, r, &mut used);
-                arena.push(c);
-            }
-            let ingress = (start, arena.len() as u32);
-            for (i, r) in p.egress.iter().enumerate() {
-                let c = self.compile_rule(idx, cluster, i, r, &mut used);
-                arena.push(c);
-            }
-            let egress = (ingress.1, arena.len() as u32);
-            out.push(CPolicy {
-                key: p.key.clone(),
-                tier: tier_pos.get(p.tier.as_str()).copied().unwrap_or(0),
-                subject: p.subject.clone(),
-                applies_ingress: p.applies_ingress,
-                applies_egress: p.applies_egress,
-                ingress,
-                egress,
-            });
-        }
-        // Free the sets no rule uses any more.
-        let stale: Vec<(SetKey, SetId)> = self
-            .set_index
-            .iter()
-            .filter(|(_, id)| !used.contains(id))
-            .map(|(k, id)| (k.clone(), *id))
-            .collect();
-        for (k, id) in stale {
-            if matches!(k, SetKey::NamedPort(_)) {
-                for l in &mut self.program.named_by_addr {
-                    l.retain(|e| e.0 != id);
-                }
-            }
-            self.set_index.remove(&k);
-            self.program.sets[id as usize] = None;
-            if let Some(b) = self.program.set_bits.get_mut(id as usize) {
-                b.clear();
-            }
-            self.sets_global.retain(|x| *x != id);
-            for v in self.sets_by_ns.values_mut() {
-                v.retain(|x| *x != id);
-            }
-        }
-        self.program.tiers = tiers
+    ) -> (Vec<PodSelector>, Option<Vec<Option<u32>>>) {
+        let tiers: Vec<TierInfo> = policies
+            .tiers()
             .into_iter()
             .map(|t| TierInfo {
                 name: t.name,
@@ -250,20 +267,140 @@ impl Compiled {
                 default_action: t.default_action,
             })
             .collect();
-        self.policies_by_ns.clear();
+        let relayout = tiers != self.program.tiers;
+        let tier_pos: HashMap<String, u32> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i as u32))
+            .collect();
+        let pos = |p: &Policy| tier_pos.get(p.tier.as_str()).copied();
+
+        let mut subjects = Vec::new();
+        let mut replaced: HashSet<ObjectKey> = HashSet::new();
+        let gone: Vec<ObjectKey> = self
+            .entries
+            .keys()
+            .filter(|k| !policies.policies().contains_key(*k))
+            .cloned()
+            .collect();
+        let mut stale = Vec::new();
+        for k in gone {
+            if let Some(e) = self.entries.remove(&k) {
+                subjects.push(e.policy.subject.clone());
+                stale.push(e);
+                replaced.insert(k);
+            }
+        }
+        let mut added: Vec<&Policy> = Vec::new();
+        for p in policies.policies().values() {
+            let rev = policies.revision(&p.key);
+            match self.entries.get_mut(&p.key) {
+                Some(e) if rev.is_some() && e.revision == rev => continue,
+                Some(e) if e.policy == *p => {
+                    e.revision = rev;
+                    continue;
+                }
+                _ => {}
+            }
+            added.push(p);
+        }
+        added.sort_by(|a, b| (pos(a), &a.sort_key).cmp(&(pos(b), &b.sort_key)));
+        for &p in &added {
+            // Compiled before the old entry is released: sets both use stay.
+            let mut e = self.compile_entry(idx, cluster, p);
+            e.revision = policies.revision(&p.key);
+            subjects.push(p.subject.clone());
+            if let Some(old) = self.entries.insert(p.key.clone(), e) {
+                if old.policy.subject != p.subject {
+                    subjects.push(old.policy.subject.clone());
+                }
+                stale.push(old);
+                replaced.insert(p.key.clone());
+            }
+        }
+        for e in &stale {
+            self.release_entry(e);
+        }
+
+        // Lay out: the old order without the replaced, merged with the
+        // added; unchanged policies and their rules are moved, not copied.
+        let (old_pols, old_rules) = if relayout {
+            // Every tier index may differ: lay every policy out anew.
+            added = policies.policies().values().collect();
+            added.sort_by(|a, b| (pos(a), &a.sort_key).cmp(&(pos(b), &b.sort_key)));
+            self.program.policies.clear();
+            self.program.rules.clear();
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                std::mem::take(&mut self.program.policies),
+                std::mem::take(&mut self.program.rules),
+            )
+        };
+        let mut out: Vec<CPolicy> = Vec::with_capacity(policies.policies().len());
+        let mut arena: Vec<CRule> = Vec::with_capacity(old_rules.len());
+        let mut renumber = Vec::with_capacity(old_pols.len());
+        let mut rules = old_rules.into_iter();
+        let mut ins = added.into_iter().peekable();
+        let entries = &self.entries;
+        let push_new = |p: &Policy, out: &mut Vec<CPolicy>, arena: &mut Vec<CRule>| {
+            let e = &entries[&p.key];
+            let start = arena.len() as u32;
+            arena.extend(e.ingress.iter().cloned());
+            let ingress = (start, arena.len() as u32);
+            arena.extend(e.egress.iter().cloned());
+            out.push(CPolicy {
+                key: p.key.clone(),
+                tier: pos(p).unwrap_or(0),
+                subject: p.subject.clone(),
+                applies_ingress: p.applies_ingress,
+                applies_egress: p.applies_egress,
+                ingress,
+                egress: (ingress.1, arena.len() as u32),
+            });
+        };
+        for mut old in old_pols {
+            let n = (old.egress.1 - old.ingress.0) as usize;
+            if replaced.contains(&old.key) {
+                renumber.push(None);
+                rules.by_ref().take(n).for_each(drop);
+                continue;
+            }
+            let key = (Some(old.tier), &entries[&old.key].policy.sort_key);
+            while let Some(p) = ins.next_if(|p| (pos(p), &p.sort_key) < key) {
+                push_new(p, &mut out, &mut arena);
+            }
+            renumber.push(Some(out.len() as u32));
+            let n_in = old.ingress.1 - old.ingress.0;
+            let start = arena.len() as u32;
+            arena.extend(rules.by_ref().take(n));
+            old.ingress = (start, start + n_in);
+            old.egress = (start + n_in, arena.len() as u32);
+            out.push(old);
+        }
+        for p in ins {
+            push_new(p, &mut out, &mut arena);
+        }
+        self.program.tiers = tiers;
+        for v in self.policies_by_ns.values_mut() {
+            v.clear();
+        }
         self.policies_global.clear();
         for (i, p) in out.iter().enumerate() {
             match &p.subject.namespaces {
-                NsScope::Named(ns) => self
-                    .policies_by_ns
-                    .entry(ns.clone())
-                    .or_default()
-                    .push(i as u32),
+                NsScope::Named(ns) => match self.policies_by_ns.get_mut(ns.as_str()) {
+                    Some(v) => v.push(i as u32),
+                    None => {
+                        self.policies_by_ns.insert(ns.clone(), vec![i as u32]);
+                    }
+                },
                 NsScope::Selector(_) => self.policies_global.push(i as u32),
             }
         }
+        self.policies_by_ns.retain(|_, v| !v.is_empty());
         self.program.policies = out;
         self.program.rules = arena;
+        (subjects, (!relayout).then_some(renumber))
     }
 
     pub(super) fn rebuild_all_chains(&mut self, cluster: &Cluster, idx: &ClusterIndex<'_>) {
@@ -354,7 +491,7 @@ impl<'a> ClusterIndex<'a> {
         Self { by_ns }
     }
 
-    fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
+    pub(super) fn candidates(&self, cluster: &'a Cluster, scope: &NsScope) -> Vec<&'a Pod> {
         match scope {
             NsScope::Named(ns) => self.by_ns.get(ns.as_str()).cloned().unwrap_or_default(),
             NsScope::Selector(sel) => cluster

@@ -14,11 +14,18 @@
 //! (the interpreter, [`Program::verdict`]), `build` (compiling rules and
 //! policies, interning sets, building chains) and `update` (the
 //! incremental updates). The compiler renders nothing: the dataplane does.
+//!
+//! A change of the policies costs what it changes: each policy's compiled
+//! rules are kept with the policy they came from and reused while it is
+//! unchanged, sets are reference-counted by the rules using them, and only
+//! the endpoints an added, changed or removed policy selects (before or
+//! after) get their chains rebuilt; the others' chains are renumbered.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::cluster::Cluster;
+use crate::model::{ObjectKey, Policy};
 use crate::policyset::PolicySet;
 
 mod build;
@@ -55,6 +62,23 @@ pub struct Compiled {
     policies_global: Vec<u32>,
     /// Last known address of each pod (hostNetwork pods included).
     pod_ips: HashMap<String, IpAddr>,
+    /// Each policy as last compiled: a policy that did not change keeps its
+    /// rules and sets.
+    entries: HashMap<ObjectKey, PolicyEntry>,
+    /// By set id: how many uses by compiled rules hold the set.
+    set_refs: Vec<u32>,
+}
+
+/// One policy as compiled: the policy, its rules per direction, and the
+/// sets its rules use (once per use: each holds a reference).
+#[derive(Debug, Clone)]
+struct PolicyEntry {
+    policy: Policy,
+    /// The revision of `policy` in the set it was compiled from.
+    revision: Option<u64>,
+    ingress: Vec<CRule>,
+    egress: Vec<CRule>,
+    sets: Vec<SetId>,
 }
 
 impl Compiled {

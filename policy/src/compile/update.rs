@@ -8,20 +8,55 @@
 use std::net::IpAddr;
 
 use super::build::ClusterIndex;
-use super::program::{IpSet, SetId, SetKey};
-use super::Compiled;
+use super::program::{ChainTier, IpSet, SetId, SetKey};
+use super::{Compiled, FxHashSet};
 use crate::cluster::{Cluster, Pod};
 use crate::policyset::PolicySet;
 use crate::selector::LabelSelector;
 
 impl Compiled {
-    /// The policies changed: recompiles the rules, reusing the sets whose
-    /// keys are still used (their membership is not recomputed), creating
-    /// new ones and freeing unused ones; then rebuilds the chains.
+    /// The policies changed: compiles the policies added or changed (a
+    /// policy that did not change keeps its rules and sets), frees the sets
+    /// no rule uses any more, rebuilds the chains of the endpoints that a
+    /// changed policy selects or selected, and renumbers the others'. A
+    /// change of the tiers rebuilds every chain.
     pub fn update_policies(&mut self, cluster: &Cluster, policies: &PolicySet) {
         let idx = ClusterIndex::new(cluster);
-        self.compile_policies(cluster, &idx, policies);
-        self.rebuild_all_chains(cluster, &idx);
+        let (subjects, renumber) = self.compile_policies(cluster, &idx, policies);
+        let Some(renumber) = renumber else {
+            self.rebuild_all_chains(cluster, &idx);
+            return;
+        };
+        if subjects.is_empty() {
+            return;
+        }
+        let mut affected: FxHashSet<IpAddr> = FxHashSet::default();
+        for sel in &subjects {
+            for p in idx.candidates(cluster, &sel.namespaces) {
+                if !p.host_network && cluster.selects(sel, p) {
+                    affected.insert(p.ip);
+                }
+            }
+        }
+        let mut rebuild = Vec::new();
+        let policies = &self.program.policies;
+        for (ip, ep) in self.program.endpoints.iter_mut() {
+            if affected.contains(ip) {
+                rebuild.push(ep.pod.clone());
+                continue;
+            }
+            let ok = renumber_chain(&mut ep.ingress, &renumber, |i| policies[i].ingress)
+                && renumber_chain(&mut ep.egress, &renumber, |i| policies[i].egress);
+            if !ok {
+                rebuild.push(ep.pod.clone());
+            }
+        }
+        for key in rebuild {
+            if let Some(p) = cluster.pods.get(&key) {
+                let ep = self.endpoint_program(cluster, p);
+                self.program.endpoints.insert(p.ip, ep);
+            }
+        }
     }
 
     /// A pod was added, changed (labels, ports, address) or removed
@@ -190,4 +225,25 @@ impl Compiled {
             }
         }
     }
+}
+
+/// Renumbers an endpoint's chain after the policies were laid out again:
+/// each policy index through `renumber`, each rule range from the policy's
+/// new range. Returns `false` when a policy of the chain is gone (the chain
+/// must then be rebuilt).
+fn renumber_chain(
+    chain: &mut [ChainTier],
+    renumber: &[Option<u32>],
+    range: impl Fn(usize) -> (u32, u32),
+) -> bool {
+    for ct in chain {
+        for (pi, r) in ct.policies.iter_mut().zip(ct.rules.iter_mut()) {
+            let Some(Some(n)) = renumber.get(*pi as usize) else {
+                return false;
+            };
+            *pi = *n;
+            *r = range(*n as usize);
+        }
+    }
+    true
 }
