@@ -77,23 +77,28 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
-/// Waits until `a` or `b` is readable or `timeout_ms` passes.
-pub fn poll_readable2(a: RawFd, b: RawFd, timeout_ms: i32) -> io::Result<usize> {
-    let mut p = [a, b].map(|fd| libc::pollfd {
-        fd,
+/// Waits until one of `fds` is readable or `timeout_ms` passes (0: just
+/// look); returns whether one is.
+pub fn poll_any(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
+    let mut p = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    });
-    // SAFETY: two valid pollfds.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
-    if n < 0 {
+    }; 8];
+    let n = fds.len().min(p.len());
+    for (slot, &fd) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
+    // SAFETY: `n` valid pollfds in a local array.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+    if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
+            return Ok(false);
         }
         return Err(e);
     }
-    Ok(n as usize)
+    Ok(r > 0)
 }
 
 /// Enables `UDP_GRO` on a UDP socket: `recvmmsg` may then return several
