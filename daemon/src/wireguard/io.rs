@@ -183,29 +183,30 @@ pub fn queue_loop(w: WorkerIo) {
         coalescer: offload::Coalescer::default(),
         replies: BatchSink::new(false, fds.len()),
     };
-    // What the thread waits on: its TUN queue (tx) and its lanes' sockets (rx).
-    let mut waits: Vec<RawFd> = Vec::new();
-    if w.dirs.tx {
-        waits.push(tfd);
-    }
+    // What the thread waits on: its TUN queue (tx, bit 0) and its lanes'
+    // sockets (rx, the next bits); `ready` holds the bits worth a try.
+    let mut waits: Vec<RawFd> = vec![if w.dirs.tx { tfd } else { -1 }];
     if w.dirs.rx {
         waits.extend(w.rx_lanes.iter().map(|&l| fds[l]));
     }
+    let all = u32::MAX;
     let mut spinner = Spinner::new(w.spin, Instant::now());
     let mut holding = false;
-    let mut ready = true;
+    let mut ready = all;
     while !w.stop.load(Ordering::Relaxed) {
         let mut work = 0;
-        if ready {
-            if w.dirs.tx {
-                work += tx_round(&w, &mut tx, tfd);
-            }
-            if w.dirs.rx {
-                for &l in &w.rx_lanes {
+        if w.dirs.tx && ready & 1 != 0 {
+            work += tx_round(&w, &mut tx, tfd);
+        }
+        if w.dirs.rx {
+            for (i, &l) in w.rx_lanes.iter().enumerate() {
+                if ready & (2 << i) != 0 {
                     work += rx_round(&w, &mut rx, tfd, l);
                 }
             }
         }
+        // After work, try everything again: more may have come meanwhile.
+        ready = all;
         if work > 0 {
             spinner.worked(Instant::now());
             continue;
@@ -224,8 +225,8 @@ pub fn queue_loop(w: WorkerIo) {
             // (cheaper than trying every read); then let anything else
             // runnable on this CPU go first: if something did, the CPU is
             // contended and the spinner stops polling.
-            ready = sys::poll_any(&waits, 0).unwrap_or(true);
-            if !ready {
+            ready = sys::poll_any(&waits, 0).unwrap_or(all);
+            if ready == 0 {
                 std::thread::yield_now();
                 spinner.yielded(now.elapsed());
             }
@@ -235,7 +236,7 @@ pub fn queue_loop(w: WorkerIo) {
             w.spin_token.store(false, Ordering::Release);
             holding = false;
         }
-        ready = sys::poll_any(&waits, 200).unwrap_or(true);
+        ready = sys::poll_any(&waits, 200).unwrap_or(all);
     }
     if holding {
         w.spin_token.store(false, Ordering::Release);

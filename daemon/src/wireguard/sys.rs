@@ -77,14 +77,14 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
-/// Waits until one of `fds` is readable or `timeout_ms` passes (0: just
-/// look); returns whether one is.
-pub fn poll_any(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
+/// Waits until one of `fds` (at most 32) is readable or `timeout_ms` passes
+/// (0: just look); returns a mask of the readable ones (bit `i` for `fds[i]`).
+pub fn poll_any(fds: &[RawFd], timeout_ms: i32) -> io::Result<u32> {
     let mut p = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    }; 8];
+    }; 32];
     let n = fds.len().min(p.len());
     for (slot, &fd) in p.iter_mut().zip(fds) {
         slot.fd = fd;
@@ -94,11 +94,17 @@ pub fn poll_any(fds: &[RawFd], timeout_ms: i32) -> io::Result<bool> {
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+            return Ok(0);
         }
         return Err(e);
     }
-    Ok(r > 0)
+    let mut mask = 0u32;
+    for (i, q) in p[..n].iter().enumerate() {
+        if q.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            mask |= 1 << i;
+        }
+    }
+    Ok(mask)
 }
 
 /// Enables `UDP_GRO` on a UDP socket: `recvmmsg` may then return several
