@@ -1,8 +1,9 @@
 //! The WireGuard cross-platform userspace API (the `wg` tool's protocol) on
 //! `<dir>/veil-wg.sock`: `get=1` lists the device and its peers as
 //! `wg show veil-wg` expects: one peer per node, whatever its number of
-//! lanes (their bytes summed, the latest handshake of the sending lanes). `set=1` is refused: peers come from the
-//! datastore and keys are rotated with `veilctl wireguard rotate-key`.
+//! lanes (their bytes summed, the latest handshake of the sending lanes).
+//! `set=1` is refused: peers come from the datastore and keys are rotated
+//! with `veilctl wireguard rotate-key`.
 
 use std::path::Path;
 use std::sync::Arc;
