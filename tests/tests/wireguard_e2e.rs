@@ -20,6 +20,12 @@ use serde_json::Value;
 use veil_tests::{bin, call, require_root, run_ok, unique_prefix, Netns, VeildArgs};
 
 const WG_PORT: u16 = 51820;
+/// WireGuard lanes between two nodes (ports WG_PORT..WG_PORT + LANES).
+const LANES: u16 = 4;
+
+fn is_wg_port(p: u16) -> bool {
+    (WG_PORT..WG_PORT + LANES).contains(&p)
+}
 const MARKER: &[u8] = b"VEIL-CLEAR-PAYLOAD-MARKER-7f3a";
 
 /// Tests share two cores: run them one at a time.
@@ -417,7 +423,7 @@ fn check_pcap(data: &[u8]) -> Result<usize, String> {
                     let iihl = ((inner[0] & 0x0f) as usize) * 4;
                     let quoted_wg = inner[9] == 17
                         && inner.len() >= iihl + 4
-                        && u16::from_be_bytes([inner[iihl + 2], inner[iihl + 3]]) == WG_PORT;
+                        && is_wg_port(u16::from_be_bytes([inner[iihl + 2], inner[iihl + 3]]));
                     if quoted_wg {
                         continue;
                     }
@@ -425,7 +431,8 @@ fn check_pcap(data: &[u8]) -> Result<usize, String> {
                 let udp_wg = ip[9] == 17 && {
                     let sport = u16::from_be_bytes([ip[ihl], ip[ihl + 1]]);
                     let dport = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
-                    sport == WG_PORT && dport == WG_PORT
+                    // Lane `l` runs between the ports WG_PORT + l of both nodes.
+                    is_wg_port(sport) && sport == dport
                 };
                 if !udp_wg {
                     return Err(format!(

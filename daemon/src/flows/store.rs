@@ -163,7 +163,8 @@ impl Flows {
         }
         // WireGuard's own UDP between nodes carries the pod flows we already see.
         e.orig.protocol == veil_graph::Protocol::Udp
-            && (e.orig.dst_port == self.wireguard_port || e.orig.src_port == self.wireguard_port)
+            && (crate::wireguard::lanes::is_lane_port(self.wireguard_port, e.orig.dst_port)
+                || crate::wireguard::lanes::is_lane_port(self.wireguard_port, e.orig.src_port))
     }
 
     /// Resolves and ingests conntrack events observed at `now`.

@@ -160,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     table.host = Some(crate::dataplane::nftables::host::HostProtection {
         pod_cidr: config.pod_cidr,
         tcp_ports: vec![config.http_listen.port()],
-        udp_ports: vec![config.wireguard_port],
+        udp_ports: crate::wireguard::lanes::ports(config.wireguard_port),
     });
     let filter = Filter::install(table)?;
     let (applied_tx, applied_rx) =

@@ -1,15 +1,24 @@
 //! The WireGuard datapath: a peer table (immutable, swapped whole on change) and
 //! the per-packet logic around boringtun's `noise::Tunn`.
 //!
+//! Lanes: between two nodes there are [`LANES`] independent WireGuard
+//! sessions, each with its own `Tunn` and its own UDP port on both sides
+//! (`port + lane`). A packet's lane is a symmetric hash of its inner flow
+//! ([`flow_lane`]), so a flow always uses one lane (order kept, both
+//! directions on the same one) while different flows spread over lanes, and
+//! over the receiving node's threads and CPUs (each lane has its own socket;
+//! the distinct UDP 5-tuples also spread over RSS/RPS queues of the underlay).
+//!
 //! Invariants:
 //! - nothing but `Tunn` output is ever sent on the UDP socket: a packet from
 //!   the TUN is encrypted for the peer owning its destination, queued by `Tunn`
 //!   until a session exists, or dropped and counted (no peer);
 //! - a decrypted packet is written to the TUN only if its source address is
 //!   inside the allowed IPs (pod CIDRs) of the peer it came from;
-//! - a remote node is a *slot* with a current `Tunn` and, during a key change,
-//!   a retiring one (make-before-break): sending uses the current one once its
-//!   session is up, the retiring one until then; both receive.
+//! - a remote node is a *slot* with a current generation of `Tunn`s (one per
+//!   lane) and, during a key change, a retiring one (make-before-break): a lane
+//!   sends with the current `Tunn` once its session is up, the retiring one
+//!   until then; both receive.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,13 +32,14 @@ use ipnetwork::IpNetwork;
 use prometheus_client::metrics::counter::Counter;
 
 use super::keys::KeyPair;
+pub use super::lanes::{flow_lane, lane_endpoint, LANES};
 use super::peers::DesiredPeer;
+pub use super::sink::{Sink, VecSink};
 
 /// How long a retiring `Tunn` stays after its successor's session is up.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
 /// How long a retiring `Tunn` stays at most.
 pub const RETIRE_MAX: Duration = Duration::from_secs(90);
-
 /// Datapath-wide counters (registered on `/metrics`).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -62,6 +72,8 @@ pub struct Peer {
     pub local_key: [u8; 32],
     /// `Tunn` index (receiver indices are `index << 8 | n`).
     pub index: u32,
+    /// The lane this `Tunn` carries.
+    pub lane: usize,
     tunn: Mutex<Tunn>,
     /// A session is up (refreshed by the timers).
     pub established: AtomicBool,
@@ -80,14 +92,15 @@ impl std::fmt::Debug for Peer {
         f.debug_struct("Peer")
             .field("node", &self.node)
             .field("index", &self.index)
+            .field("lane", &self.lane)
             .field("established", &self.established.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl Peer {
-    /// A new `Tunn` between `local` and `remote_key`.
-    pub fn new(node: &str, local: &KeyPair, remote_key: [u8; 32], index: u32) -> Self {
+    /// A new `Tunn` between `local` and `remote_key` for `lane`.
+    pub fn new(node: &str, local: &KeyPair, remote_key: [u8; 32], index: u32, lane: usize) -> Self {
         let tunn = Tunn::new(
             local.secret.clone(),
             boringtun::x25519::PublicKey::from(remote_key),
@@ -101,6 +114,7 @@ impl Peer {
             remote_key,
             local_key: local.public_bytes(),
             index,
+            lane,
             tunn: Mutex::new(tunn),
             established: AtomicBool::new(false),
             rx_bytes: AtomicU64::new(0),
@@ -129,36 +143,92 @@ impl Peer {
     }
 }
 
+/// The `Tunn`s of one pair of keys: one per lane, in lane order.
+pub type Lanes = Vec<Arc<Peer>>;
+
+fn new_lanes(
+    node: &str,
+    local: &KeyPair,
+    remote_key: [u8; 32],
+    next_index: &mut dyn FnMut() -> u32,
+) -> Lanes {
+    (0..LANES)
+        .map(|l| Arc::new(Peer::new(node, local, remote_key, next_index(), l)))
+        .collect()
+}
+
+fn all_established(lanes: &Lanes) -> bool {
+    lanes.iter().all(|p| p.established.load(Ordering::Relaxed))
+}
+
 /// A remote node.
 #[derive(Debug, Clone)]
 pub struct Slot {
     /// Node name.
     pub node: String,
-    /// Where to send.
+    /// Where to send (lane 0; lane `l` is at port + `l`).
     pub endpoint: SocketAddr,
     /// Its pod CIDRs.
     pub allowed: Vec<IpNetwork>,
-    /// The `Tunn` for the current keys.
-    pub current: Arc<Peer>,
-    /// The `Tunn` for the previous keys, while a key change completes.
-    pub retiring: Option<Arc<Peer>>,
+    /// The `Tunn`s for the current keys, one per lane.
+    pub current: Lanes,
+    /// The `Tunn`s for the previous keys, while a key change completes.
+    pub retiring: Option<Lanes>,
 }
 
 impl Slot {
-    /// The `Tunn` to send with.
-    pub fn sender(&self) -> &Arc<Peer> {
-        if !self.current.established.load(Ordering::Relaxed) {
-            if let Some(r) = &self.retiring {
+    /// The `Tunn` to send with on `lane`.
+    pub fn sender(&self, lane: usize) -> &Arc<Peer> {
+        let cur = &self.current[lane % self.current.len()];
+        if !cur.established.load(Ordering::Relaxed) {
+            if let Some(r) = self.retiring.as_ref().and_then(|r| r.get(lane)) {
                 if r.established.load(Ordering::Relaxed) {
                     return r;
                 }
             }
         }
-        &self.current
+        cur
     }
 
-    fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        std::iter::once(&self.current).chain(self.retiring.iter())
+    /// Every lane of the current keys has a session.
+    pub fn established(&self) -> bool {
+        all_established(&self.current)
+    }
+
+    /// Every lane can send: with the current keys or, while they handshake,
+    /// with the retiring ones.
+    pub fn sending(&self) -> bool {
+        (0..self.current.len()).all(|l| self.sender(l).established.load(Ordering::Relaxed))
+    }
+
+    /// The latest completed handshake of any lane that sends.
+    pub fn last_handshake(&self) -> Option<SystemTime> {
+        (0..self.current.len())
+            .filter_map(|l| {
+                *self
+                    .sender(l)
+                    .last_handshake
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            })
+            .max()
+    }
+
+    /// Bytes received and sent over every `Tunn` of the slot.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.peers().fold((0, 0), |(rx, tx), p| {
+            (
+                rx + p.rx_bytes.load(Ordering::Relaxed),
+                tx + p.tx_bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Every `Tunn`: the current ones, then the retiring ones.
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.current
+            .iter()
+            .chain(self.retiring.iter().flat_map(|r| r.iter()))
     }
 }
 
@@ -191,14 +261,22 @@ impl Table {
         for d in desired {
             let prev = old.slots.iter().find(|s| s.node == d.node);
             let (current, mut retiring) = match prev {
-                Some(s) if s.current.remote_key == d.key && s.current.local_key == local_pub => {
+                Some(s)
+                    if s.current[0].remote_key == d.key
+                        && s.current[0].local_key == local_pub
+                        && s.current.len() == LANES =>
+                {
                     (s.current.clone(), s.retiring.clone())
                 }
                 Some(s) => {
-                    let p = Arc::new(Peer::new(&d.node, local, d.key, next_index()));
-                    fresh.push(p.clone());
-                    // Keep the old Tunn only if it carries traffic.
-                    let keep = if s.current.established.load(Ordering::Relaxed) {
+                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    fresh.extend(p.iter().cloned());
+                    // Keep the old Tunns only if they carry traffic.
+                    let keep = if s
+                        .current
+                        .iter()
+                        .any(|p| p.established.load(Ordering::Relaxed))
+                    {
                         Some(s.current.clone())
                     } else {
                         s.retiring.clone()
@@ -206,20 +284,22 @@ impl Table {
                     (p, keep)
                 }
                 None => {
-                    let p = Arc::new(Peer::new(&d.node, local, d.key, next_index()));
-                    fresh.push(p.clone());
+                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    fresh.extend(p.iter().cloned());
                     (p, None)
                 }
             };
             if let Some(r) = &retiring {
-                let cur_up_for = current
-                    .last_handshake
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .and_then(|t| t.elapsed().ok());
-                let done = current.established.load(Ordering::Relaxed)
-                    && cur_up_for.is_some_and(|d| d >= RETIRE_GRACE);
-                if done || now.duration_since(r.created) >= RETIRE_MAX + RETIRE_GRACE {
+                // Done when every lane's new session has been up for the grace time.
+                let done = current.iter().all(|c| {
+                    c.established.load(Ordering::Relaxed)
+                        && c.last_handshake
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|d| d >= RETIRE_GRACE)
+                });
+                if done || now.duration_since(r[0].created) >= RETIRE_MAX + RETIRE_GRACE {
                     retiring = None;
                 }
             }
@@ -288,10 +368,15 @@ impl Table {
         self.by_index.get(&(receiver_idx >> 8))
     }
 
-    fn by_keys(&self, remote: &[u8; 32], local: &[u8; 32]) -> Option<(Arc<Peer>, usize)> {
+    fn by_keys(
+        &self,
+        remote: &[u8; 32],
+        local: &[u8; 32],
+        lane: usize,
+    ) -> Option<(Arc<Peer>, usize)> {
         self.slots.iter().enumerate().find_map(|(i, s)| {
             s.peers()
-                .find(|p| &p.remote_key == remote && &p.local_key == local)
+                .find(|p| &p.remote_key == remote && &p.local_key == local && p.lane == lane)
                 .map(|p| (p.clone(), i))
         })
     }
@@ -325,33 +410,6 @@ fn src_addr(pkt: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// Where outgoing datagrams go: appended to a buffer by `Tunn` directly.
-pub trait Sink {
-    /// A buffer with at least `room` free bytes after its current end; the
-    /// caller writes there and then calls [`Sink::commit`].
-    fn reserve(&mut self, room: usize) -> &mut [u8];
-    /// The first `len` reserved bytes are one datagram to `to`.
-    fn commit(&mut self, len: usize, to: SocketAddr);
-}
-
-/// A [`Sink`] collecting datagrams in memory (tests, control paths).
-#[derive(Debug, Default)]
-pub struct VecSink {
-    /// Datagrams and their destinations.
-    pub out: Vec<(Vec<u8>, SocketAddr)>,
-    buf: Vec<u8>,
-}
-
-impl Sink for VecSink {
-    fn reserve(&mut self, room: usize) -> &mut [u8] {
-        self.buf.resize(room, 0);
-        &mut self.buf
-    }
-    fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.out.push((self.buf[..len].to_vec(), to));
-    }
-}
-
 /// What happened to a packet from the TUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxVerdict {
@@ -374,9 +432,10 @@ pub fn encapsulate(shared: &Shared, table: &Table, pkt: &[u8], sink: &mut dyn Si
         shared.counters.dropped_no_peer.inc();
         return TxVerdict::NoPeer;
     };
-    let peer = slot.sender();
+    let lane = flow_lane(pkt);
+    let peer = slot.sender(lane);
     let room = (pkt.len() + 32).max(148);
-    let buf = sink.reserve(room);
+    let buf = sink.reserve(lane, room);
     let mut t = peer.tunn();
     match t.encapsulate(pkt, buf) {
         TunnResult::WriteToNetwork(out) => {
@@ -385,7 +444,7 @@ pub fn encapsulate(shared: &Shared, table: &Table, pkt: &[u8], sink: &mut dyn Si
             // 16); a handshake initiation (148 bytes) means no session yet.
             let data = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) == 4;
             drop(t);
-            sink.commit(len, slot.endpoint);
+            sink.commit(len, lane_endpoint(slot.endpoint, lane));
             if data {
                 peer.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
                 TxVerdict::Sent
@@ -418,12 +477,13 @@ pub enum RxVerdict {
     Dropped,
 }
 
-/// Decrypts one datagram from `from`. A plain packet is left in `plain`
-/// (at least `datagram.len()` bytes, and 148 or more); protocol replies and
-/// packets `Tunn` had queued go to `sink`.
+/// Decrypts one datagram from `from` that arrived on `lane`'s socket. A plain
+/// packet is left in `plain` (at least `datagram.len()` bytes, and 148 or
+/// more); protocol replies and packets `Tunn` had queued go to `sink`.
 pub fn decapsulate(
     shared: &Shared,
     table: &Table,
+    lane: usize,
     from: SocketAddr,
     datagram: &[u8],
     plain: &mut [u8],
@@ -442,7 +502,7 @@ pub fn decapsulate(
             let mut found = None;
             for k in &table.keys {
                 if let Ok(half) = parse_handshake_anon(&k.secret, &k.public, init) {
-                    found = table.by_keys(&half.peer_static_public, &k.public_bytes());
+                    found = table.by_keys(&half.peer_static_public, &k.public_bytes(), lane);
                     if found.is_none() {
                         tracing::debug!(
                             peer.key = %super::keys::to_base64(&half.peer_static_public),
@@ -483,21 +543,22 @@ pub fn decapsulate(
         },
     };
     let slot = &table.slots[slot_idx];
+    let to = lane_endpoint(slot.endpoint, peer.lane);
     let mut t = peer.tunn();
     let r = t.decapsulate(Some(from.ip()), datagram, plain);
     match r {
         TunnResult::WriteToNetwork(out) => {
             let len = out.len();
-            let buf = sink.reserve(len);
+            let buf = sink.reserve(peer.lane, len);
             buf[..len].copy_from_slice(&plain[..len]);
-            sink.commit(len, slot.endpoint);
+            sink.commit(len, to);
             // Flush packets Tunn queued while waiting for this handshake.
             loop {
-                let buf = sink.reserve(65_600);
+                let buf = sink.reserve(peer.lane, 65_600);
                 match t.decapsulate(None, &[], buf) {
                     TunnResult::WriteToNetwork(out) => {
                         let len = out.len();
-                        sink.commit(len, slot.endpoint);
+                        sink.commit(len, to);
                     }
                     _ => break,
                 }
@@ -545,10 +606,10 @@ pub fn decapsulate(
 pub fn tick(table: &Table, sink: &mut dyn Sink) {
     for (slot, peer) in table.peers() {
         let mut t = peer.tunn();
-        let buf = sink.reserve(256);
+        let buf = sink.reserve(peer.lane, 256);
         if let TunnResult::WriteToNetwork(out) = t.update_timers(buf) {
             let len = out.len();
-            sink.commit(len, slot.endpoint);
+            sink.commit(len, lane_endpoint(slot.endpoint, peer.lane));
         }
         peer.refresh(&t);
     }
@@ -560,10 +621,10 @@ pub fn kick(table: &Table, peer: &Peer, sink: &mut dyn Sink) {
         return;
     };
     let mut t = peer.tunn();
-    let buf = sink.reserve(256);
+    let buf = sink.reserve(peer.lane, 256);
     if let TunnResult::WriteToNetwork(out) = t.format_handshake_initiation(buf, false) {
         let len = out.len();
-        sink.commit(len, slot.endpoint);
+        sink.commit(len, lane_endpoint(slot.endpoint, peer.lane));
     }
 }
 

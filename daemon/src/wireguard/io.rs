@@ -1,15 +1,18 @@
-//! The datapath threads: one per TUN queue, owning that queue and one UDP
-//! socket. It reads the TUN, encrypts and sends with `sendmmsg` (UDP GSO
-//! trains when the kernel has them), and receives with `recvmmsg` (UDP GRO when
-//! available), decrypts and writes to the TUN: the whole path of a packet runs
-//! on the thread that read it, with no hand-off. Blocking IO on dedicated OS
+//! The datapath threads: one per TUN queue, owning that queue and the UDP
+//! sockets of the lanes `l` with `l % threads == thread` (see `lanes`). A
+//! thread reads its TUN queue, encrypts and sends with `sendmmsg` from the
+//! socket of each packet's lane (UDP GSO trains when the kernel has them), and
+//! receives on its lane sockets with `recvmmsg` (UDP GRO when available),
+//! decrypts and writes to its TUN queue: the whole path of a packet runs on
+//! the thread that read it, with no hand-off. Blocking IO on dedicated OS
 //! threads, never on tokio.
 //!
 //! Both directions share the thread on purpose: the kernel steers a flow's
 //! packets to the TUN queue its last packet was written to, so a reply comes
-//! back to the thread that delivered the request, which is still busy-polling
-//! (see `spin`) and forwards it without a wake-up. A lone packet is never held
-//! back to fill a batch: batches are whatever is ready at once.
+//! back to the thread that delivered the request, which may still be
+//! busy-polling (see `spin`) and forwards it without a wake-up. A lone packet
+//! is never held back to fill a batch: batches are whatever is ready at once.
+//! Only one thread of the process busy-polls at a time (a shared token).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -22,56 +25,77 @@ use super::offload::{self, VnetHdr};
 use super::spin::{SpinConfig, Spinner};
 use super::sys::{self, RecvBatch, SendBatch, VNET_HDR_LEN};
 
-/// A [`Sink`] appending to a `sendmmsg` batch.
-pub struct BatchSink {
-    /// The batch.
-    pub batch: SendBatch,
-    /// Coalesce same-size datagrams into GSO trains.
-    pub gso: bool,
+/// One lane's `sendmmsg` batch.
+struct LaneBatch {
+    batch: SendBatch,
     start: usize,
     end: usize,
 }
 
+/// A [`Sink`] appending to one `sendmmsg` batch per lane socket.
+pub struct BatchSink {
+    lanes: Vec<LaneBatch>,
+    /// Coalesce same-size datagrams into GSO trains.
+    pub gso: bool,
+    cur: usize,
+    queued: usize,
+}
+
 impl BatchSink {
-    /// An empty sink.
-    pub fn new(gso: bool) -> Self {
+    /// An empty sink for `lanes` sockets.
+    pub fn new(gso: bool, lanes: usize) -> Self {
         Self {
-            batch: SendBatch::new(),
+            lanes: (0..lanes.max(1))
+                .map(|_| LaneBatch {
+                    batch: SendBatch::new(),
+                    start: 0,
+                    end: 0,
+                })
+                .collect(),
             gso,
-            start: 0,
-            end: 0,
+            cur: 0,
+            queued: 0,
         }
     }
 }
 
 impl Sink for BatchSink {
-    fn reserve(&mut self, room: usize) -> &mut [u8] {
-        self.start = self.end;
-        if self.batch.data.len() < self.start + room {
-            self.batch.data.resize(self.start + room, 0);
+    fn reserve(&mut self, lane: usize, room: usize) -> &mut [u8] {
+        self.cur = lane % self.lanes.len();
+        let b = &mut self.lanes[self.cur];
+        b.start = b.end;
+        if b.batch.data.len() < b.start + room {
+            b.batch.data.resize(b.start + room, 0);
         }
-        &mut self.batch.data[self.start..self.start + room]
+        &mut b.batch.data[b.start..b.start + room]
     }
     fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.end = self.start + len;
-        self.batch.push_coalesce(self.start, len, to, self.gso);
+        let b = &mut self.lanes[self.cur];
+        b.end = b.start + len;
+        self.queued += len;
+        b.batch.push_coalesce(b.start, len, to, self.gso);
     }
 }
 
 impl BatchSink {
     /// Bytes queued.
     pub fn queued_bytes(&self) -> usize {
-        self.end
+        self.queued
     }
 
-    /// Sends what is queued; returns the number of datagrams dropped.
-    pub fn flush(&mut self, fd: std::os::fd::RawFd) -> usize {
-        self.end = 0;
-        self.start = 0;
-        if self.batch.is_empty() {
-            return 0;
+    /// Sends what is queued, lane `l`'s datagrams from `fds[l]`; returns the
+    /// number of datagrams dropped.
+    pub fn flush(&mut self, fds: &[RawFd]) -> usize {
+        self.queued = 0;
+        let mut dropped = 0;
+        for (l, b) in self.lanes.iter_mut().enumerate() {
+            b.start = 0;
+            b.end = 0;
+            if !b.batch.is_empty() {
+                dropped += b.batch.flush(fds[l % fds.len()]);
+            }
         }
-        self.batch.flush(fd)
+        dropped
     }
 }
 
@@ -81,8 +105,12 @@ pub struct WorkerIo {
     pub shared: Arc<Shared>,
     /// The TUN queue.
     pub tun: Arc<OwnedFd>,
-    /// The UDP socket.
-    pub udp: Arc<UdpSocket>,
+    /// Every lane's UDP socket (sending), in lane order.
+    pub udps: Vec<Arc<UdpSocket>>,
+    /// The lanes this thread receives.
+    pub rx_lanes: Vec<usize>,
+    /// Held by the one thread of the process that busy-polls.
+    pub spin_token: Arc<AtomicBool>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
     /// UDP GSO available.
@@ -117,6 +145,8 @@ const MAX_TX_BYTES: usize = 1 << 20;
 
 /// Buffers of the TUN → UDP direction, reused for every packet.
 struct TxState {
+    /// Lane sockets' descriptors, in lane order.
+    fds: Vec<RawFd>,
     buf: Vec<u8>,
     scratch: Vec<u8>,
     sink: BatchSink,
@@ -124,6 +154,8 @@ struct TxState {
 
 /// Buffers of the UDP → TUN direction, reused for every batch.
 struct RxState {
+    /// Lane sockets' descriptors, in lane order.
+    fds: Vec<RawFd>,
     rb: RecvBatch,
     /// Decrypted packets of one batch, back to back, then merged per flow.
     arena: Vec<u8>,
@@ -135,56 +167,85 @@ struct RxState {
 /// One queue's thread: TUN ⇄ UDP until `stop`.
 pub fn queue_loop(w: WorkerIo) {
     let tfd = w.tun.as_raw_fd();
-    let ufd = w.udp.as_raw_fd();
+    let fds: Vec<RawFd> = w.udps.iter().map(|u| u.as_raw_fd()).collect();
     let mut tx = TxState {
+        fds: fds.clone(),
         buf: vec![0u8; 65536 + VNET_HDR_LEN],
         scratch: Vec::with_capacity(65536),
-        sink: BatchSink::new(w.gso),
+        sink: BatchSink::new(w.gso, fds.len()),
     };
     let (n, size) = if w.gro { (16, 65536) } else { (64, 2048) };
     let mut rx = RxState {
+        fds: fds.clone(),
         rb: RecvBatch::new(n, size),
         arena: Vec::with_capacity(2 << 20),
         ranges: Vec::with_capacity(1024),
         coalescer: offload::Coalescer::default(),
-        replies: BatchSink::new(false),
+        replies: BatchSink::new(false, fds.len()),
     };
+    // What the thread waits on: its TUN queue (tx, bit 0) and its lanes'
+    // sockets (rx, the next bits); `ready` holds the bits worth a try.
+    let mut waits: Vec<RawFd> = vec![if w.dirs.tx { tfd } else { -1 }];
+    if w.dirs.rx {
+        waits.extend(w.rx_lanes.iter().map(|&l| fds[l]));
+    }
+    let all = u32::MAX;
     let mut spinner = Spinner::new(w.spin, Instant::now());
+    let mut holding = false;
+    let mut ready = all;
     while !w.stop.load(Ordering::Relaxed) {
-        let sent = if w.dirs.tx {
-            tx_round(&w, &mut tx, tfd, ufd)
-        } else {
-            0
-        };
-        let received = if w.dirs.rx {
-            rx_round(&w, &mut rx, tfd, ufd)
-        } else {
-            0
-        };
-        if sent + received > 0 {
+        let mut work = 0;
+        if w.dirs.tx && ready & 1 != 0 {
+            work += tx_round(&w, &mut tx, tfd);
+        }
+        if w.dirs.rx {
+            for (i, &l) in w.rx_lanes.iter().enumerate() {
+                if ready & (2 << i) != 0 {
+                    work += rx_round(&w, &mut rx, tfd, l);
+                }
+            }
+        }
+        // After work, try everything again: more may have come meanwhile.
+        ready = all;
+        if work > 0 {
             spinner.worked(Instant::now());
             continue;
         }
         let now = Instant::now();
-        if spinner.keep_polling(now) {
-            // Let anything else runnable on this CPU go first; if something
-            // did, the CPU is contended and the spinner stops polling.
-            std::thread::yield_now();
-            spinner.yielded(now.elapsed());
+        // Busy-poll only while holding the process's token: one spinning
+        // thread at most, whatever the number of queues.
+        if !holding && spinner.keep_polling(now) {
+            holding = w
+                .spin_token
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok();
+        }
+        if holding && spinner.keep_polling(now) {
+            // One poll(2) with no timeout tells whether anything is ready
+            // (cheaper than trying every read); then let anything else
+            // runnable on this CPU go first: if something did, the CPU is
+            // contended and the spinner stops polling.
+            ready = sys::poll_any(&waits, 0).unwrap_or(all);
+            if ready == 0 {
+                std::thread::yield_now();
+                spinner.yielded(now.elapsed());
+            }
             continue;
         }
-        // poll(2) skips negative descriptors.
-        let _ = sys::poll_readable2(
-            if w.dirs.tx { tfd } else { -1 },
-            if w.dirs.rx { ufd } else { -1 },
-            200,
-        );
+        if holding {
+            w.spin_token.store(false, Ordering::Release);
+            holding = false;
+        }
+        ready = sys::poll_any(&waits, 200).unwrap_or(all);
+    }
+    if holding {
+        w.spin_token.store(false, Ordering::Release);
     }
 }
 
 /// Reads what the TUN queue holds (bounded), encrypts and sends it; returns
 /// the number of reads.
-fn tx_round(w: &WorkerIo, s: &mut TxState, fd: RawFd, ufd: RawFd) -> usize {
+fn tx_round(w: &WorkerIo, s: &mut TxState, fd: RawFd) -> usize {
     let table = w.shared.table();
     let sink = &mut s.sink;
     let mut reads = 0;
@@ -227,17 +288,17 @@ fn tx_round(w: &WorkerIo, s: &mut TxState, fd: RawFd, ufd: RawFd) -> usize {
         }
         datapath::encapsulate(&w.shared, &table, pkt, sink);
     }
-    let dropped = sink.flush(ufd);
+    let dropped = sink.flush(&s.fds);
     if dropped > 0 {
         w.shared.counters.io_drops.inc_by(dropped as u64);
     }
     reads
 }
 
-/// Receives one batch of datagrams, decrypts it and writes it to the TUN;
-/// returns the number of datagrams.
-fn rx_round(w: &WorkerIo, s: &mut RxState, fd: RawFd, ufd: RawFd) -> usize {
-    let got = match s.rb.recv(ufd) {
+/// Receives one batch of datagrams on `lane`'s socket, decrypts it and
+/// writes it to the TUN; returns the number of datagrams.
+fn rx_round(w: &WorkerIo, s: &mut RxState, fd: RawFd, lane: usize) -> usize {
+    let got = match s.rb.recv(s.fds[lane]) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "wireguard: udp receive");
@@ -265,6 +326,7 @@ fn rx_round(w: &WorkerIo, s: &mut RxState, fd: RawFd, ufd: RawFd) -> usize {
             let verdict = datapath::decapsulate(
                 &w.shared,
                 &table,
+                lane,
                 from,
                 d,
                 &mut s.arena[off..off + room],
@@ -297,6 +359,6 @@ fn rx_round(w: &WorkerIo, s: &mut RxState, fd: RawFd, ufd: RawFd) -> usize {
             write(&VnetHdr::default(), &s.arena[off..off + len]);
         }
     }
-    s.replies.flush(ufd);
+    s.replies.flush(&s.fds);
     got
 }

@@ -1,7 +1,9 @@
 //! The WireGuard datapath of a node: every pod packet to another node is
 //! encrypted by boringtun's `noise::Tunn`, driven by our own threads over a
 //! multi-queue TUN device `veil-wg` (virtio-net headers, TSO) and batched UDP
-//! (`recvmmsg`/`sendmmsg`, UDP GSO/GRO).
+//! (`recvmmsg`/`sendmmsg`, UDP GSO/GRO), over several sessions ("lanes", one
+//! UDP port each) per pair of nodes so that flows spread over threads (see
+//! [`lanes`]).
 //!
 //! What it does:
 //! - keeps the node key in `<state_dir>/wireguard.key` (0600, never logged) and
@@ -22,17 +24,19 @@
 //! dataplane's `inet veil` table, which stays while `veild` is down.
 //!
 //! Key rotation is make-before-break: the new key is saved and published; each
-//! peer keeps the old `Tunn` (old keys) carrying traffic while a new `Tunn`
-//! handshakes with the new keys (both sides initiate: we at once, the peer as
+//! peer keeps the old `Tunn`s (old keys, one per lane) carrying traffic while
+//! new ones handshake with the new keys (both sides initiate: we at once, the peer as
 //! soon as it sees the new annotation); the old one is dropped a few seconds
 //! after the new session is up, or after 90 s.
 
 pub mod datapath;
 pub mod io;
 pub mod keys;
+pub mod lanes;
 pub mod offload;
 pub mod peers;
 mod rotation;
+pub mod sink;
 pub mod spin;
 mod startup;
 mod sync;
@@ -126,7 +130,8 @@ struct Manager {
     tunnel_addr: IpAddr,
     mtu: u32,
     next_index: AtomicU32,
-    ctl: Arc<UdpSocket>,
+    /// The lane sockets (control traffic: handshakes, timers).
+    ctl: Vec<Arc<UdpSocket>>,
     gso: bool,
     refused: Mutex<Vec<String>>,
     metrics: Metrics,

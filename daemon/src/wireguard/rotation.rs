@@ -33,22 +33,15 @@ impl Manager {
             .slots
             .iter()
             .map(|s| {
-                let sender = s.sender();
-                let hs = *sender
-                    .last_handshake
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let (mut rx, mut tx) = (0, 0);
-                for p in std::iter::once(&s.current).chain(s.retiring.iter()) {
-                    rx += p.rx_bytes.load(Ordering::Relaxed);
-                    tx += p.tx_bytes.load(Ordering::Relaxed);
-                }
+                let hs = s.last_handshake();
+                let (rx, tx) = s.bytes();
                 PeerStatus {
                     node: s.node.clone(),
-                    public_key: keys::to_base64(&s.current.remote_key),
+                    public_key: keys::to_base64(&s.current[0].remote_key),
                     endpoint: s.endpoint.to_string(),
                     allowed_ips: s.allowed.iter().map(|a| a.to_string()).collect(),
-                    established: sender.established.load(Ordering::Relaxed),
+                    // Every lane can send.
+                    established: s.sending(),
                     last_handshake: hs
                         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                         .map(|d| d.as_secs()),

@@ -10,7 +10,8 @@
 //!
 //! Bounds: polling starts only after work (an idle datapath sleeps in `poll`),
 //! lasts at most `window` after the last packet, uses at most `budget` of each
-//! `PERIOD` (after that the thread sleeps until the next period), so a steady
+//! `PERIOD` (after that it blocks in `poll` until the next packet), and only
+//! one thread of the process polls at a time (`io` holds a token), so a steady
 //! trickle of packets cannot turn it into a spinning core, and stops as soon as
 //! yielding the CPU shows that other threads want it (a yield that took longer
 //! than `CONTENDED`): polling only ever uses a CPU nobody else needs.
@@ -27,8 +28,9 @@ pub const PERIOD: Duration = Duration::from_millis(100);
 pub const CONTENDED: Duration = Duration::from_micros(20);
 /// Default polling window after the last packet.
 pub const DEFAULT_WINDOW: Duration = Duration::from_micros(100);
-/// Default share of each period a thread may spend polling (25 %).
-pub const DEFAULT_BUDGET: Duration = Duration::from_millis(25);
+/// Default share of each period the polling thread may spend polling (10 %;
+/// only one thread of the process polls at a time, see `io`).
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(10);
 
 /// Busy-poll settings of a datapath thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

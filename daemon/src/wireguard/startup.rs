@@ -49,12 +49,21 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         sys::unspecified(cfg.node_address.is_ipv6()),
         cfg.wireguard_port,
     );
+    // One socket per lane, on consecutive ports (see `lanes`).
     let mut udps = Vec::new();
-    for _ in 0..queues {
-        let s = bind_udp(bind).map_err(|source| WireguardError::Udp {
-            port: cfg.wireguard_port,
-            source,
-        })?;
+    for lane in 0..datapath::LANES {
+        let port =
+            cfg.wireguard_port
+                .checked_add(lane as u16)
+                .ok_or_else(|| WireguardError::Udp {
+                    port: cfg.wireguard_port,
+                    source: std::io::Error::other(format!(
+                        "no room for {} lanes on consecutive ports",
+                        datapath::LANES
+                    )),
+                })?;
+        let s = bind_udp(SocketAddr::new(bind.ip(), port))
+            .map_err(|source| WireguardError::Udp { port, source })?;
         udps.push(Arc::new(s));
     }
     // VEIL_WG_NO_GSO / VEIL_WG_NO_GRO / VEIL_WG_NO_OFFLOAD / VEIL_WG_NO_COALESCE
@@ -66,6 +75,7 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         device = WG_DEVICE,
         mtu,
         queues,
+        lanes = datapath::LANES,
         tun.offloads = offloads_on,
         udp.gso = gso,
         udp.gro = gro,
@@ -102,7 +112,7 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
         tunnel_addr,
         mtu,
         next_index: AtomicU32::new(rand::random::<u32>() & 0x7f_ffff),
-        ctl: udps[0].clone(),
+        ctl: udps.clone(),
         gso,
         refused: Mutex::new(Vec::new()),
         metrics,
@@ -139,12 +149,17 @@ pub async fn start(ctx: NodeContext) -> Result<Handle, WireguardError> {
     } else {
         &[(io::Dirs::BOTH, "q")]
     };
-    for (i, (tun, udp)) in tuns.iter().zip(udps.iter()).enumerate() {
+    let spin_token = Arc::new(AtomicBool::new(false));
+    for (i, tun) in tuns.iter().enumerate() {
         for &(dirs, name) in layouts {
             let w = io::WorkerIo {
                 shared: shared.clone(),
                 tun: tun.clone(),
-                udp: udp.clone(),
+                udps: udps.clone(),
+                rx_lanes: (0..datapath::LANES)
+                    .filter(|l| l % tuns.len() == i)
+                    .collect(),
+                spin_token: spin_token.clone(),
                 stop: stop.clone(),
                 gso,
                 gro,
@@ -322,14 +337,15 @@ fn register_api(ctx: &NodeContext, m: &Arc<Manager>) {
 }
 
 fn timers_loop(m: Arc<Manager>, stop: Arc<AtomicBool>) {
-    let mut sink = io::BatchSink::new(false);
+    let mut sink = io::BatchSink::new(false, m.ctl.len());
+    let fds: Vec<_> = m.ctl.iter().map(|u| u.as_raw_fd()).collect();
     let mut last_bytes: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         let table = m.shared.table();
         datapath::tick(&table, &mut sink);
-        sink.flush(m.ctl.as_raw_fd());
+        sink.flush(&fds);
         n += 1;
         if n.is_multiple_of(10) {
             m.update_peer_metrics(&table, &mut last_bytes);

@@ -30,10 +30,7 @@ impl Manager {
         for slot in &table.slots {
             let labels = vec![("peer".to_string(), slot.node.clone())];
             let age = slot
-                .sender()
-                .last_handshake
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .last_handshake()
                 .and_then(|t| t.elapsed().ok())
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(-1.0);
@@ -109,11 +106,12 @@ impl Manager {
         };
         if !fresh.is_empty() {
             let table = self.shared.table();
-            let mut sink = io::BatchSink::new(false);
+            let mut sink = io::BatchSink::new(false, self.ctl.len());
             for p in &fresh {
                 datapath::kick(&table, p, &mut sink);
             }
-            sink.flush(self.ctl.as_raw_fd());
+            let fds: Vec<_> = self.ctl.iter().map(|u| u.as_raw_fd()).collect();
+            sink.flush(&fds);
         }
         let mut want: BTreeSet<IpNetwork> = desired
             .iter()

@@ -77,23 +77,34 @@ pub fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     Ok(n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
-/// Waits until `a` or `b` is readable or `timeout_ms` passes.
-pub fn poll_readable2(a: RawFd, b: RawFd, timeout_ms: i32) -> io::Result<usize> {
-    let mut p = [a, b].map(|fd| libc::pollfd {
-        fd,
+/// Waits until one of `fds` (at most 32) is readable or `timeout_ms` passes
+/// (0: just look); returns a mask of the readable ones (bit `i` for `fds[i]`).
+pub fn poll_any(fds: &[RawFd], timeout_ms: i32) -> io::Result<u32> {
+    let mut p = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    });
-    // SAFETY: two valid pollfds.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
-    if n < 0 {
+    }; 32];
+    let n = fds.len().min(p.len());
+    for (slot, &fd) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
+    // SAFETY: `n` valid pollfds in a local array.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+    if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
             return Ok(0);
         }
         return Err(e);
     }
-    Ok(n as usize)
+    let mut mask = 0u32;
+    for (i, q) in p[..n].iter().enumerate() {
+        if q.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            mask |= 1 << i;
+        }
+    }
+    Ok(mask)
 }
 
 /// Enables `UDP_GRO` on a UDP socket: `recvmmsg` may then return several

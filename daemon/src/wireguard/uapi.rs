@@ -1,7 +1,9 @@
 //! The WireGuard cross-platform userspace API (the `wg` tool's protocol) on
 //! `<dir>/veil-wg.sock`: `get=1` lists the device and its peers as
-//! `wg show veil-wg` expects. `set=1` is refused: peers come from the
-//! datastore and keys are rotated with `veilctl wireguard rotate-key`.
+//! `wg show veil-wg` expects: one peer per node, whatever its number of
+//! lanes (their bytes summed, the latest handshake of the sending lanes).
+//! `set=1` is refused: peers come from the datastore and keys are rotated
+//! with `veilctl wireguard rotate-key`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,21 +25,12 @@ pub fn get_response(shared: &Shared, listen_port: u16) -> String {
     }
     let _ = writeln!(s, "listen_port={listen_port}");
     for slot in &table.slots {
-        let cur = &slot.current;
-        let _ = writeln!(s, "public_key={}", to_hex(&cur.remote_key));
+        // One peer per node: its lanes' counters summed, the latest handshake
+        // of the lanes that send (lanes are ports of the same endpoint).
+        let _ = writeln!(s, "public_key={}", to_hex(&slot.current[0].remote_key));
         let _ = writeln!(s, "endpoint={}", slot.endpoint);
-        let mut hs = *cur.last_handshake.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut rx, mut tx) = (
-            cur.rx_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            cur.tx_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if let Some(r) = &slot.retiring {
-            rx += r.rx_bytes.load(std::sync::atomic::Ordering::Relaxed);
-            tx += r.tx_bytes.load(std::sync::atomic::Ordering::Relaxed);
-            if hs.is_none() {
-                hs = *r.last_handshake.lock().unwrap_or_else(|e| e.into_inner());
-            }
-        }
+        let hs = slot.last_handshake();
+        let (rx, tx) = slot.bytes();
         let d = hs
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .unwrap_or_default();

@@ -63,11 +63,15 @@ fn ip_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
 fn deliver(to: &Node, from_ep: &str, from_sink: &mut VecSink, back: &mut VecSink) -> Vec<Vec<u8>> {
     let mut plain_out = Vec::new();
     let table = to.shared.table();
-    for (d, _) in std::mem::take(&mut from_sink.out) {
+    for (d, dst) in std::mem::take(&mut from_sink.out) {
+        // The lane is the port the datagram was sent to (base port + lane).
+        let lane = (dst.port() - 51820) as usize;
+        assert!(lane < LANES, "datagram to {dst}: not a lane port");
         let mut plain = vec![0u8; d.len().max(148) + 64];
         if let RxVerdict::Deliver(n) = decapsulate(
             &to.shared,
             &table,
+            lane,
             from_ep.parse().unwrap(),
             &d,
             &mut plain,
@@ -87,6 +91,21 @@ fn pair() -> (Node, Node) {
     a.set_peers(&[desired("b", &bk, "10.244.1.0/24", B_EP)]);
     b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
     (a, b)
+}
+
+/// Brings up every lane between a and b (a initiates on each).
+fn up(a: &Node, b: &Node) {
+    let mut sa = VecSink::default();
+    let mut sb = VecSink::default();
+    let t = a.shared.table();
+    for p in &t.slots[0].current {
+        kick(&t, p, &mut sa);
+    }
+    for _ in 0..3 {
+        deliver(b, A_EP, &mut sa, &mut sb);
+        deliver(a, B_EP, &mut sb, &mut sa);
+    }
+    assert!(a.shared.table().slots[0].established());
 }
 
 /// Runs the handshake by sending `first` from a to b, then ping-pongs.
@@ -143,6 +162,7 @@ fn packet_for_no_peer_is_dropped_and_counted() {
 #[test]
 fn spoofed_source_outside_allowed_ips_is_dropped() {
     let (a, b) = pair();
+    up(&a, &b);
     let good = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"ok");
     assert_eq!(exchange(&a, &b, &good), vec![good]);
     let bad = ip_packet([10, 244, 7, 2], [10, 244, 1, 2], b"spoof");
@@ -162,12 +182,71 @@ fn both_directions_carry_traffic_after_handshake() {
     let p2 = ip_packet([10, 244, 1, 2], [10, 244, 0, 2], &[9u8; 1000]);
     assert_eq!(exchange(&b, &a, &p2), vec![p2]);
     let t = a.shared.table();
-    assert!(t.slots[0].current.established.load(Ordering::Relaxed));
+    assert!(t.slots[0].current[flow_lane(&p1)]
+        .established
+        .load(Ordering::Relaxed));
+}
+
+/// A packet of a TCP flow from a's pod to b's pod with source port `sp`.
+fn tcp_packet(sp: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], &[0u8; 20]);
+    p[9] = 6;
+    p[20..22].copy_from_slice(&sp.to_be_bytes());
+    p[22..24].copy_from_slice(&80u16.to_be_bytes());
+    p[32] = 5 << 4;
+    p.extend_from_slice(payload);
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p
+}
+
+#[test]
+fn flows_on_different_lanes_use_their_own_session_and_port() {
+    let (a, b) = pair();
+    // Two flows that hash to different lanes.
+    let f1 = tcp_packet(40_000, b"one");
+    let f2 = (40_001..)
+        .map(|sp| tcp_packet(sp, b"two"))
+        .find(|p| flow_lane(p) != flow_lane(&f1))
+        .unwrap();
+    let (l1, l2) = (flow_lane(&f1), flow_lane(&f2));
+    assert_eq!(exchange(&a, &b, &f1), vec![f1.clone()]);
+    assert_eq!(exchange(&a, &b, &f2), vec![f2.clone()]);
+    let ta = a.shared.table();
+    let lanes = &ta.slots[0].current;
+    assert!(lanes[l1].established.load(Ordering::Relaxed));
+    assert!(lanes[l2].established.load(Ordering::Relaxed));
+    assert_ne!(lanes[l1].index, lanes[l2].index);
+    // Each flow's datagrams go to its own lane port, in order.
+    let mut sa = VecSink::default();
+    let f2_port = u16::from_be_bytes([f2[20], f2[21]]);
+    for i in 0..5u8 {
+        for (sp, tag) in [(40_000, b"one"), (f2_port, b"two")] {
+            let p = tcp_packet(sp, &[tag[0], tag[1], tag[2], i]);
+            encapsulate(&a.shared, &ta, &p, &mut sa);
+        }
+    }
+    let ports: Vec<u16> = sa.out.iter().map(|(_, to)| to.port()).collect();
+    assert_eq!(ports.len(), 10);
+    for (i, port) in ports.iter().enumerate() {
+        let lane = if i % 2 == 0 { l1 } else { l2 };
+        assert_eq!(*port as usize, 51820 + lane);
+    }
+    let mut sb = VecSink::default();
+    let got = deliver(&b, A_EP, &mut sa, &mut sb);
+    let firsts: Vec<u8> = got
+        .iter()
+        .filter(|p| p[40..43] == *b"one")
+        .map(|p| p[43])
+        .collect();
+    assert_eq!(firsts, vec![0, 1, 2, 3, 4], "order within the flow");
+    assert_eq!(got.len(), 10);
 }
 
 #[test]
 fn key_rotation_keeps_traffic_flowing_make_before_break() {
     let (mut a, mut b) = pair();
+    up(&a, &b);
     let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"before");
     assert_eq!(exchange(&a, &b, &p), vec![p]);
     // a rotates: the old Tunn keeps sending until the new one is up.
@@ -187,16 +266,20 @@ fn key_rotation_keeps_traffic_flowing_make_before_break() {
     b.set_peers(&[desired("a", &ak, "10.244.0.0/24", A_EP)]);
     let tb = b.shared.table();
     assert!(tb.slots[0].retiring.is_some());
-    kick(&tb, &tb.slots[0].current, &mut sb);
+    for p in &tb.slots[0].current {
+        kick(&tb, p, &mut sb);
+    }
     for _ in 0..3 {
         deliver(&a, B_EP, &mut sb, &mut sa);
         deliver(&b, A_EP, &mut sa, &mut sb);
     }
     let ta = a.shared.table();
-    assert!(ta.slots[0].current.established.load(Ordering::Relaxed));
+    assert!(ta.slots[0].established());
     let p = ip_packet([10, 244, 0, 2], [10, 244, 1, 2], b"after");
     assert_eq!(exchange(&a, &b, &p), vec![p]);
-    assert!(Arc::ptr_eq(ta.slots[0].sender(), &ta.slots[0].current));
+    for l in 0..LANES {
+        assert!(Arc::ptr_eq(ta.slots[0].sender(l), &ta.slots[0].current[l]));
+    }
 }
 
 #[test]
