@@ -203,6 +203,39 @@ mod tests {
     }
 
     #[test]
+    fn names_for_a_pod_and_address_are_the_running_ones_once_each() {
+        let c = Allowances::default();
+        let a = |set: &str, pod: &str, addr: &str, name: &str, expires| Allowance {
+            set: set.into(),
+            pod: ip(pod),
+            addr: ip(addr),
+            name: name.into(),
+            expires,
+        };
+        c.record([
+            a("d1", "10.244.0.5", "203.0.113.1", "b.example", 2000),
+            a("d2", "10.244.0.5", "203.0.113.1", "b.example", 2000),
+            a("d3", "10.244.0.5", "203.0.113.1", "a.example", 2000),
+            a("d4", "10.244.0.5", "203.0.113.1", "old.example", 900),
+            a("d1", "10.244.0.6", "203.0.113.1", "other-pod.example", 2000),
+            a(
+                "d1",
+                "10.244.0.5",
+                "203.0.113.2",
+                "other-addr.example",
+                2000,
+            ),
+        ]);
+        assert_eq!(
+            c.names_for(ip("10.244.0.5"), ip("203.0.113.1"), 1000),
+            ["a.example", "b.example"]
+        );
+        assert!(c
+            .names_for(ip("10.244.0.7"), ip("203.0.113.1"), 1000)
+            .is_empty());
+    }
+
+    #[test]
     fn allowance_is_extended_never_shortened() {
         let c = Allowances::default();
         let sets = vec!["d1".to_string()];

@@ -439,6 +439,15 @@ async fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
     let t = read_responses(&mut c, 1).await;
     assert!(t.is_empty() || t.starts_with("HTTP/1.1 431"), "{t}");
     assert!(closed(&mut c).await);
+    // Too many header fields (a small head): refused, the connection closed.
+    let mut c = TcpStream::connect(st.proxy).await.unwrap();
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let _ = c
+        .write_all(format!("GET /api/a HTTP/1.1\r\nHost: s\r\n{many}\r\n").as_bytes())
+        .await;
+    let t = read_responses(&mut c, 1).await;
+    assert!(t.is_empty() || t.starts_with("HTTP/1.1 431"), "{t}");
+    assert!(closed(&mut c).await);
     // Slowloris: a head that never ends is cut off by the header timeout.
     let mut c = TcpStream::connect(st.proxy).await.unwrap();
     c.write_all(b"GET /api/a HTTP/1.1\r\nHost: s\r\n")
