@@ -210,6 +210,11 @@ fn run_steps(
         .iter()
         .map(|p| (p.full_name(), pod_record(p)))
         .collect();
+    let ordered = sc
+        .policies
+        .iter()
+        .chain(sc.steps.iter().flat_map(|s| s.apply.iter()))
+        .any(|(_, o)| has_domains(o));
     let mut outcomes = Vec::new();
     for (si, step) in sc.steps.iter().enumerate() {
         let changed =
@@ -245,8 +250,9 @@ fn run_steps(
             before = daemons.generations().map_err(LabError::NotApplied)?;
         }
         // The step's probes run concurrently (a denied probe waits for its
-        // timeout; they do not depend on each other), and are reported in
-        // order.
+        // timeout), and are reported in order; but in order, one by one,
+        // when a policy has `domains` peers: a probe resolving a name
+        // allows the addresses it resolved to for the probes after it.
         let specs = step
             .probes
             .iter()
@@ -257,21 +263,28 @@ fn run_steps(
                 Ok((from.netns.clone(), probe_spec(state, probe)))
             })
             .collect::<Result<Vec<_>, LabError>>()?;
-        let results: Vec<Result<ProbeResult, LabError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = specs
+        let run = |(netns, spec): &(String, ProbeSpec), probe: &Probe| {
+            super::probe::run_in(netns, &opts.binaries.veilctl, spec, &probe.from)
+        };
+        let results: Vec<Result<ProbeResult, LabError>> = if ordered {
+            specs
                 .iter()
                 .zip(&step.probes)
-                .map(|((netns, spec), probe)| {
-                    scope.spawn(move || {
-                        super::probe::run_in(netns, &opts.binaries.veilctl, spec, &probe.from)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .map(|(s, p)| run(s, p))
                 .collect()
-        });
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = specs
+                    .iter()
+                    .zip(&step.probes)
+                    .map(|(s, p)| scope.spawn(move || run(s, p)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
         for (pi, (probe, result)) in step.probes.iter().zip(results).enumerate() {
             let o = Outcome {
                 step: si,
@@ -284,6 +297,18 @@ fn run_steps(
         }
     }
     Ok(outcomes)
+}
+
+/// Whether a rule of the object has a `domains` peer.
+fn has_domains(o: &veil_policy::Object) -> bool {
+    let veil_policy::kinds::ObjectBody::Policy(p) = &o.body else {
+        return false;
+    };
+    p.ingress
+        .iter()
+        .chain(&p.egress)
+        .flat_map(|r| &r.peers)
+        .any(|peer| !peer.domains.is_empty())
 }
 
 #[cfg(test)]
