@@ -32,16 +32,6 @@ const SKIP: &[(&str, Option<usize>, usize, &str)] = &[
     ),
     ("veil-protocol-restricts", None, 2, "no SCTP in this kernel"),
     ("veil-protocol-restricts", None, 3, "no SCTP in this kernel"),
-    // Known bug, not a kernel limit: an HTTP request through the L7 proxy to
-    // a `domains` peer gets no answer ("no answer from 203.0.113.141:80:
-    // operation was canceled"); another branch fixes it. Remove this entry
-    // once it is merged.
-    (
-        "l7-with-domains",
-        None,
-        0,
-        "bug: L7 proxy to a domains peer gets no answer",
-    ),
 ];
 
 fn suite() -> PathBuf {
