@@ -28,11 +28,13 @@ pub struct CachedRule {
 }
 
 type Rules = Arc<[CachedRule]>;
+/// The desired state the rules were computed from, and the rules by pod.
+type Computed = (Arc<Desired>, HashMap<Ipv4Addr, Rules>);
 
 /// The cache.
 #[derive(Debug, Default)]
 pub struct RuleCache {
-    inner: Mutex<Option<(Arc<Desired>, HashMap<Ipv4Addr, Rules>)>>,
+    inner: Mutex<Option<Computed>>,
 }
 
 impl RuleCache {
