@@ -13,6 +13,7 @@ use crate::lab::up::{Binaries, UpOptions};
 use crate::lab::{self, netns, process, LabError, DEFAULT_NAME};
 use traffic::{ProbeArgs, TestArgs};
 
+mod interrupt;
 mod traffic;
 
 /// Arguments of `veilctl lab`.

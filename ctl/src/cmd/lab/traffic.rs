@@ -159,6 +159,9 @@ pub(super) fn test(a: TestArgs) -> Result<i32, LabError> {
     let files = scenario_files(&a.paths)?;
     let binaries = Binaries::locate(a.veild, a.cni_bin_dir)?;
     let (mut passed, mut failed, mut invalid) = (0usize, 0usize, 0usize);
+    if !a.keep {
+        super::interrupt::install();
+    }
     for (i, f) in files.iter().enumerate() {
         let sc = match lab::load_scenario(f) {
             Ok(s) => s,
@@ -207,7 +210,12 @@ pub(super) fn test(a: TestArgs) -> Result<i32, LabError> {
                 o.probe.expect
             );
         };
-        match lab::test::run(&sc, f, &opts, &mut report) {
+        if !a.keep {
+            super::interrupt::set_current(Some(name.clone()));
+        }
+        let run = lab::test::run(&sc, f, &opts, &mut report);
+        super::interrupt::set_current(None);
+        match run {
             Ok(outcomes) => {
                 for o in &outcomes {
                     if o.passed() {
