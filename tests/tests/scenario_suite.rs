@@ -74,7 +74,7 @@ fn scenario_suite_passes_as_real_packets() {
     let mem = veilctl(&["policy", "test", d]);
     assert!(mem.status.success(), "policy test: {}", show(&mem));
     let started = std::time::Instant::now();
-    let wire = veilctl(&["lab", "test", d]);
+    let wire = veilctl(&["lab", "test", "--jobs", "4", d]);
     let took = started.elapsed();
     let out = String::from_utf8_lossy(&wire.stdout).into_owned();
     eprintln!("lab test of the suite took {took:.0?}");

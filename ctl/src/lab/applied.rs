@@ -4,7 +4,11 @@
 //! dataplane holds (`policyAppliedGeneration >= policyGeneration`). A change
 //! that leaves the program as it was (an identical object) bumps nothing:
 //! after [`Wait::quiet`] without a new generation, a node whose dataplane
-//! holds its current generation counts as done.
+//! holds its current generation counts as done. Once every node is done,
+//! the generations must then hold still for [`Wait::stable`]: a step writes
+//! one file per object, and a daemon that read the first file before the
+//! others were written has applied a part of the step (seen under load, with
+//! several labs at once).
 //!
 //! It does not write anything; the status source is a trait so the logic is
 //! tested without daemons.
@@ -59,6 +63,8 @@ pub struct Wait {
     /// Without a new generation after this long, a node whose dataplane holds
     /// its generation is done (the change did not change its program).
     pub quiet: Duration,
+    /// Once every node is done, how long its generations must not change.
+    pub stable: Duration,
     /// Give up after this long.
     pub timeout: Duration,
 }
@@ -68,6 +74,7 @@ impl Default for Wait {
         Wait {
             poll: Duration::from_millis(50),
             quiet: Duration::from_secs(1),
+            stable: Duration::from_millis(250),
             timeout: Duration::from_secs(10),
         }
     }
@@ -75,7 +82,8 @@ impl Default for Wait {
 
 /// Waits until every node of `before` (generations read before the change)
 /// holds a newer generation in its dataplane, or holds its unchanged one
-/// after `wait.quiet`. The error names the first node not done and what it
+/// after `wait.quiet`, and then every node's generations stay as they are for
+/// `wait.stable`. The error names the first node not done and what it
 /// reported.
 pub fn wait_applied(
     source: &mut dyn StatusSource,
@@ -83,6 +91,8 @@ pub fn wait_applied(
     wait: Wait,
 ) -> Result<(), String> {
     let start = Instant::now();
+    // Since when every node has been done, with these generations.
+    let mut done: Option<(Instant, BTreeMap<String, Generations>)> = None;
     loop {
         let elapsed = start.elapsed();
         let now = source.generations();
@@ -102,8 +112,27 @@ pub fn wait_applied(
             }),
             Err(e) => Some(e.clone()),
         };
-        let Some(why) = pending else {
-            return Ok(());
+        let why = match (pending, now) {
+            (None, Ok(now)) => match &done {
+                Some((since, g)) if *g == now => {
+                    if since.elapsed() >= wait.stable {
+                        return Ok(());
+                    }
+                    "the generations are still settling".to_string()
+                }
+                _ => {
+                    if wait.stable.is_zero() {
+                        return Ok(());
+                    }
+                    done = Some((Instant::now(), now));
+                    "the generations are still settling".to_string()
+                }
+            },
+            (Some(why), _) => {
+                done = None;
+                why
+            }
+            (None, Err(e)) => e,
         };
         if elapsed >= wait.timeout {
             return Err(format!(
@@ -161,6 +190,7 @@ mod tests {
         Wait {
             poll: Duration::from_millis(1),
             quiet: Duration::from_millis(200),
+            stable: Duration::from_millis(20),
             timeout: Duration::from_millis(400),
         }
     }
@@ -178,11 +208,57 @@ mod tests {
         );
         let t = Instant::now();
         wait_applied(&mut s, &before(&[("a", 3), ("b", 3)]), fast()).unwrap();
-        assert_eq!(s.1, 4, "returned at the first poll where both were done");
+        assert!(
+            s.1 > 4,
+            "held still for the stable time after both were done"
+        );
         assert!(
             t.elapsed() < fast().quiet,
             "did not wait for the quiet time"
         );
+    }
+
+    #[test]
+    fn a_generation_that_moves_again_after_done_is_waited_for() {
+        // The node applies a part of the step (4), then the rest (5).
+        let mut s = Script(
+            vec![
+                vec![("a", 4, 4)],
+                vec![("a", 4, 4)],
+                vec![("a", 5, 4)],
+                vec![("a", 5, 5)],
+            ],
+            0,
+        );
+        let mut w = fast();
+        w.poll = Duration::from_millis(2);
+        w.stable = Duration::from_millis(30);
+        wait_applied(&mut s, &before(&[("a", 3)]), w).unwrap();
+        assert!(s.1 > 4, "kept polling past the move to 5");
+    }
+
+    #[test]
+    fn a_node_that_keeps_changing_times_out() {
+        let mut s = Counting(3);
+        let e = wait_applied(&mut s, &before(&[("a", 3)]), fast()).unwrap_err();
+        assert!(e.contains("settling"), "{e}");
+    }
+
+    /// A node whose generation moves at every poll.
+    struct Counting(u64);
+
+    impl StatusSource for Counting {
+        fn generations(&mut self) -> Result<BTreeMap<String, Generations>, String> {
+            self.0 += 1;
+            Ok([(
+                "a".to_string(),
+                Generations {
+                    generation: self.0,
+                    applied: self.0,
+                },
+            )]
+            .into())
+        }
     }
 
     #[test]

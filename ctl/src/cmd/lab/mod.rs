@@ -11,9 +11,11 @@ use crate::lab::plan::Plan;
 use crate::lab::state::{LabLock, LabState};
 use crate::lab::up::{Binaries, UpOptions};
 use crate::lab::{self, netns, process, LabError, DEFAULT_NAME};
-use traffic::{ProbeArgs, TestArgs};
+use test::TestArgs;
+use traffic::ProbeArgs;
 
 mod interrupt;
+mod test;
 mod traffic;
 
 /// Arguments of `veilctl lab`.
@@ -144,7 +146,7 @@ pub fn run(args: Args) -> i32 {
         Cmd::Exec(a) => exec(a),
         Cmd::RestartNode(a) => restart_node(&a.name, &a.node),
         Cmd::Probe(a) => traffic::probe(&a),
-        Cmd::Test(a) => traffic::test(a),
+        Cmd::Test(a) => test::test(a),
         Cmd::List => list(),
         Cmd::Serve(a) => traffic::serve(&a.spec),
         Cmd::ProbeExec(a) => traffic::probe_exec(&a.spec),
