@@ -15,14 +15,24 @@
 //! answer (what follows is never read); anything that is not HTTP/1.1 closes the
 //! connection and is recorded as a denied flow.
 //!
+//! One task per client connection does all of its work: the client side
+//! (hyper's server connection), the checks, and the upstream side (hyper's
+//! client connection, polled by the same task rather than spawned), so a
+//! request and its answer cross no channel to another task or thread; a
+//! body of at most [`SMALL_BODY`] bytes announced by `Content-Length` goes
+//! out with its head in one write on each leg.
+//!
 //! It does not cache, retry, rewrite headers or speak HTTP/2 or TLS.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{
@@ -31,7 +41,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use veil_policy::compile::{ConnectionRules, L7Rule};
 use veil_policy::eval::Flow;
 use veil_policy::model::{HttpRequest, Protocol};
@@ -43,6 +53,10 @@ use super::{net, Shared};
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 type Upstream = hyper::client::conn::http1::SendRequest<Body>;
+
+/// An upstream connection's I/O driver, polled by the task that serves its
+/// client connection.
+type Uplink = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Bodies of at most this many bytes, announced by `Content-Length`, are
 /// read whole and forwarded with their head in one write; others are
@@ -75,6 +89,8 @@ struct ConnState {
     rules: Vec<L7Rule>,
     series: EdgeSeries,
     upstream: Mutex<Option<Upstream>>,
+    /// Hands a new upstream connection's driver to the serving task.
+    uplinks: mpsc::UnboundedSender<Uplink>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -132,6 +148,7 @@ pub async fn serve_http(
     edge: Edge,
     shared: Arc<Shared>,
 ) {
+    let (uplinks, mut new_uplinks) = mpsc::unbounded_channel();
     let st = Arc::new(ConnState {
         series: shared.metrics.series(edge),
         shared,
@@ -139,6 +156,7 @@ pub async fn serve_http(
         dst,
         rules,
         upstream: Mutex::new(None),
+        uplinks,
     });
     let limits = st.shared.limits;
     let mut b = hyper::server::conn::http1::Builder::new();
@@ -152,10 +170,31 @@ pub async fn serve_http(
         let st = svc_state.clone();
         async move { Ok::<_, Infallible>(st.request(req).await) }
     });
-    let conn = b
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = Box::pin(
+        b.serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades(),
+    );
+    // The client side and the upstream side(s) on this one task.
+    let mut running = FuturesUnordered::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            Some(up) = new_uplinks.recv() => running.push(up),
+            Some(()) = running.next(), if !running.is_empty() => {}
+            r = &mut conn => break r,
+        }
+    };
+    drop(conn);
+    // The client is gone (or upgraded): let the upstream side finish (an
+    // upgrade hands its socket over; an idle one closes once its sender is
+    // dropped).
+    st.upstream.lock().await.take();
+    new_uplinks.close();
+    while let Some(up) = new_uplinks.recv().await {
+        running.push(up);
+    }
+    while running.next().await.is_some() {}
+    if let Err(e) = result {
         let reason = if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
             "not HTTP/1.1"
         } else if e.is_timeout() {
@@ -361,9 +400,11 @@ impl ConnState {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
+        // Polled by the serving task (see `serve_http`), not spawned. If
+        // that task is gone the request fails with "upstream failed".
+        let _ = self.uplinks.send(Box::pin(async move {
             let _ = conn.with_upgrades().await;
-        });
+        }));
         Ok(sender)
     }
 }

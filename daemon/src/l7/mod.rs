@@ -192,7 +192,13 @@ pub enum L7Error {
 }
 
 /// Starts the proxy: the routing rule and table, the listener, the accept
-/// loop (until shutdown), and the metrics on `ctx`'s registry.
+/// loop (until shutdown) on the proxy's own thread, and the metrics on
+/// `ctx`'s registry.
+///
+/// The proxy runs on a thread of its own (`veil-l7`) with a current-thread
+/// runtime: a connection's readiness is seen and its task polled on the same
+/// thread, so a request costs no wake-up of another thread (the daemon's
+/// shared runtime would move it between workers and wake one per hop).
 pub async fn start(
     ctx: &NodeContext,
     flows: Option<Arc<Flows>>,
@@ -200,7 +206,7 @@ pub async fn start(
     limits: Limits,
 ) -> Result<(), L7Error> {
     net::install_routing().await?;
-    let listener = net::listener(net::listen_addr())?;
+    let listener = net::listener_std(net::listen_addr())?;
     let metrics = L7Metrics::default();
     metrics.register(&mut ctx.metrics.lock().expect("metrics lock"));
     let shared = Arc::new(Shared {
@@ -211,8 +217,30 @@ pub async fn start(
         names,
         limits,
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| NetError::Socket {
+            what: "runtime",
+            source,
+        })?;
+    let shutdown = ctx.shutdown.clone();
+    std::thread::Builder::new()
+        .name("veil-l7".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, shared, shutdown).await,
+                    // Fail closed: no listener, steered connections are reset.
+                    Err(e) => tracing::error!(error = %e, "L7 proxy: listener registration"),
+                }
+            });
+        })
+        .map_err(|source| NetError::Socket {
+            what: "thread",
+            source,
+        })?;
     tracing::info!(listen = %net::listen_addr(), "L7 proxy listening");
-    tokio::spawn(serve(listener, shared, ctx.shutdown.clone()));
     Ok(())
 }
 

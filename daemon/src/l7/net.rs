@@ -54,8 +54,13 @@ pub fn listen_addr() -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, PROXY_PORT))
 }
 
-/// Opens the transparent listener on `addr`.
+/// Opens the transparent listener on `addr`, on the current runtime.
 pub fn listener(addr: SocketAddr) -> Result<TcpListener, NetError> {
+    TcpListener::from_std(listener_std(addr)?).map_err(sock("listener registration"))
+}
+
+/// Opens the transparent listener on `addr` (non-blocking, on no runtime).
+pub fn listener_std(addr: SocketAddr) -> Result<std::net::TcpListener, NetError> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
         .map_err(sock("listener socket"))?;
     s.set_reuse_address(true).map_err(sock("SO_REUSEADDR"))?;
@@ -65,7 +70,7 @@ pub fn listener(addr: SocketAddr) -> Result<TcpListener, NetError> {
         .map_err(sock("non-blocking listener"))?;
     s.bind(&addr.into()).map_err(sock("listener bind"))?;
     s.listen(1024).map_err(sock("listen"))?;
-    TcpListener::from_std(s.into()).map_err(sock("listener registration"))
+    Ok(s.into())
 }
 
 /// Connects to `dst` from `src`'s address (any port), transparently.

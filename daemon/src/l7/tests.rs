@@ -493,3 +493,63 @@ async fn hostile_requests_are_refused_and_the_proxy_keeps_serving() {
     assert_eq!(st.seen.load(Ordering::SeqCst), before + 1);
     assert_eq!(before, 1, "only the smuggling POST reached upstream");
 }
+
+#[tokio::test]
+async fn when_the_client_closes_its_upstream_connection_is_closed_and_the_task_ends() {
+    root_or_skip!();
+    // A raw upstream: answers one request, then reports whether it saw EOF.
+    let ul = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = ul.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = ul.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "upstream: EOF before a request");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        closed(&mut s).await
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    let (_dtx, desired) = watch::channel(Arc::default());
+    let (_stx, snapshots) = watch::channel(Arc::default());
+    let shared = Arc::new(Shared {
+        desired,
+        snapshots,
+        metrics: L7Metrics::default(),
+        flows: None,
+        names: None,
+        limits: Limits::default(),
+    });
+    let served = tokio::spawn(async move {
+        let (s, peer) = l.accept().await.unwrap();
+        let edge = Edge {
+            src_namespace: "app".into(),
+            src_workload: "client".into(),
+            dst_namespace: "app".into(),
+            dst_workload: "server".into(),
+        };
+        conn::serve_http(s, peer, up, rules(), edge, shared).await;
+    });
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"GET /api/x HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await
+        .unwrap();
+    let t = read_responses(&mut c, 1).await;
+    assert!(t.starts_with("HTTP/1.1 200"), "{t}");
+    drop(c);
+    let saw_eof = tokio::time::timeout(Duration::from_secs(5), upstream)
+        .await
+        .expect("upstream finished")
+        .unwrap();
+    assert!(saw_eof, "the upstream connection is closed with its client");
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the connection's task ends")
+        .unwrap();
+}
