@@ -252,6 +252,10 @@ fn main() -> Result<()> {
             apply::rss();
             return Ok(());
         }
+        Some("dump") => {
+            let dir = args.next().context("dump <dir>")?;
+            return apply::dump(&dir);
+        }
         Some(other) => bail!("unknown sub-command {other:?}"),
         None => {}
     }
