@@ -124,7 +124,10 @@ pub fn dump(dir: &str) -> Result<()> {
     let mut compiled = Compiled::new(&c, &ps);
     let mut cache = RenderCache::new();
     let full = cluster::desired(&cluster::render_node_cached(&c, &compiled, &mut cache));
-    std::fs::write(format!("{dir}/full.json"), plan::to_json(&plan::full(&full))?.to_string())?;
+    std::fs::write(
+        format!("{dir}/full.json"),
+        plan::to_json(&plan::full(&full))?.to_string(),
+    )?;
     let big = (BIG_NAMESPACES)
         .flat_map(|n| (0..APPS).map(move |j| cluster::policy(n, j, Variant::AllRules)));
     for (name, objs) in [
@@ -137,10 +140,9 @@ pub fn dump(dir: &str) -> Result<()> {
         comp2.update_policies(&c, &ps2);
         let next = cluster::desired(&cluster::render_node(&c, &comp2));
         match delta::delta(&full, &next) {
-            delta::Delta::Batch(b) => std::fs::write(
-                format!("{dir}/{name}.json"),
-                plan::to_json(&b)?.to_string(),
-            )?,
+            delta::Delta::Batch(b) => {
+                std::fs::write(format!("{dir}/{name}.json"), plan::to_json(&b)?.to_string())?
+            }
             other => anyhow::bail!("{name}: {other:?}"),
         }
     }
