@@ -115,6 +115,42 @@ pub fn apply_bench() -> Result<()> {
     Ok(())
 }
 
+/// Debugging aid: writes the full table and the batches of the two changes
+/// (`nft -j` documents) into `dir`, without touching the kernel.
+pub fn dump(dir: &str) -> Result<()> {
+    use veil_daemon::dataplane::nftables::{delta, plan};
+    let c = cluster::cluster();
+    let mut ps = cluster::policies();
+    let mut compiled = Compiled::new(&c, &ps);
+    let mut cache = RenderCache::new();
+    let full = cluster::desired(&cluster::render_node_cached(&c, &compiled, &mut cache));
+    std::fs::write(
+        format!("{dir}/full.json"),
+        plan::to_json(&plan::full(&full))?.to_string(),
+    )?;
+    let big = (BIG_NAMESPACES)
+        .flat_map(|n| (0..APPS).map(move |j| cluster::policy(n, j, Variant::AllRules)));
+    for (name, objs) in [
+        ("one", vec![cluster::policy(0, 0, Variant::OneRule)]),
+        ("big", big.collect()),
+    ] {
+        let mut ps2 = ps.clone();
+        ps2.apply(objs)?;
+        let mut comp2 = Compiled::new(&c, &ps2);
+        comp2.update_policies(&c, &ps2);
+        let next = cluster::desired(&cluster::render_node(&c, &comp2));
+        match delta::delta(&full, &next) {
+            delta::Delta::Batch(b) => {
+                std::fs::write(format!("{dir}/{name}.json"), plan::to_json(&b)?.to_string())?
+            }
+            other => anyhow::bail!("{name}: {other:?}"),
+        }
+    }
+    ps.apply(Vec::new())?;
+    compiled.update_policies(&c, &ps);
+    Ok(())
+}
+
 fn vm(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

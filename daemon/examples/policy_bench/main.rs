@@ -13,7 +13,9 @@
 //! `vbp-<pid>-*`, removed at the end (also on panic or error; namespaces of a
 //! killed run are removed by the next). Addresses in 10.244.0.0/16 only.
 //! Every loop is bounded in time. Sub-commands (`serve`, `crr`, `probe`,
-//! `apply-bench`, `rss`) are the parts it re-executes inside a namespace.
+//! `apply-bench`, `rss`) are the parts it re-executes inside a namespace;
+//! `dump <dir>` writes the full table and the batches of the two timed
+//! changes as `nft -j` documents, to study them with `nft`, `strace`, `perf`.
 
 mod apply;
 mod bed;
@@ -251,6 +253,10 @@ fn main() -> Result<()> {
         Some("rss") => {
             apply::rss();
             return Ok(());
+        }
+        Some("dump") => {
+            let dir = args.next().context("dump <dir>")?;
+            return apply::dump(&dir);
         }
         Some(other) => bail!("unknown sub-command {other:?}"),
         None => {}

@@ -433,25 +433,21 @@ impl Renderer<'_> {
                 }
             }
         }
-        let mut ranged: Vec<Vec<Stmt>> = groups
-            .into_iter()
-            .map(|(p, rs)| {
-                let proto = match p {
-                    Some(p) => l4proto(p),
-                    None => l4proto_ported(),
-                };
-                let ports = if rs.len() == 1 {
-                    range(u32::from(rs[0].0), u32::from(rs[0].1))
-                } else {
-                    anon_set(
-                        rs.iter()
-                            .map(|&(a, b)| range(u32::from(a), u32::from(b)))
-                            .collect(),
-                    )
-                };
-                vec![proto, dport(ports)]
-            })
-            .collect();
+        let mut ranged: Vec<Vec<Stmt>> = Vec::new();
+        for (p, rs) in groups {
+            let proto = match p {
+                Some(p) => l4proto(p),
+                None => l4proto_ported(),
+            };
+            let one = |&(a, b): &(u16, u16)| range(u32::from(a), u32::from(b));
+            if rs.len() <= SPLIT_PORTS {
+                // One rule per port or range: an anonymous set costs the
+                // kernel a set creation per rule written (see `SPLIT_PORTS`).
+                ranged.extend(rs.iter().map(|r| vec![proto.clone(), dport(one(r))]));
+            } else {
+                ranged.push(vec![proto, dport(anon_set(rs.iter().map(one).collect()))]);
+            }
+        }
         ranged.extend(out);
         ranged
     }
@@ -597,6 +593,14 @@ impl Renderer<'_> {
         name
     }
 }
+
+/// Up to this many ports and ranges of one protocol in a rule are written as
+/// one nftables rule each rather than one rule with an anonymous set: the
+/// kernel creates an anonymous set per rule written and names it by scanning
+/// every set of the table (`nf_tables_set_alloc_name`), which made a
+/// 1,000-rule change spend most of its transaction there (DESIGN.md, policy
+/// dataplane). Longer lists keep the set (one lookup per packet).
+pub const SPLIT_PORTS: usize = 4;
 
 /// Port ranges sharing one effective protocol (`None`: TCP, UDP and SCTP).
 type PortGroup = (Option<Protocol>, Vec<(u16, u16)>);

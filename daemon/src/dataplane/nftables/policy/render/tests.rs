@@ -118,7 +118,7 @@ fn selector_peer_is_a_named_set_of_the_selected_addresses() {
 }
 
 #[test]
-fn ports_and_ranges_share_one_anonymous_set() {
+fn few_ports_and_ranges_are_one_rule_each_without_anonymous_set() {
     let (o, _) = render_scenario(DENY_DB);
     let pol = o
         .chains
@@ -127,10 +127,36 @@ fn ports_and_ranges_share_one_anonymous_set() {
         .map(|(_, v)| v)
         .unwrap();
     let first = serde_json::to_string(&pol.rules()[0].statements).unwrap();
+    let second = serde_json::to_string(&pol.rules()[1].statements).unwrap();
+    assert!(first.contains("5432") && !first.contains("8000"), "{first}");
     assert!(
-        first.contains("5432") && first.contains("8000") && first.contains("8080"),
+        second.contains("8000") && second.contains("8080") && !second.contains("5432"),
+        "{second}"
+    );
+    for r in [&first, &second] {
+        assert!(!r.contains("\"set\""), "no anonymous set: {r}");
+    }
+}
+
+#[test]
+fn many_ports_share_one_anonymous_set() {
+    let yaml = DENY_DB.replace(
+        "[5432, \"8000:8080\"]",
+        "[5432, 5433, 5434, 5435, \"8000:8080\"]",
+    );
+    let (o, _) = render_scenario(&yaml);
+    let pol = o
+        .chains
+        .iter()
+        .find(|(k, _)| k.starts_with("p-") && k.ends_with("-in"))
+        .map(|(_, v)| v)
+        .unwrap();
+    let first = serde_json::to_string(&pol.rules()[0].statements).unwrap();
+    assert!(
+        first.contains("5432") && first.contains("5435") && first.contains("8080"),
         "{first}"
     );
+    assert!(first.contains("\"set\""), "{first}");
 }
 
 #[test]
