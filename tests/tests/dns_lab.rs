@@ -266,6 +266,7 @@ fn start_resolver(lab: &Lab, dir: &Path) -> Resolver {
         "netns": netns,
         "dns": {
             "edge.example.net": "203.0.113.20",
+            "alias.example.org": "203.0.113.20",
             "short.example.net": "203.0.113.40",
         },
         "dnsZone": {
@@ -367,7 +368,31 @@ fn dns_proxy_follows_cname_chains_retries_over_tcp_and_keeps_live_connections_pa
         vec!["a.example.com.", "edge.example.net.", "203.0.113.20"],
         "{www}"
     );
+    // Another name for the same address, allowed by no rule, asked after:
+    // the address book now says alias.example.org, but the flow the
+    // allowance let through is named by the name that allowed it.
+    assert_eq!(
+        dig(&lab, "out/app", &resolver_ip, "alias.example.org", false).as_deref(),
+        Some("203.0.113.20")
+    );
     assert!(lab.curl("out/app", "http://203.0.113.20:443/", 3).is_some());
+    let mut named = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        let o = veilctl(&["flows", "--lab", &lab.name, "--output", "json"]);
+        named = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("203.0.113.20"))
+            .map(str::to_string)
+            .collect();
+        !named.is_empty()
+    });
+    assert!(!named.is_empty(), "no flow to 203.0.113.20 recorded");
+    for l in &named {
+        assert!(
+            l.contains("www.example.com") && !l.contains("alias.example.org"),
+            "{l}"
+        );
+    }
 
     // A CNAME loop: SERVFAIL, nothing opens.
     let o = lab.in_pod(

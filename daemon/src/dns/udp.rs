@@ -168,10 +168,7 @@ impl Shared {
         };
         // Non-blocking: an error left by an earlier ICMP message is reported
         // by this send, so it is tried once more.
-        let sent = up
-            .sock
-            .try_send(query)
-            .or_else(|_| up.sock.try_send(query));
+        let sent = up.sock.try_send(query).or_else(|_| up.sock.try_send(query));
         if let Err(e) = sent {
             tracing::debug!(pod = %src, resolver = %dst, error = %e, "DNS proxy: query not sent");
             if let Some(p) = up.pending().remove(&id) {
@@ -275,8 +272,7 @@ impl Shared {
         if !p.is_empty() || up.used.load(Ordering::Relaxed) {
             return false;
         }
-        if m
-            .get(&(up.pod, up.resolver))
+        if m.get(&(up.pod, up.resolver))
             .is_some_and(|u| Arc::ptr_eq(u, up))
         {
             m.remove(&(up.pod, up.resolver));
