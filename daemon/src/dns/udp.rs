@@ -56,16 +56,15 @@ pub fn bind(port: u16) -> io::Result<UdpSocket> {
 }
 
 /// One datagram: bytes, the pod's address, the original destination.
-fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, SocketAddrV4)> {
-    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in);
+/// `cmsg` is the control buffer, kept by the caller.
+fn recv(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<(usize, SocketAddrV4, SocketAddrV4)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrIn>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .map_err(io::Error::from)?;
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+        .map_err(io::Error::from)?;
     let src = msg
         .address
         .map(|a| SocketAddrV4::new(a.ip(), a.port()))
@@ -166,17 +165,41 @@ impl Shared {
             drop(p);
             up
         };
-        // Non-blocking: an error left by an earlier ICMP message is reported
-        // by this send, so it is tried once more.
-        let sent = up.sock.try_send(query).or_else(|_| up.sock.try_send(query));
-        if let Err(e) = sent {
-            tracing::debug!(pod = %src, resolver = %dst, error = %e, "DNS proxy: query not sent");
-            if let Some(p) = up.pending().remove(&id) {
-                self.proxy.metrics.drop("upstream_error");
-                self.reply(dst, p.client, super::answer::servfail(&p.query).as_deref());
+        // Straight to the socket (tokio's `try_send` refuses until the
+        // reactor has seen the new socket writable). An error left by an
+        // earlier ICMP message is reported by this send: tried once more.
+        let send = || socket2::SockRef::from(&up.sock).send(query);
+        match send().or_else(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => Err(e),
+            _ => send(),
+        }) {
+            Ok(_) => {}
+            // The send buffer is full: wait for room in a task.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let s = self.clone();
+                let query = query.to_vec();
+                tokio::spawn(async move {
+                    if let Err(e) = up.sock.send(&query).await {
+                        s.unsent(&up, id, &e);
+                    }
+                });
             }
+            Err(e) => self.unsent(&up, id, &e),
         }
         true
+    }
+
+    /// The query `id` could not be sent on `up`: SERVFAIL.
+    fn unsent(&self, up: &Upstream, id: u16, e: &io::Error) {
+        tracing::debug!(pod = %up.pod, resolver = %up.resolver, error = %e, "DNS proxy: query not sent");
+        if let Some(p) = up.pending().remove(&id) {
+            self.proxy.metrics.drop("upstream_error");
+            self.reply(
+                up.resolver,
+                p.client,
+                super::answer::servfail(&p.query).as_deref(),
+            );
+        }
     }
 
     fn reply(&self, from: SocketAddrV4, to: SocketAddrV4, bytes: Option<&[u8]>) {
@@ -344,6 +367,7 @@ async fn read_answers(s: Arc<Shared>, up: Arc<Upstream>) {
 /// Serves until shutdown.
 pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in);
     let queries = proxy
         .metrics
         .queries
@@ -359,7 +383,7 @@ pub async fn serve(sock: UdpSocket, proxy: Arc<Proxy>, mut shutdown: watch::Rece
     });
     loop {
         let got = tokio::select! {
-            r = sock.async_io(Interest::READABLE, || recv(&sock, &mut buf)) => r,
+            r = sock.async_io(Interest::READABLE, || recv(&sock, &mut buf, &mut cmsg)) => r,
             _ = shutdown.changed() => return,
         };
         let (n, src, dst) = match got {
