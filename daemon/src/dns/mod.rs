@@ -99,7 +99,7 @@ pub struct RetryWrite {
 
 impl RetryWrite {
     /// Retries the write once after the next applied policy; the verdict.
-    pub async fn finish(self, p: &Proxy) -> Verdict {
+    pub async fn finish(self: Box<Self>, p: &Proxy) -> Verdict {
         let mut applied = p.applied.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
         if p.writer.add(&self.elems).is_err() {
@@ -202,7 +202,7 @@ impl Proxy {
         pod: Ipv4Addr,
         query: &[u8],
         answer: &[u8],
-    ) -> Result<Verdict, RetryWrite> {
+    ) -> Result<Verdict, Box<RetryWrite>> {
         let q: Question = match answer::parse_query(query) {
             Ok(q) => q,
             // Not one standard question: nothing can be attributed to a name,
@@ -245,7 +245,7 @@ impl Proxy {
         if !needed.is_empty() {
             let elems: Vec<allow::Element> = needed.iter().map(|(e, _)| e.clone()).collect();
             if let Err(first) = self.writer.add(&elems) {
-                return Err(RetryWrite {
+                return Err(Box::new(RetryWrite {
                     pod,
                     name: res.name,
                     query: query.to_vec(),
@@ -253,7 +253,7 @@ impl Proxy {
                     elems,
                     answers: rules.iter().map(|r| r.answers.clone()).collect(),
                     first,
-                });
+                }));
             }
             self.granted(pod, &res.name, needed, elems.len(), rules.len());
         }

@@ -57,6 +57,7 @@ pub fn bind(port: u16) -> io::Result<UdpSocket> {
 
 /// One datagram: bytes, the pod's address, the original destination.
 /// `cmsg` is the control buffer, kept by the caller.
+#[allow(clippy::ptr_arg)] // nix's `recvmsg` takes the Vec itself (its capacity)
 fn recv(
     sock: &UdpSocket,
     buf: &mut [u8],
