@@ -91,6 +91,26 @@ spec:
       destination: {domains: [api.example.com], ports: [443]}
 "#;
 
+/// Sends one query (ID 7) from each of two sockets back to back; prints
+/// each answer's response code (-1: wrong ID or no answer).
+const SAME_ID: &str = r#"
+import socket, struct, sys
+name = b"".join(bytes([len(l)]) + l for l in b"api.example.com".split(b"."))
+q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + name + b"\x00\x00\x01\x00\x01"
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+for s in socks:
+    s.settimeout(3)
+    s.sendto(q, (sys.argv[1], 53))
+codes = []
+for s in socks:
+    try:
+        r = s.recv(4096)
+        codes.append(str(r[3] & 0xF) if r[:2] == b"\x00\x07" else "-1")
+    except socket.timeout:
+        codes.append("-1")
+print(" ".join(codes))
+"#;
+
 /// node-a's (policy generation, applied generation).
 fn generations(lab: &Lab) -> (u64, u64) {
     let sock = format!("/run/veil/labs/{}/node-a/veild.sock", lab.name);
@@ -166,6 +186,15 @@ fn dns_proxy_resolves_over_udp_and_tcp_opens_only_what_it_saw_and_survives_resta
         Some("203.0.113.11")
     );
     assert!(lab.curl("out/app", "http://203.0.113.11:443/", 1).is_none());
+    // Two queries with the same ID in flight from two sockets of the pod
+    // (the second cannot share the pod's upstream socket): both answered.
+    let o = lab.in_pod("out/app", &["python3", "-c", SAME_ID, &dns]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0 0",
+        "{}",
+        show(&o)
+    );
     // A pod without domain rules resolves as before (not proxied).
     assert!(dig(&lab, "out/free", &dns, "api.example.com", false).is_some());
 
@@ -266,6 +295,7 @@ fn start_resolver(lab: &Lab, dir: &Path) -> Resolver {
         "netns": netns,
         "dns": {
             "edge.example.net": "203.0.113.20",
+            "alias.example.org": "203.0.113.20",
             "short.example.net": "203.0.113.40",
         },
         "dnsZone": {
@@ -367,7 +397,32 @@ fn dns_proxy_follows_cname_chains_retries_over_tcp_and_keeps_live_connections_pa
         vec!["a.example.com.", "edge.example.net.", "203.0.113.20"],
         "{www}"
     );
+    // Another name for the same address, allowed by no rule, asked after:
+    // the address book now says alias.example.org, but the flow the
+    // allowance let through is named by the name that allowed it (the
+    // denied attempt before the lookup stays `world`).
+    assert_eq!(
+        dig(&lab, "out/app", &resolver_ip, "alias.example.org", false).as_deref(),
+        Some("203.0.113.20")
+    );
     assert!(lab.curl("out/app", "http://203.0.113.20:443/", 3).is_some());
+    let mut named = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        let o = veilctl(&["flows", "--lab", &lab.name, "--output", "json"]);
+        named = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("203.0.113.20") && l.contains(r#""verdict":"allowed""#))
+            .map(str::to_string)
+            .collect();
+        !named.is_empty()
+    });
+    assert!(!named.is_empty(), "no flow to 203.0.113.20 recorded");
+    for l in &named {
+        assert!(
+            l.contains("www.example.com") && !l.contains("alias.example.org"),
+            "{l}"
+        );
+    }
 
     // A CNAME loop: SERVFAIL, nothing opens.
     let o = lab.in_pod(

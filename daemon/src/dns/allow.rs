@@ -47,17 +47,20 @@ pub struct Allowance {
     pub expires: u64,
 }
 
-type Key = (String, Ipv4Addr, Ipv4Addr);
+/// Pod and destination: the allowances of one pair (one per rule set) are
+/// kept together, so that a lookup allocates nothing and the names of a pair
+/// ([`Allowances::names_for`]) are one hash lookup.
+type Key = (Ipv4Addr, Ipv4Addr);
 
 /// The cache.
 #[derive(Debug, Default)]
 pub struct Allowances {
-    map: Mutex<HashMap<Key, Allowance>>,
+    map: Mutex<HashMap<Key, Vec<Allowance>>>,
     dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Allowances {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Allowance>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Allowance>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -66,7 +69,7 @@ impl Allowances {
     /// allowed for at least as long.
     pub fn needed(
         &self,
-        sets: &[String],
+        sets: &[&str],
         pod: Ipv4Addr,
         name: &str,
         addrs: &[(Ipv4Addr, u32)],
@@ -74,26 +77,26 @@ impl Allowances {
     ) -> Vec<(Element, Allowance)> {
         let map = self.lock();
         let mut out = Vec::new();
-        for set in sets {
-            for &(addr, ttl) in addrs {
+        for &(addr, ttl) in addrs {
+            let held = map.get(&(pod, addr));
+            for &set in sets {
                 let timeout = timeout_for(ttl);
                 let expires = now + u64::from(timeout);
                 // What the answer promises (the grace is slack, so that a
                 // name asked every second is written every few seconds).
                 let floor = now + u64::from(ttl.max(MIN_TTL));
-                let key = (set.clone(), pod, addr);
-                if map.get(&key).is_some_and(|a| a.expires >= floor) {
+                if held.is_some_and(|v| v.iter().any(|a| a.set == set && a.expires >= floor)) {
                     continue;
                 }
                 out.push((
                     Element {
-                        set: set.clone(),
+                        set: set.to_string(),
                         pod,
                         addr,
                         timeout,
                     },
                     Allowance {
-                        set: set.clone(),
+                        set: set.to_string(),
                         pod,
                         addr,
                         name: name.to_string(),
@@ -109,7 +112,11 @@ impl Allowances {
     pub fn record(&self, granted: impl IntoIterator<Item = Allowance>) {
         let mut map = self.lock();
         for a in granted {
-            map.insert((a.set.clone(), a.pod, a.addr), a);
+            let v = map.entry((a.pod, a.addr)).or_default();
+            match v.iter_mut().find(|b| b.set == a.set) {
+                Some(b) => *b = a,
+                None => v.push(a),
+            }
         }
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
@@ -118,9 +125,13 @@ impl Allowances {
     /// `live` (their rule is gone); returns how many expired.
     pub fn sweep(&self, now: u64, live: &dyn Fn(&str) -> bool) -> usize {
         let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, a| a.expires > now && live(&a.set));
-        let gone = before - map.len();
+        let mut gone = 0;
+        map.retain(|_, v| {
+            let before = v.len();
+            v.retain(|a| a.expires > now && live(&a.set));
+            gone += before - v.len();
+            !v.is_empty()
+        });
         if gone > 0 {
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -129,18 +140,21 @@ impl Allowances {
 
     /// Every allowance, sorted.
     pub fn list(&self) -> Vec<Allowance> {
-        let mut v: Vec<Allowance> = self.lock().values().cloned().collect();
+        let mut v: Vec<Allowance> = self.lock().values().flatten().cloned().collect();
         v.sort_by(|a, b| (&a.set, a.pod, a.addr).cmp(&(&b.set, b.pod, b.addr)));
         v
     }
 
     /// The names through which `pod` may reach `addr` at unix time `now`
-    /// (sorted, once each): what the L7 proxy evaluates `domains` peers with.
+    /// (sorted, once each): what the L7 proxy evaluates `domains` peers with,
+    /// and what the flow collector names the destination by.
     pub fn names_for(&self, pod: Ipv4Addr, addr: Ipv4Addr, now: u64) -> Vec<String> {
         let mut v: Vec<String> = self
             .lock()
-            .values()
-            .filter(|a| a.pod == pod && a.addr == addr && a.expires >= now)
+            .get(&(pod, addr))
+            .into_iter()
+            .flatten()
+            .filter(|a| a.expires >= now)
             .map(|a| a.name.clone())
             .collect();
         v.sort();
@@ -151,7 +165,7 @@ impl Allowances {
     /// The number of elements per set.
     pub fn sizes(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for a in self.lock().values() {
+        for a in self.lock().values().flatten() {
             *out.entry(a.set.clone()).or_insert(0) += 1;
         }
         out
@@ -238,7 +252,7 @@ mod tests {
     #[test]
     fn allowance_is_extended_never_shortened() {
         let c = Allowances::default();
-        let sets = vec!["d1".to_string()];
+        let sets = ["d1"];
         let n = c.needed(
             &sets,
             ip("10.244.0.5"),
@@ -285,7 +299,7 @@ mod tests {
     #[test]
     fn sweep_drops_expired_and_ruleless_entries_and_cache_round_trips() {
         let c = Allowances::default();
-        let sets = vec!["d1".to_string(), "d2".to_string()];
+        let sets = ["d1", "d2"];
         let n = c.needed(
             &sets,
             ip("10.244.0.5"),

@@ -36,6 +36,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::context::NodeContext;
@@ -71,6 +72,53 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// What to release to the pod for one answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The resolver's answer, unchanged.
+    Unchanged,
+    /// These bytes instead (SERVFAIL), or nothing when the query had no ID.
+    Replace(Option<Vec<u8>>),
+}
+
+/// A set write the kernel refused (e.g. a set the policy sync has not
+/// installed yet): [`RetryWrite::finish`] waits for the next applied policy
+/// (at most 2 s), tries once more, and fails closed with SERVFAIL.
+#[derive(Debug)]
+pub struct RetryWrite {
+    pod: Ipv4Addr,
+    name: String,
+    query: Vec<u8>,
+    needed: Vec<(allow::Element, allow::Allowance)>,
+    elems: Vec<allow::Element>,
+    answers: Vec<Counter>,
+    first: allow::WriteError,
+}
+
+impl RetryWrite {
+    /// Retries the write once after the next applied policy; the verdict.
+    pub async fn finish(self: Box<Self>, p: &Proxy) -> Verdict {
+        let mut applied = p.applied.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
+        if p.writer.add(&self.elems).is_err() {
+            tracing::warn!(pod = %self.pod, name = %self.name, error = %self.first, "DNS allowance not installed: SERVFAIL");
+            p.metrics.drop("set_write_failed");
+            return Verdict::Replace(servfail(&self.query));
+        }
+        p.granted(
+            self.pod,
+            &self.name,
+            self.needed,
+            self.elems.len(),
+            self.answers.len(),
+        );
+        for c in &self.answers {
+            c.inc();
+        }
+        Verdict::Unchanged
+    }
 }
 
 /// The proxy's state, shared by its listeners.
@@ -121,7 +169,7 @@ impl Proxy {
     /// The `domains` rules of the pod at `pod`.
     pub fn rules(&self, pod: Ipv4Addr) -> Vec<DomainRule> {
         self.rule_cache
-            .get(&self.desired, pod)
+            .get(&self.desired, &self.metrics, pod)
             .iter()
             .map(|c| c.rule.clone())
             .collect()
@@ -132,39 +180,54 @@ impl Proxy {
     /// unchanged, or SERVFAIL).
     pub async fn release(&self, pod: Ipv4Addr, query: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
         let start = Instant::now();
-        let out = self.release_inner(pod, query, answer).await;
+        let verdict = match self.release_now(pod, query, answer) {
+            Ok(v) => v,
+            Err(retry) => retry.finish(self).await,
+        };
         self.metrics
             .added_latency
             .observe(start.elapsed().as_secs_f64());
-        out
+        match verdict {
+            Verdict::Unchanged => Some(answer.to_vec()),
+            Verdict::Replace(r) => r,
+        }
     }
 
-    async fn release_inner(&self, pod: Ipv4Addr, query: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
+    /// [`Proxy::release`] without waiting: the verdict, or (when the kernel
+    /// refused the set write, e.g. a set the policy sync has not installed
+    /// yet) the write to retry with [`RetryWrite::finish`]. It does not
+    /// observe `added_latency` (the caller does).
+    pub fn release_now(
+        &self,
+        pod: Ipv4Addr,
+        query: &[u8],
+        answer: &[u8],
+    ) -> Result<Verdict, Box<RetryWrite>> {
         let q: Question = match answer::parse_query(query) {
             Ok(q) => q,
             // Not one standard question: nothing can be attributed to a name,
             // so nothing is allowed; the answer goes back unchanged.
-            Err(_) => return Some(answer.to_vec()),
+            Err(_) => return Ok(Verdict::Unchanged),
         };
         let res = match inspect(&q, answer) {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(pod = %pod, name = %q.name, reason = e.label(), "DNS answer refused");
                 self.metrics.drop(e.label());
-                return servfail(query);
+                return Ok(Verdict::Replace(servfail(query)));
             }
         };
         if let Some(f) = &self.names {
-            let ips: Vec<IpAddr> = res.addrs.iter().map(|(a, _)| *a).collect();
-            if !ips.is_empty() {
+            if !res.addrs.is_empty() {
+                let ips: Vec<IpAddr> = res.addrs.iter().map(|(a, _)| *a).collect();
                 f.learn_dns(&res.name, &ips);
             }
         }
-        let all = self.rule_cache.get(&self.desired, pod);
+        let all = self.rule_cache.get(&self.desired, &self.metrics, pod);
         let rules: Vec<&rules::CachedRule> =
             all.iter().filter(|r| r.rule.matches(&res.name)).collect();
         for r in &rules {
-            self.metrics.rule_queries.get_or_create(&r.labels).inc();
+            r.queries.inc();
         }
         let v4: Vec<(Ipv4Addr, u32)> = res
             .addrs
@@ -175,39 +238,43 @@ impl Proxy {
             })
             .collect();
         if rules.is_empty() || v4.is_empty() {
-            return Some(answer.to_vec());
+            return Ok(Verdict::Unchanged);
         }
-        let sets: Vec<String> = rules.iter().map(|r| r.rule.set.clone()).collect();
+        let sets: Vec<&str> = rules.iter().map(|r| r.rule.set.as_str()).collect();
         let needed = self.cache.needed(&sets, pod, &res.name, &v4, unix_now());
         if !needed.is_empty() {
             let elems: Vec<allow::Element> = needed.iter().map(|(e, _)| e.clone()).collect();
-            if let Err(e) = self.write(&elems).await {
-                tracing::warn!(pod = %pod, name = %res.name, error = %e, "DNS allowance not installed: SERVFAIL");
-                self.metrics.drop("set_write_failed");
-                return servfail(query);
+            if let Err(first) = self.writer.add(&elems) {
+                return Err(Box::new(RetryWrite {
+                    pod,
+                    name: res.name,
+                    query: query.to_vec(),
+                    needed,
+                    elems,
+                    answers: rules.iter().map(|r| r.answers.clone()).collect(),
+                    first,
+                }));
             }
-            self.metrics.elements_added.inc_by(elems.len() as u64);
-            self.cache.record(needed.into_iter().map(|(_, a)| a));
-            tracing::debug!(pod = %pod, name = %res.name, addrs = v4.len(), rules = rules.len(), "DNS allowance installed");
+            self.granted(pod, &res.name, needed, elems.len(), rules.len());
         }
         for r in &rules {
-            self.metrics.rule_answers.get_or_create(&r.labels).inc();
+            r.answers.inc();
         }
-        Some(answer.to_vec())
+        Ok(Verdict::Unchanged)
     }
 
-    /// Writes `elems`; when the kernel refuses (a set the policy sync has
-    /// not installed yet), waits for the next applied policy (at most 2 s)
-    /// and tries once more.
-    async fn write(&self, elems: &[allow::Element]) -> Result<(), allow::WriteError> {
-        match self.writer.add(elems) {
-            Ok(()) => Ok(()),
-            Err(first) => {
-                let mut applied = self.applied.clone();
-                let _ = tokio::time::timeout(Duration::from_secs(2), applied.changed()).await;
-                self.writer.add(elems).map_err(|_| first)
-            }
-        }
+    /// Records allowances the kernel now holds.
+    fn granted(
+        &self,
+        pod: Ipv4Addr,
+        name: &str,
+        needed: Vec<(allow::Element, allow::Allowance)>,
+        elems: usize,
+        rules: usize,
+    ) {
+        self.metrics.elements_added.inc_by(elems as u64);
+        self.cache.record(needed.into_iter().map(|(_, a)| a));
+        tracing::debug!(pod = %pod, name = %name, elements = elems, rules, "DNS allowance installed");
     }
 
     /// Drops expired allowances and those of rules that are gone; updates

@@ -11,20 +11,26 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::metrics::RuleLabels;
+use prometheus_client::metrics::counter::Counter;
+
+use super::metrics::{DnsMetrics, RuleLabels};
 use crate::controller::Desired;
 use crate::dataplane::nftables::policy::dns::{domain_rules, DomainRule};
 
 /// Most pods cached per desired state (more are computed each time).
 const MAX_PODS: usize = 65_536;
 
-/// A rule with its metric labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A rule with its counters (created once, not looked up per answer).
+#[derive(Debug, Clone)]
 pub struct CachedRule {
     /// The rule.
     pub rule: DomainRule,
     /// Its labels in `veil_dns_rule_*`.
     pub labels: RuleLabels,
+    /// `veil_dns_rule_queries_total` of this rule.
+    pub queries: Counter,
+    /// `veil_dns_rule_answers_total` of this rule.
+    pub answers: Counter,
 }
 
 type Rules = Arc<[CachedRule]>;
@@ -39,7 +45,12 @@ pub struct RuleCache {
 
 impl RuleCache {
     /// The `domains` rules of the pod at `pod` in the current desired state.
-    pub fn get(&self, desired: &watch::Receiver<Arc<Desired>>, pod: Ipv4Addr) -> Rules {
+    pub fn get(
+        &self,
+        desired: &watch::Receiver<Arc<Desired>>,
+        metrics: &DnsMetrics,
+        pod: Ipv4Addr,
+    ) -> Rules {
         let cur = desired.borrow().clone();
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !g.as_ref().is_some_and(|(d, _)| Arc::ptr_eq(d, &cur)) {
@@ -53,13 +64,18 @@ impl RuleCache {
         }
         let r: Rules = domain_rules(&cur.program, IpAddr::V4(pod))
             .into_iter()
-            .map(|rule| CachedRule {
-                labels: RuleLabels {
+            .map(|rule| {
+                let labels = RuleLabels {
                     set: rule.set.clone(),
                     policy: rule.policy.clone(),
                     rule: rule.index.to_string(),
-                },
-                rule,
+                };
+                CachedRule {
+                    queries: metrics.rule_queries.get_or_create(&labels).clone(),
+                    answers: metrics.rule_answers.get_or_create(&labels).clone(),
+                    labels,
+                    rule,
+                }
             })
             .collect();
         if map.len() < MAX_PODS {

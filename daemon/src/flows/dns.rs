@@ -1,9 +1,16 @@
-//! External hosts by the DNS name they were resolved from: DNS responses
-//! crossing the node (UDP source port 53, copied to NFLOG group
-//! [`NFLOG_GROUP`] by a rule of the dataplane's `inet veil` table) are parsed, and
-//! each A/AAAA answer teaches the address book that the address is
-//! `external:<queried name>`. A DNS proxy, when there is one, can call
-//! [`super::Flows::learn_dns`] directly instead.
+//! External hosts by the DNS name they were resolved from.
+//!
+//! - Pods whose DNS goes through the DNS proxy (those some `domains` rule
+//!   selects): the proxy is the one source of truth. It teaches the address
+//!   book every answer it accepts ([`super::Flows::learn_dns`]), and a flow
+//!   from such a pod to an address its allowances hold is named by the name
+//!   that allowed it ([`name_by_allowance`]), whatever another answer for the
+//!   same address said since. The kernel does not copy these answers
+//!   (`socket transparent 1` answers skip the NFLOG rule).
+//! - Every other pod's DNS: responses crossing the node (UDP source port 53,
+//!   copied to NFLOG group [`NFLOG_GROUP`] by a rule of the dataplane's
+//!   `inet veil` table) are parsed, and each A/AAAA answer teaches the
+//!   address book that the address is `external:<queried name>`.
 //!
 //! NFLOG messages (configuration requests, packets) are encoded and decoded
 //! by the `netlink-packet-netfilter` crate; nothing of NFLOG is parsed by
@@ -27,6 +34,42 @@ pub const NFLOG_GROUP: u16 = 4242;
 const NETLINK_NETFILTER: isize = 12;
 /// How many bytes of each packet NFLOG copies (a DNS answer fits).
 const COPY_RANGE: u32 = 0xffff;
+
+/// `dst` (what the address book says `dst_ip` is), renamed by the DNS
+/// proxy's allowances when `pod` reaches an external `dst_ip` through a
+/// `domains` rule: `external:<the name that allowed it>` (the first in order
+/// when several did and the book's name is none of them). Cluster addresses
+/// and pairs without an allowance keep `dst`.
+pub fn name_by_allowance(
+    names: &dyn crate::l7::decide::DomainNames,
+    pod: IpAddr,
+    dst_ip: IpAddr,
+    dst: super::resolve::Resolved,
+) -> super::resolve::Resolved {
+    use veil_graph::IdentityKind;
+    let (IpAddr::V4(pod), IpAddr::V4(ip)) = (pod, dst_ip) else {
+        return dst;
+    };
+    if !matches!(
+        dst.identity.kind(),
+        IdentityKind::External | IdentityKind::World
+    ) {
+        return dst;
+    }
+    let allowed = names.names(pod, ip);
+    match allowed.first() {
+        Some(first)
+            if !(dst.identity.kind() == IdentityKind::External
+                && allowed.iter().any(|n| n == dst.identity.workload())) =>
+        {
+            super::resolve::Resolved {
+                identity: std::sync::Arc::new(veil_graph::Identity::external(first.as_str())),
+                local: false,
+            }
+        }
+        _ => dst,
+    }
+}
 
 /// The name a DNS response answered and the addresses it gave, from an IP
 /// packet carrying it (UDP from port 53). None for anything else.
@@ -289,6 +332,71 @@ mod tests {
         for cut in 0..r.len() {
             let _ = learn_from_packet(&udp_packet(53, &r[..cut]));
         }
+    }
+
+    struct Allowed(Vec<String>);
+    impl crate::l7::decide::DomainNames for Allowed {
+        fn names(&self, pod: Ipv4Addr, addr: Ipv4Addr) -> Vec<String> {
+            if pod == Ipv4Addr::new(10, 244, 0, 5) && addr == Ipv4Addr::new(203, 0, 113, 20) {
+                self.0.clone()
+            } else {
+                Vec::new()
+            }
+        }
+    }
+
+    fn resolved(id: veil_graph::Identity) -> crate::flows::resolve::Resolved {
+        crate::flows::resolve::Resolved {
+            identity: std::sync::Arc::new(id),
+            local: false,
+        }
+    }
+
+    #[test]
+    fn a_proxied_pods_destination_is_named_by_the_name_that_allowed_it() {
+        let names = Allowed(vec!["www.example.com".into()]);
+        let pod: IpAddr = "10.244.0.5".parse().unwrap();
+        let dst: IpAddr = "203.0.113.20".parse().unwrap();
+        // Another answer for the same address (asked later) renamed it in the
+        // address book: the allowance wins.
+        let r = name_by_allowance(
+            &names,
+            pod,
+            dst,
+            resolved(veil_graph::Identity::external("alias.example.org")),
+        );
+        assert_eq!(r.identity.id(), "external:www.example.com");
+        let r = name_by_allowance(&names, pod, dst, resolved(veil_graph::Identity::world()));
+        assert_eq!(r.identity.id(), "external:www.example.com");
+        // Another pod, another address: the address book's name stays.
+        let other: IpAddr = "10.244.0.6".parse().unwrap();
+        let r = name_by_allowance(
+            &names,
+            other,
+            dst,
+            resolved(veil_graph::Identity::external("alias.example.org")),
+        );
+        assert_eq!(r.identity.id(), "external:alias.example.org");
+        // Cluster destinations keep their identity.
+        let r = name_by_allowance(
+            &names,
+            pod,
+            dst,
+            resolved(veil_graph::Identity::node("node-a")),
+        );
+        assert_eq!(r.identity.id(), "node:node-a");
+    }
+
+    #[test]
+    fn the_books_name_stays_when_it_is_one_of_the_allowing_names() {
+        let names = Allowed(vec!["a.example.com".into(), "b.example.com".into()]);
+        let r = name_by_allowance(
+            &names,
+            "10.244.0.5".parse().unwrap(),
+            "203.0.113.20".parse().unwrap(),
+            resolved(veil_graph::Identity::external("b.example.com")),
+        );
+        assert_eq!(r.identity.id(), "external:b.example.com");
     }
 
     #[test]

@@ -203,6 +203,17 @@ impl Resolver {
         if name.is_empty() {
             return;
         }
+        // Most answers repeat what is known (a name asked again): checked
+        // under the read lock, so that the DNS proxy's answers do not
+        // serialise on the writer's.
+        let known = |dns: &HashMap<IpAddr, Arc<Identity>>| {
+            ips.iter().all(|ip| {
+                self.by_ip.contains_key(ip) || dns.get(ip).is_some_and(|i| i.workload() == name)
+            })
+        };
+        if self.dns.read().map(|d| known(&d)).unwrap_or(true) {
+            return;
+        }
         let Ok(mut dns) = self.dns.write() else {
             return;
         };

@@ -78,6 +78,9 @@ pub struct Flows {
     resolver: Mutex<Arc<Resolver>>,
     /// Names the allow rules' ids in connections' marks.
     rule_ids: Mutex<Arc<RuleIdTable>>,
+    /// The DNS proxy's allowances: a local pod's external destination is
+    /// named by the name that allowed it ([`super::dns::name_by_allowance`]).
+    domain_names: std::sync::RwLock<Option<Arc<dyn crate::l7::decide::DomainNames>>>,
     /// Health counters.
     pub health: Health,
     /// Counters of the policy log (denies and `Log` entries per policy, losses).
@@ -127,6 +130,7 @@ impl Flows {
             }),
             resolver: Mutex::new(Arc::new(resolver)),
             rule_ids: Mutex::new(Arc::default()),
+            domain_names: std::sync::RwLock::new(None),
             health: Health::default(),
             policy_log: Default::default(),
         }
@@ -147,6 +151,12 @@ impl Flows {
     /// Replaces the table naming allow rules' ids (a new policy generation).
     pub fn set_rule_ids(&self, t: Arc<RuleIdTable>) {
         *self.rule_ids.lock().expect("rule ids lock") = t;
+    }
+
+    /// Names local pods' external destinations by the DNS proxy's
+    /// allowances from now on (the proxy starts after the collector).
+    pub fn set_domain_names(&self, names: Arc<dyn crate::l7::decide::DomainNames>) {
+        *self.domain_names.write().unwrap_or_else(|e| e.into_inner()) = Some(names);
     }
 
     /// Records that `name` resolved to `ips` (for the DNS proxy): flows to
@@ -196,6 +206,11 @@ impl Flows {
     fn records(&self, entries: &[CtEntry], now: Millis) -> Vec<FlowRecord> {
         let resolver = self.resolver.lock().expect("resolver lock").clone();
         let rule_ids = self.rule_ids.lock().expect("rule ids lock").clone();
+        let domain_names = self
+            .domain_names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         entries
             .iter()
             .filter(|e| !self.is_infrastructure(e))
@@ -220,6 +235,12 @@ impl Flows {
                 }
                 let pod = |r: &super::resolve::Resolved| {
                     r.local && r.identity.kind() == IdentityKind::Pod
+                };
+                let dst = match &domain_names {
+                    Some(n) if pod(&src) => {
+                        super::dns::name_by_allowance(&**n, e.orig.src, e.reply.src, dst)
+                    }
+                    _ => dst,
                 };
                 let (egress, ingress) =
                     super::verdicts::allowed_by(&rule_ids, e.mark, pod(&src), pod(&dst));

@@ -237,7 +237,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // The DNS proxy (domains allowlists); without it, pods that domain rules
     // select get no DNS (the steering fails closed).
     let dns = match crate::dns::start(&ctx, flows.clone()).await {
-        Ok(p) => Some(p),
+        Ok(p) => {
+            // Flows from proxied pods are named by the name that allowed them.
+            if let Some(f) = &flows {
+                f.set_domain_names(p.clone());
+            }
+            Some(p)
+        }
         Err(e) => {
             tracing::error!(error = %e, "DNS proxy not started: DNS of pods with domain rules fails");
             None

@@ -44,7 +44,8 @@ pub struct BaseFilter {
 
 /// The flow collector's rules: `ct state new counter` in prerouting and output
 /// (conntrack is off in a namespace nobody asks it of) and DNS answers
-/// (UDP source port 53) copied to an NFLOG group.
+/// (UDP source port 53) copied to an NFLOG group, except those to the DNS
+/// proxy's own sockets (the proxy names their addresses itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowLogging {
     /// NFLOG group of DNS answers.
@@ -358,6 +359,26 @@ pub fn base_chains(desired: &DesiredTable) -> BTreeMap<String, ChainSpec> {
             ]
         };
         let mut pre = vec![rule(new_counter(), "make the kernel track new connections")];
+        // Answers to the DNS proxy's own (transparent) upstream sockets are
+        // not copied: the proxy parses them and names their addresses itself.
+        pre.push(rule(
+            vec![
+                match_(
+                    payload("udp", "sport"),
+                    Expression::Number(53),
+                    Operator::EQ,
+                ),
+                match_(
+                    Expression::Named(NamedExpression::Socket(nftables::expr::Socket {
+                        key: std::borrow::Cow::Owned(nftables::expr::SocketAttr::Transparent),
+                    })),
+                    Expression::Number(1),
+                    Operator::EQ,
+                ),
+                Statement::Accept(None),
+            ],
+            "DNS answers the DNS proxy sees: it names them",
+        ));
         pre.push(rule(
             vec![
                 match_(
