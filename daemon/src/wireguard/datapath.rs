@@ -146,13 +146,21 @@ impl Peer {
 /// The `Tunn`s of one pair of keys: one per lane, in lane order.
 pub type Lanes = Vec<Arc<Peer>>;
 
+/// The lanes used with a peer that listens on `published` lanes: as many as
+/// both sides have (both ends compute the same number, so a flow hashes to
+/// the same lane in both directions).
+pub fn lane_count(published: usize) -> usize {
+    published.clamp(1, LANES)
+}
+
 fn new_lanes(
     node: &str,
     local: &KeyPair,
     remote_key: [u8; 32],
+    lanes: usize,
     next_index: &mut dyn FnMut() -> u32,
 ) -> Lanes {
-    (0..LANES)
+    (0..lanes)
         .map(|l| Arc::new(Peer::new(node, local, remote_key, next_index(), l)))
         .collect()
 }
@@ -198,7 +206,29 @@ impl Slot {
     /// Every lane can send: with the current keys or, while they handshake,
     /// with the retiring ones.
     pub fn sending(&self) -> bool {
-        (0..self.current.len()).all(|l| self.sender(l).established.load(Ordering::Relaxed))
+        self.lanes_sending() == self.current.len()
+    }
+
+    /// How many lanes can send now. A lane that carried no traffic for a
+    /// few minutes loses its session (its keys expire) until its next
+    /// packet starts a handshake, so an idle tunnel has fewer.
+    pub fn lanes_sending(&self) -> usize {
+        (0..self.current.len())
+            .filter(|&l| self.sender(l).established.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Whether the node has been reached: a lane can send, or a lane of the
+    /// current keys completed a handshake (idle lanes whose sessions expired
+    /// do not make a reached peer read as unreachable).
+    pub fn reached(&self) -> bool {
+        self.lanes_sending() > 0
+            || self.current.iter().any(|p| {
+                p.last_handshake
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+            })
     }
 
     /// The latest completed handshake of any lane that sends.
@@ -264,12 +294,12 @@ impl Table {
                 Some(s)
                     if s.current[0].remote_key == d.key
                         && s.current[0].local_key == local_pub
-                        && s.current.len() == LANES =>
+                        && s.current.len() == lane_count(d.lanes) =>
                 {
                     (s.current.clone(), s.retiring.clone())
                 }
                 Some(s) => {
-                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    let p = new_lanes(&d.node, local, d.key, lane_count(d.lanes), next_index);
                     fresh.extend(p.iter().cloned());
                     // Keep the old Tunns only if they carry traffic.
                     let keep = if s
@@ -284,7 +314,7 @@ impl Table {
                     (p, keep)
                 }
                 None => {
-                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    let p = new_lanes(&d.node, local, d.key, lane_count(d.lanes), next_index);
                     fresh.extend(p.iter().cloned());
                     (p, None)
                 }
@@ -432,7 +462,7 @@ pub fn encapsulate(shared: &Shared, table: &Table, pkt: &[u8], sink: &mut dyn Si
         shared.counters.dropped_no_peer.inc();
         return TxVerdict::NoPeer;
     };
-    let lane = flow_lane(pkt);
+    let lane = flow_lane(pkt) % slot.current.len().max(1);
     let peer = slot.sender(lane);
     let room = (pkt.len() + 32).max(148);
     let buf = sink.reserve(lane, room);
