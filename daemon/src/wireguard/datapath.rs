@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnetwork::IpNetwork;
-use prometheus_client::metrics::counter::Counter;
 
+pub use super::counters::Counters;
 use super::keys::KeyPair;
-pub use super::lanes::{flow_lane, lane_endpoint, LANES};
+pub use super::lanes::{flow_lane, lane_count, lane_endpoint, LANES};
 use super::peers::DesiredPeer;
 pub use super::sink::{Sink, VecSink};
 
@@ -40,28 +40,6 @@ pub use super::sink::{Sink, VecSink};
 pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
 /// How long a retiring `Tunn` stays at most.
 pub const RETIRE_MAX: Duration = Duration::from_secs(90);
-/// Datapath-wide counters (registered on `/metrics`).
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    /// Packets from the TUN with no peer for their destination.
-    pub dropped_no_peer: Counter,
-    /// Packets from the TUN handed to a peer without a session (queued by
-    /// `Tunn` until the handshake completes, dropped past 256).
-    pub no_session: Counter,
-    /// Decrypted packets whose source is not in the peer's allowed IPs.
-    pub dropped_bad_source: Counter,
-    /// Datagrams for no known session or peer.
-    pub dropped_unknown_peer: Counter,
-    /// Handshake messages that failed (unknown key, bad MAC, replay, ...).
-    pub handshake_failures: Counter,
-    /// Data packets that failed to decrypt.
-    pub decrypt_errors: Counter,
-    /// Packets the kernel refused to send or to accept on the TUN.
-    pub io_drops: Counter,
-    /// Offloaded packets we could not segment.
-    pub offload_errors: Counter,
-}
-
 /// One `Tunn`: a (local key, remote key) pair.
 pub struct Peer {
     /// Remote node.
@@ -145,13 +123,6 @@ impl Peer {
 
 /// The `Tunn`s of one pair of keys: one per lane, in lane order.
 pub type Lanes = Vec<Arc<Peer>>;
-
-/// The lanes used with a peer that listens on `published` lanes: as many as
-/// both sides have (both ends compute the same number, so a flow hashes to
-/// the same lane in both directions).
-pub fn lane_count(published: usize) -> usize {
-    published.clamp(1, LANES)
-}
 
 fn new_lanes(
     node: &str,

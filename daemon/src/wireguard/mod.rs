@@ -29,6 +29,7 @@
 //! soon as it sees the new annotation); the old one is dropped a few seconds
 //! after the new session is up, or after 90 s.
 
+pub mod counters;
 pub mod datapath;
 pub mod io;
 pub mod keys;
