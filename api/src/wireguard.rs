@@ -18,8 +18,16 @@ pub struct PeerStatus {
     pub endpoint: String,
     /// Its pod CIDRs.
     pub allowed_ips: Vec<String>,
-    /// A session is up.
+    /// The node has been reached: a session is up on some lane, or a
+    /// handshake with the current keys completed (a lane idle for minutes
+    /// loses its session until its next packet; that is not a fault).
     pub established: bool,
+    /// Sessions (lanes) used with this node.
+    #[serde(default)]
+    pub lanes: u32,
+    /// Lanes that can send now.
+    #[serde(default)]
+    pub lanes_established: u32,
     /// Unix time of the last handshake.
     pub last_handshake: Option<u64>,
     /// Seconds since the last handshake.

@@ -50,12 +50,14 @@ pub fn format_status(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "    peer {:<20} {:<22} {:<18} {}{}  rx {} B  tx {} B  key {}",
+            "    peer {:<20} {:<22} {:<18} {}{}  lanes {}/{} up  rx {} B  tx {} B  key {}",
             p.node,
             p.endpoint,
             p.allowed_ips.join(","),
             hs,
             if p.rotating { " (key change)" } else { "" },
+            p.lanes_established,
+            p.lanes,
             p.rx_bytes,
             p.tx_bytes,
             p.public_key

@@ -24,6 +24,9 @@ pub struct DesiredPeer {
     pub endpoint: SocketAddr,
     /// Its pod CIDRs.
     pub allowed: Vec<IpNetwork>,
+    /// How many lanes it listens on (see `wireguard::lanes`; 1 when it does
+    /// not say, 1 as well when it says something unparsable).
+    pub lanes: usize,
 }
 
 /// A node that is not a peer, and why (for logs, metrics and status).
@@ -117,6 +120,7 @@ pub fn desired(
             key,
             endpoint,
             allowed: n.pod_cidrs.clone(),
+            lanes: n.wireguard_lanes().unwrap_or(1),
         });
     }
     let mut by_key: HashMap<[u8; 32], Vec<String>> = HashMap::new();
@@ -207,5 +211,25 @@ mod tests {
         let (peers, refused) = desired(&snap, "a", &[1; 32], 51820);
         assert!(peers.is_empty());
         assert_eq!(refused[0].reason, RefusalReason::OurKey);
+    }
+
+    #[test]
+    fn published_lane_count_is_read_and_absent_means_one() {
+        let with = |v: Option<&str>| {
+            let mut n = node("b", "10.244.1.0/24", Some([2; 32]));
+            if let Some(v) = v {
+                n.annotations
+                    .insert(crate::datastore::ANNOTATION_WG_LANES.into(), v.into());
+            }
+            let snap = Snapshot {
+                nodes: vec![n],
+                ..Default::default()
+            };
+            desired(&snap, "a", &[1; 32], 51820).0[0].lanes
+        };
+        assert_eq!(with(None), 1, "a node from before lanes");
+        assert_eq!(with(Some("4")), 4);
+        assert_eq!(with(Some("0")), 1);
+        assert_eq!(with(Some("many")), 1);
     }
 }

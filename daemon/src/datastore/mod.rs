@@ -39,6 +39,10 @@ use serde::{Deserialize, Serialize};
 pub const ANNOTATION_WG_PUBLIC_KEY: &str = "veil.dev/wireguard-public-key";
 /// Node annotation carrying the WireGuard endpoint `ip:port` (Kubernetes datastore).
 pub const ANNOTATION_WG_ENDPOINT: &str = "veil.dev/wireguard-endpoint";
+/// Node annotation: how many WireGuard lanes (sessions on consecutive UDP
+/// ports from the endpoint's) the node listens on. Absent: 1 (a node from
+/// before lanes listens on the endpoint's port only).
+pub const ANNOTATION_WG_LANES: &str = "veil.dev/wireguard-lanes";
 
 /// A node of the cluster, as published by its daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +75,15 @@ impl NodeRecord {
         self.annotations
             .get(ANNOTATION_WG_ENDPOINT)
             .and_then(|s| s.parse().ok())
+    }
+
+    /// How many WireGuard lanes the node listens on: the published number,
+    /// 1 when absent (a node from before lanes), `None` when unparsable or 0.
+    pub fn wireguard_lanes(&self) -> Option<usize> {
+        match self.annotations.get(ANNOTATION_WG_LANES) {
+            None => Some(1),
+            Some(s) => s.trim().parse().ok().filter(|&n: &usize| n > 0),
+        }
     }
 }
 

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnetwork::IpNetwork;
-use prometheus_client::metrics::counter::Counter;
 
+pub use super::counters::Counters;
 use super::keys::KeyPair;
-pub use super::lanes::{flow_lane, lane_endpoint, LANES};
+pub use super::lanes::{flow_lane, lane_count, lane_endpoint, LANES};
 use super::peers::DesiredPeer;
 pub use super::sink::{Sink, VecSink};
 
@@ -40,28 +40,6 @@ pub use super::sink::{Sink, VecSink};
 pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
 /// How long a retiring `Tunn` stays at most.
 pub const RETIRE_MAX: Duration = Duration::from_secs(90);
-/// Datapath-wide counters (registered on `/metrics`).
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    /// Packets from the TUN with no peer for their destination.
-    pub dropped_no_peer: Counter,
-    /// Packets from the TUN handed to a peer without a session (queued by
-    /// `Tunn` until the handshake completes, dropped past 256).
-    pub no_session: Counter,
-    /// Decrypted packets whose source is not in the peer's allowed IPs.
-    pub dropped_bad_source: Counter,
-    /// Datagrams for no known session or peer.
-    pub dropped_unknown_peer: Counter,
-    /// Handshake messages that failed (unknown key, bad MAC, replay, ...).
-    pub handshake_failures: Counter,
-    /// Data packets that failed to decrypt.
-    pub decrypt_errors: Counter,
-    /// Packets the kernel refused to send or to accept on the TUN.
-    pub io_drops: Counter,
-    /// Offloaded packets we could not segment.
-    pub offload_errors: Counter,
-}
-
 /// One `Tunn`: a (local key, remote key) pair.
 pub struct Peer {
     /// Remote node.
@@ -150,9 +128,10 @@ fn new_lanes(
     node: &str,
     local: &KeyPair,
     remote_key: [u8; 32],
+    lanes: usize,
     next_index: &mut dyn FnMut() -> u32,
 ) -> Lanes {
-    (0..LANES)
+    (0..lanes)
         .map(|l| Arc::new(Peer::new(node, local, remote_key, next_index(), l)))
         .collect()
 }
@@ -198,7 +177,29 @@ impl Slot {
     /// Every lane can send: with the current keys or, while they handshake,
     /// with the retiring ones.
     pub fn sending(&self) -> bool {
-        (0..self.current.len()).all(|l| self.sender(l).established.load(Ordering::Relaxed))
+        self.lanes_sending() == self.current.len()
+    }
+
+    /// How many lanes can send now. A lane that carried no traffic for a
+    /// few minutes loses its session (its keys expire) until its next
+    /// packet starts a handshake, so an idle tunnel has fewer.
+    pub fn lanes_sending(&self) -> usize {
+        (0..self.current.len())
+            .filter(|&l| self.sender(l).established.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Whether the node has been reached: a lane can send, or a lane of the
+    /// current keys completed a handshake (idle lanes whose sessions expired
+    /// do not make a reached peer read as unreachable).
+    pub fn reached(&self) -> bool {
+        self.lanes_sending() > 0
+            || self.current.iter().any(|p| {
+                p.last_handshake
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+            })
     }
 
     /// The latest completed handshake of any lane that sends.
@@ -264,12 +265,12 @@ impl Table {
                 Some(s)
                     if s.current[0].remote_key == d.key
                         && s.current[0].local_key == local_pub
-                        && s.current.len() == LANES =>
+                        && s.current.len() == lane_count(d.lanes) =>
                 {
                     (s.current.clone(), s.retiring.clone())
                 }
                 Some(s) => {
-                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    let p = new_lanes(&d.node, local, d.key, lane_count(d.lanes), next_index);
                     fresh.extend(p.iter().cloned());
                     // Keep the old Tunns only if they carry traffic.
                     let keep = if s
@@ -284,7 +285,7 @@ impl Table {
                     (p, keep)
                 }
                 None => {
-                    let p = new_lanes(&d.node, local, d.key, next_index);
+                    let p = new_lanes(&d.node, local, d.key, lane_count(d.lanes), next_index);
                     fresh.extend(p.iter().cloned());
                     (p, None)
                 }
@@ -432,7 +433,7 @@ pub fn encapsulate(shared: &Shared, table: &Table, pkt: &[u8], sink: &mut dyn Si
         shared.counters.dropped_no_peer.inc();
         return TxVerdict::NoPeer;
     };
-    let lane = flow_lane(pkt);
+    let lane = flow_lane(pkt) % slot.current.len().max(1);
     let peer = slot.sender(lane);
     let room = (pkt.len() + 32).max(148);
     let buf = sink.reserve(lane, room);

@@ -18,6 +18,13 @@ use std::net::SocketAddr;
 /// number: lane `l` of a peer is reached at its endpoint port + `l`.
 pub const LANES: usize = 4;
 
+/// The lanes used with a peer that listens on `published` lanes: as many as
+/// both sides have (both ends compute the same number, so a flow hashes to
+/// the same lane in both directions).
+pub fn lane_count(published: usize) -> usize {
+    published.clamp(1, LANES)
+}
+
 /// The address of `lane` of a peer whose lane 0 is at `base`.
 pub fn lane_endpoint(base: SocketAddr, lane: usize) -> SocketAddr {
     SocketAddr::new(base.ip(), base.port().wrapping_add(lane as u16))

@@ -29,6 +29,7 @@
 //! soon as it sees the new annotation); the old one is dropped a few seconds
 //! after the new session is up, or after 90 s.
 
+pub mod counters;
 pub mod datapath;
 pub mod io;
 pub mod keys;
@@ -61,7 +62,9 @@ use crate::context::NodeContext;
 use crate::dataplane::links::{self as dp_links, Links, RtLinks};
 use crate::dataplane::routes::{RouteManager, RtRoutes};
 use crate::dataplane::tunnel::{self, LinuxTunnel, Tunnel};
-use crate::datastore::{NodeRecord, Snapshot, ANNOTATION_WG_ENDPOINT, ANNOTATION_WG_PUBLIC_KEY};
+use crate::datastore::{
+    NodeRecord, Snapshot, ANNOTATION_WG_ENDPOINT, ANNOTATION_WG_LANES, ANNOTATION_WG_PUBLIC_KEY,
+};
 use datapath::{Counters, Shared, Table};
 use keys::KeyPair;
 
@@ -100,7 +103,8 @@ pub enum WireguardError {
     NetlinkSocket(#[source] std::io::Error),
 }
 
-/// The annotations this node publishes: its public key and endpoint.
+/// The annotations this node publishes: its public key, its endpoint (lane
+/// 0) and how many lanes it listens on (ports endpoint + 0..lanes).
 pub fn node_annotations(public_key: &[u8; 32], endpoint: SocketAddr) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -108,6 +112,7 @@ pub fn node_annotations(public_key: &[u8; 32], endpoint: SocketAddr) -> BTreeMap
             keys::to_base64(public_key),
         ),
         (ANNOTATION_WG_ENDPOINT.to_string(), endpoint.to_string()),
+        (ANNOTATION_WG_LANES.to_string(), lanes::LANES.to_string()),
     ])
 }
 

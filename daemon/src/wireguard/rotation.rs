@@ -40,8 +40,9 @@ impl Manager {
                     public_key: keys::to_base64(&s.current[0].remote_key),
                     endpoint: s.endpoint.to_string(),
                     allowed_ips: s.allowed.iter().map(|a| a.to_string()).collect(),
-                    // Every lane can send.
-                    established: s.sending(),
+                    established: s.reached(),
+                    lanes: s.current.len() as u32,
+                    lanes_established: s.lanes_sending() as u32,
                     last_handshake: hs
                         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                         .map(|d| d.as_secs()),

@@ -44,6 +44,7 @@ fn desired(name: &str, key: &KeyPair, cidr: &str, ep: &str) -> DesiredPeer {
         key: key.public_bytes(),
         endpoint: ep.parse().unwrap(),
         allowed: vec![cidr.parse().unwrap()],
+        lanes: LANES,
     }
 }
 
@@ -296,4 +297,56 @@ fn handshake_from_an_unknown_key_is_refused_and_counted() {
     assert!(deliver(&a, "198.18.0.5:51820", &mut sc, &mut sa).is_empty());
     assert!(sa.out.is_empty());
     assert_eq!(a.shared.counters.handshake_failures.get(), 1);
+}
+
+#[test]
+fn a_peer_with_one_lane_gets_every_flow_on_its_endpoint_port() {
+    // A node from before lanes publishes no lane count (1): every flow to
+    // it, whatever its hash, goes to the endpoint's port and arrives.
+    let mut a = Node::new(1);
+    let mut b = Node::new(2);
+    let (ak, bk) = (a.key.clone(), b.key.clone());
+    let one = |mut d: DesiredPeer| {
+        d.lanes = 1;
+        d
+    };
+    a.set_peers(&[one(desired("b", &bk, "10.244.1.0/24", B_EP))]);
+    b.set_peers(&[one(desired("a", &ak, "10.244.0.0/24", A_EP))]);
+    assert_eq!(a.shared.table().slots[0].current.len(), 1);
+    let f1 = tcp_packet(40_000, b"one");
+    let f2 = (40_001..)
+        .map(|sp| tcp_packet(sp, b"two"))
+        .find(|p| flow_lane(p) != flow_lane(&f1))
+        .unwrap();
+    assert_eq!(exchange(&a, &b, &f1), vec![f1.clone()]);
+    let mut sa = VecSink::default();
+    let ta = a.shared.table();
+    encapsulate(&a.shared, &ta, &f2, &mut sa);
+    assert_eq!(sa.out.len(), 1);
+    assert_eq!(sa.out[0].1.port(), 51820);
+    let mut sb = VecSink::default();
+    assert_eq!(deliver(&b, A_EP, &mut sa, &mut sb), vec![f2]);
+}
+
+#[test]
+fn lane_count_is_what_both_sides_have() {
+    assert_eq!(lane_count(1), 1);
+    assert_eq!(lane_count(2), 2);
+    assert_eq!(lane_count(LANES), LANES);
+    assert_eq!(lane_count(LANES + 10), LANES);
+    assert_eq!(lane_count(0), 1);
+}
+
+#[test]
+fn idle_lanes_do_not_make_a_reached_peer_read_unreachable() {
+    let (a, b) = pair();
+    let slot = || a.shared.table().slots[0].clone();
+    assert!(!slot().reached(), "no handshake yet");
+    assert_eq!(slot().lanes_sending(), 0);
+    // One flow: one lane gets a session, the others stay idle.
+    let f = tcp_packet(40_000, b"one");
+    assert_eq!(exchange(&a, &b, &f), vec![f.clone()]);
+    assert_eq!(slot().lanes_sending(), 1);
+    assert!(!slot().sending(), "the idle lanes have no session");
+    assert!(slot().reached());
 }
